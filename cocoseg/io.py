@@ -1,0 +1,77 @@
+"""The one place files are written: atomic writes, JSON helpers and safe path joins."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+import orjson
+
+from cocoseg.errors import DataError
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temp file beside `path`; rename it over `path` only if the block succeeds.
+
+    A crash or exception leaves either the old file or none, never a half-written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write bytes atomically."""
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def write_json(path: str | Path, obj: Any, *, indent: bool = True) -> None:
+    """Write JSON atomically; numpy scalars and arrays are serialised natively."""
+    option = orjson.OPT_SERIALIZE_NUMPY | (orjson.OPT_INDENT_2 if indent else 0)
+    write_bytes(path, orjson.dumps(obj, option=option) + b"\n")
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file; a missing, truncated or invalid file raises DataError naming it."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON (truncated or corrupt?): {err}") from None
+
+
+def safe_join(root: str | Path, relative: str) -> Path:
+    """Join a relative name taken from data (a file_name, an archive member) under root.
+
+    Absolute names and names that climb out of root ('..') are refused, so hostile
+    annotation files or archives cannot make us read or write elsewhere.
+    """
+    posix = PurePosixPath(relative.replace("\\", "/"))
+    if (
+        not relative
+        or posix.is_absolute()
+        or ".." in posix.parts
+        or (len(relative) > 1 and relative[1] == ":")
+    ):
+        raise DataError(f"unsafe path {relative!r}: must be relative and stay inside {root}")
+    return Path(root).joinpath(*posix.parts)
