@@ -20,11 +20,15 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def run_stage(main: Callable[[argparse.Namespace, Params], None],
-              parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+def run_stage(
+    main: Callable[[argparse.Namespace, Params], None],
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None = None,
+) -> int:
     """Parse args, validate params, run `main`; known errors print one line and exit 2."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
+    )
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
@@ -33,7 +37,8 @@ def run_stage(main: Callable[[argparse.Namespace, Params], None],
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: outputs written so far are complete; re-run to continue",
-              file=sys.stderr)
+        print(
+            "interrupted: outputs written so far are complete; re-run to continue", file=sys.stderr
+        )
         return 130
     return 0

@@ -21,8 +21,15 @@ from cocoseg.errors import ParamError
 PARAMS_FILE = "params.yaml"
 
 
-def _param(default: Any, *, ge: float | None = None, gt: float | None = None,
-           le: float | None = None, lt: float | None = None, doc: str = "") -> Any:
+def _param(
+    default: Any,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    doc: str = "",
+) -> Any:
     """A dataclass field with bounds that `validate_section` enforces."""
     meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "doc": doc}
     if isinstance(default, list):

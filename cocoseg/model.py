@@ -32,8 +32,9 @@ def replace_heads(model: MaskRCNN, num_classes: int) -> MaskRCNN:
     return model
 
 
-def build_model(arch: str, num_classes: int, *, min_size: int = 800, max_size: int = 1333,
-                **kwargs: Any) -> MaskRCNN:
+def build_model(
+    arch: str, num_classes: int, *, min_size: int = 800, max_size: int = 1333, **kwargs: Any
+) -> MaskRCNN:
     """A randomly initialised Mask R-CNN with heads for `num_classes` (background included).
 
     Extra keyword arguments (weights, weights_backbone, ...) go to torchvision's builder.
@@ -45,12 +46,24 @@ def build_model(arch: str, num_classes: int, *, min_size: int = 800, max_size: i
     return ARCHS[arch](num_classes=num_classes, min_size=min_size, max_size=max_size, **kwargs)
 
 
-def model_record(model: torch.nn.Module, classes: list[str], arch: str, min_size: int,
-                 max_size: int, params: dict[str, Any]) -> dict[str, Any]:
+def model_record(
+    model: torch.nn.Module,
+    classes: list[str],
+    arch: str,
+    min_size: int,
+    max_size: int,
+    params: dict[str, Any],
+) -> dict[str, Any]:
     """What models/model.pt holds: weights plus everything needed to rebuild and use them."""
     module = model.module if hasattr(model, "module") else model
-    return {"model": module.state_dict(), "classes": list(classes), "arch": arch,
-            "min_size": min_size, "max_size": max_size, "params": params}
+    return {
+        "model": module.state_dict(),
+        "classes": list(classes),
+        "arch": arch,
+        "min_size": min_size,
+        "max_size": max_size,
+        "params": params,
+    }
 
 
 def load_record(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -64,14 +77,19 @@ def load_record(path: str | Path, map_location: str | torch.device = "cpu") -> d
         raise DataError(f"{path}: cannot load as a weights-only checkpoint: {err}") from None
 
 
-def load_trained_model(path: str | Path, device: str | torch.device = "cpu"
-                       ) -> tuple[MaskRCNN, list[str]]:
+def load_trained_model(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[MaskRCNN, list[str]]:
     """Rebuild the trained model (its own arch and resize) in eval mode, with its class names."""
     record = load_record(path)
     missing = {"model", "classes", "arch", "min_size", "max_size"} - set(record)
     if missing:
         raise DataError(f"{path}: not a cocoseg model file (missing {sorted(missing)})")
-    model = build_model(record["arch"], len(record["classes"]) + 1,
-                        min_size=record["min_size"], max_size=record["max_size"])
+    model = build_model(
+        record["arch"],
+        len(record["classes"]) + 1,
+        min_size=record["min_size"],
+        max_size=record["max_size"],
+    )
     model.load_state_dict(record["model"])
     return model.to(device).eval(), list(record["classes"])

@@ -21,14 +21,28 @@ from pycocotools import mask as mask_utils
 # Real COCO ids and names: the four target classes and three distractors.
 TARGETS = {1: "person", 17: "cat", 37: "sports ball", 84: "book"}
 DISTRACTORS = {3: "car", 18: "dog", 62: "chair"}
-SUPERCATEGORY = {1: "person", 17: "animal", 37: "sports", 84: "indoor", 3: "vehicle",
-                 18: "animal", 62: "furniture"}
+SUPERCATEGORY = {
+    1: "person",
+    17: "animal",
+    37: "sports",
+    84: "indoor",
+    3: "vehicle",
+    18: "animal",
+    62: "furniture",
+}
 CATEGORIES = [
     {"supercategory": SUPERCATEGORY[i], "id": i, "name": n}
     for i, n in sorted({**TARGETS, **DISTRACTORS}.items())
 ]
-COLORS = {1: (220, 40, 40), 17: (40, 200, 40), 37: (40, 80, 230), 84: (230, 210, 30),
-          3: (200, 40, 200), 18: (30, 200, 200), 62: (120, 120, 120)}
+COLORS = {
+    1: (220, 40, 40),
+    17: (40, 200, 40),
+    37: (40, 80, 230),
+    84: (230, 210, 30),
+    3: (200, 40, 200),
+    18: (30, 200, 200),
+    62: (120, 120, 120),
+}
 SIDES = {1: 4, 17: 3, 37: 20, 84: 6, 3: 5, 18: 8, 62: 4}  # polygon corners per class
 
 
@@ -54,8 +68,12 @@ def uncompressed_rle(mask: np.ndarray) -> dict:
 
 def _bbox(mask: np.ndarray) -> list[float]:
     ys, xs = np.nonzero(mask)
-    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
-            float(ys.max() - ys.min() + 1)]
+    return [
+        float(xs.min()),
+        float(ys.min()),
+        float(xs.max() - xs.min() + 1),
+        float(ys.max() - ys.min() + 1),
+    ]
 
 
 def _image_kind(index: int) -> str:
@@ -67,9 +85,18 @@ def _image_kind(index: int) -> str:
     return "normal"
 
 
-def draw_split(images_dir: Path, n_images: int, rng: np.random.Generator, *, first_id: int,
-               size: tuple[int, int], split: str, base_url: str,
-               with_annotations: bool = True, first_ann_id: int = 1) -> dict:
+def draw_split(
+    images_dir: Path,
+    n_images: int,
+    rng: np.random.Generator,
+    *,
+    first_id: int,
+    size: tuple[int, int],
+    split: str,
+    base_url: str,
+    with_annotations: bool = True,
+    first_ann_id: int = 1,
+) -> dict:
     """Draw `n_images` JPEGs into images_dir and return their COCO dict."""
     images_dir.mkdir(parents=True, exist_ok=True)
     images, anns = [], []
@@ -97,38 +124,72 @@ def draw_split(images_dir: Path, n_images: int, rng: np.random.Generator, *, fir
             rle = mask_utils.merge(mask_utils.frPyObjects([poly], h, w))
             mask = mask_utils.decode(rle).astype(bool)
             pixels[mask] = COLORS[cat]
-            anns.append({"id": ann_id, "image_id": image_id, "category_id": cat,
-                         "segmentation": [poly], "area": float(mask_utils.area(rle)),
-                         "bbox": _bbox(mask), "iscrowd": 0})
+            anns.append(
+                {
+                    "id": ann_id,
+                    "image_id": image_id,
+                    "category_id": cat,
+                    "segmentation": [poly],
+                    "area": float(mask_utils.area(rle)),
+                    "bbox": _bbox(mask),
+                    "iscrowd": 0,
+                }
+            )
             ann_id += 1
         if kind == "normal" and index % 5 == 2:
             # A crowd region in a corner, stored as uncompressed RLE like COCO's crowds.
             mask = np.zeros((h, w), dtype=bool)
             mask[: h // 5, : w // 5] = True
             pixels[mask] = COLORS[1]
-            anns.append({"id": ann_id, "image_id": image_id, "category_id": 1,
-                         "segmentation": uncompressed_rle(mask), "area": float(mask.sum()),
-                         "bbox": _bbox(mask), "iscrowd": 1})
+            anns.append(
+                {
+                    "id": ann_id,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "segmentation": uncompressed_rle(mask),
+                    "area": float(mask.sum()),
+                    "bbox": _bbox(mask),
+                    "iscrowd": 1,
+                }
+            )
             ann_id += 1
         file_name = f"{image_id:012d}.jpg"
         image = Image.fromarray(pixels)
         if index == 1:
             image = image.convert("L")  # COCO has a few grayscale JPEGs
         image.save(images_dir / file_name, quality=95)
-        images.append({"license": 1, "file_name": file_name, "height": h, "width": w,
-                       "id": image_id, "coco_url": f"{base_url}/{split}/{file_name}",
-                       "date_captured": "2013-11-14 11:18:45"})
-    coco = {"info": {"description": f"synthetic {split}", "year": 2017},
-            "licenses": [{"id": 1, "name": "CC BY 4.0", "url": "https://example.invalid"}],
-            "images": images, "categories": CATEGORIES}
+        images.append(
+            {
+                "license": 1,
+                "file_name": file_name,
+                "height": h,
+                "width": w,
+                "id": image_id,
+                "coco_url": f"{base_url}/{split}/{file_name}",
+                "date_captured": "2013-11-14 11:18:45",
+            }
+        )
+    coco = {
+        "info": {"description": f"synthetic {split}", "year": 2017},
+        "licenses": [{"id": 1, "name": "CC BY 4.0", "url": "https://example.invalid"}],
+        "images": images,
+        "categories": CATEGORIES,
+    }
     if with_annotations:
         coco["annotations"] = anns
     return coco
 
 
-def make_coco_root(root: str | Path, *, n_train: int = 40, n_val: int = 30, n_test: int = 12,
-                   seed: int = 0, size: tuple[int, int] = (96, 160),
-                   base_url: str = "http://127.0.0.1:9") -> Path:
+def make_coco_root(
+    root: str | Path,
+    *,
+    n_train: int = 40,
+    n_val: int = 30,
+    n_test: int = 12,
+    seed: int = 0,
+    size: tuple[int, int] = (96, 160),
+    base_url: str = "http://127.0.0.1:9",
+) -> Path:
     """Write a COCO-2017-shaped folder: annotations/ plus train2017/, val2017/, test2017/."""
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -139,9 +200,17 @@ def make_coco_root(root: str | Path, *, n_train: int = 40, n_val: int = 30, n_te
     }
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     for split, (json_name, count, first_id, labelled) in splits.items():
-        coco = draw_split(root / split, count, rng, first_id=first_id, size=size, split=split,
-                          base_url=base_url, with_annotations=labelled,
-                          first_ann_id=first_id * 10)
+        coco = draw_split(
+            root / split,
+            count,
+            rng,
+            first_id=first_id,
+            size=size,
+            split=split,
+            base_url=base_url,
+            with_annotations=labelled,
+            first_ann_id=first_id * 10,
+        )
         (root / "annotations" / json_name).write_text(json.dumps(coco))
     return root
 
@@ -168,8 +237,15 @@ def make_archives(root: str | Path, out_dir: str | Path) -> dict[str, Path]:
     return paths
 
 
-def make_subset(out_dir: str | Path, *, n_train: int = 8, n_val: int = 6, n_test: int = 4,
-                seed: int = 0, size: tuple[int, int] = (96, 128)) -> Path:
+def make_subset(
+    out_dir: str | Path,
+    *,
+    n_train: int = 8,
+    n_val: int = 6,
+    n_test: int = 4,
+    seed: int = 0,
+    size: tuple[int, int] = (96, 128),
+) -> Path:
     """Write data/subset's layout directly: annotations/{train,val,test}.json, ids 1..4.
 
     For tests of training, evaluation and prediction that should not depend on the
@@ -178,16 +254,30 @@ def make_subset(out_dir: str | Path, *, n_train: int = 8, n_val: int = 6, n_test
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
     remap = {coco_id: new_id for new_id, coco_id in enumerate(TARGETS, start=1)}
-    categories = [{"id": remap[c], "name": n, "supercategory": SUPERCATEGORY[c]}
-                  for c, n in TARGETS.items()]
+    categories = [
+        {"id": remap[c], "name": n, "supercategory": SUPERCATEGORY[c]} for c, n in TARGETS.items()
+    ]
     (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
-    for split, count, first_id in (("train", n_train, 1), ("val", n_val, 10_000),
-                                   ("test", n_test, 20_000)):
-        coco = draw_split(out_dir / "images" / split, count, rng, first_id=first_id, size=size,
-                          split=split, base_url="http://127.0.0.1:9",
-                          first_ann_id=first_id * 10)
-        anns = [dict(a, category_id=remap[a["category_id"]]) for a in coco["annotations"]
-                if a["category_id"] in remap]
+    for split, count, first_id in (
+        ("train", n_train, 1),
+        ("val", n_val, 10_000),
+        ("test", n_test, 20_000),
+    ):
+        coco = draw_split(
+            out_dir / "images" / split,
+            count,
+            rng,
+            first_id=first_id,
+            size=size,
+            split=split,
+            base_url="http://127.0.0.1:9",
+            first_ann_id=first_id * 10,
+        )
+        anns = [
+            dict(a, category_id=remap[a["category_id"]])
+            for a in coco["annotations"]
+            if a["category_id"] in remap
+        ]
         coco["categories"] = categories
         if split == "test":
             coco.pop("annotations")
