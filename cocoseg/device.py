@@ -18,7 +18,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ParamError(f"device = {name!r} is not a torch device (auto|cpu|cuda|cuda:N|mps)")
+        raise ParamError(
+            f"device = {name!r} is not a torch device (auto|cpu|cuda|cuda:N|mps)"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ParamError(f"device = {name!r} but CUDA is not available here; use auto or cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
