@@ -134,10 +134,12 @@ class Params:
 SECTIONS: dict[str, type] = typing.get_type_hints(Params)
 
 
-def _unknown_key_error(where: str, key: str, allowed: list[str]) -> ParamError:
-    close = difflib.get_close_matches(key, allowed, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return ParamError(f"{where}: unknown key '{key}'{hint}; allowed keys: {', '.join(allowed)}")
+def _unknown_key_error(section: str | None, key: str, allowed: list[str]) -> ParamError:
+    """Name the unknown key in dotted form, with the closest allowed key when one is near."""
+    dotted = (lambda k: f"{section}.{k}") if section else (lambda k: k)
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.4)
+    hint = f" (did you mean '{dotted(close[0])}'?)" if close else ""
+    return ParamError(f"unknown key '{dotted(key)}'{hint}; allowed: {', '.join(allowed)}")
 
 
 def _check_type(name: str, value: Any, hint: Any) -> Any:
@@ -177,7 +179,8 @@ def _check_type(name: str, value: Any, hint: Any) -> Any:
     raise TypeError(f"no validator for {hint!r} ({name})")
 
 
-def _check_bounds(name: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
+def _check_bounds(name: str, value: Any, meta: typing.Mapping[str, Any], shown: Any) -> None:
+    """Enforce the field's ge/gt/le/lt bounds (on each item of a list); `shown` is as typed."""
     values = value if isinstance(value, list) else [value]
     for v in values:
         for op, bound, ok in (
@@ -187,7 +190,7 @@ def _check_bounds(name: str, value: Any, meta: typing.Mapping[str, Any]) -> None
             ("<", meta.get("lt"), lambda v, b: v < b),
         ):
             if bound is not None and not ok(v, bound):
-                raise ParamError(f"{name} = {value!r} is out of range: must be {op} {bound}")
+                raise ParamError(f"{name} = {shown!r} is out of range: must be {op} {bound}")
 
 
 def validate_section(section: str, raw: Any, cls: type) -> Any:
@@ -205,7 +208,7 @@ def validate_section(section: str, raw: Any, cls: type) -> Any:
     for key, value in raw.items():
         name = f"{section}.{key}"
         values[key] = _check_type(name, value, hints[key])
-        _check_bounds(name, values[key], fields[key].metadata)
+        _check_bounds(name, values[key], fields[key].metadata, shown=value)
     return cls(**values)
 
 
@@ -237,7 +240,7 @@ def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
         raise ParamError(f"{source}: the top level must be a mapping of sections")
     for key in raw:
         if key not in SECTIONS:
-            raise _unknown_key_error(source, str(key), list(SECTIONS))
+            raise ParamError(f"{source}: {_unknown_key_error(None, str(key), list(SECTIONS))}")
     try:
         sections = {
             name: validate_section(name, raw.get(name), cls) for name, cls in SECTIONS.items()
