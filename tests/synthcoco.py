@@ -20,6 +20,7 @@ from pycocotools import mask as mask_utils
 
 # Real COCO ids and names: the four target classes and three distractors.
 TARGETS = {1: "person", 17: "cat", 37: "sports ball", 84: "book"}
+TARGET_NAMES = list(TARGETS.values())
 DISTRACTORS = {3: "car", 18: "dog", 62: "chair"}
 SUPERCATEGORY = {
     1: "person",

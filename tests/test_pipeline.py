@@ -1,0 +1,124 @@
+"""The whole pipeline as users drive it: dvc repro, exp run -S, metrics diff, plots, push/pull."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+
+import synthcoco
+from dvcrepo import dvc, make_dvc_repo, run, stages_ran
+
+pytestmark = pytest.mark.slow
+
+ALL_STAGES = {"download", "subset", "eda", "train", "evaluate", "predict"}
+
+
+def tiny_params(coco_root: Path, n_train: int, n_val: int, n_test: int) -> dict:
+    """Params small enough for a CPU run in about a minute; everything else as shipped."""
+    return {
+        "data": {"coco_root": str(coco_root)},
+        "subset": {"n_train": n_train, "n_val": n_val, "n_test": n_test,
+                   "test_from": "val2017", "min_images_per_class": 1, "workers": 2},
+        "eda": {"n_samples": 4},
+        "train": {"weights": "none", "epochs": 1, "batch_size": 2, "num_workers": 0,
+                  "min_size": 128, "max_size": 160, "warmup_iters": 2, "amp": False,
+                  "device": "cpu"},
+        "evaluate": {"n_samples": 2, "device": "cpu", "score_threshold": 0.05},
+        "predict": {"device": "cpu", "score_threshold": 0.05},
+    }
+
+
+def commit_all(repo: Path, message: str) -> None:
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-q", "-m", message)
+
+
+def check_outputs(repo: Path) -> None:
+    """Every declared output exists and holds what it should."""
+    subset = repo / "data" / "subset"
+    val = COCO(str(subset / "annotations" / "val.json"))
+    for name in ("train", "val", "test"):
+        assert (subset / "annotations" / f"{name}.json").stat().st_size > 0
+    assert json.loads((repo / "data" / "download.json").read_text())["files"]
+
+    figures = sorted((repo / "reports" / "eda" / "figures").glob("*.png"))
+    assert len(figures) >= 4
+    for png in figures:
+        with Image.open(png) as im:
+            assert im.format == "PNG" and 200 <= im.width <= 4000 and 150 <= im.height <= 4000
+    summary = json.loads((repo / "reports" / "eda" / "summary.json").read_text())
+    assert summary["val"]["images"] == len(val.getImgIds())
+
+    record_keys = {"model", "classes", "arch", "min_size", "max_size", "params"}
+    import torch
+
+    record = torch.load(repo / "models" / "model.pt", weights_only=True)
+    assert record_keys <= set(record) and record["classes"] == synthcoco.TARGET_NAMES
+    assert sorted((repo / "models" / "checkpoints").glob("epoch_*.pt"))
+    assert (repo / "reports" / "train" / "iterations.csv").read_text().startswith("iteration")
+
+    metrics = json.loads((repo / "reports" / "metrics.json").read_text())
+    for key in ("segm", "bbox", "dice", "iou", "match", "per_class"):
+        assert key in metrics
+    predictions = repo / "reports" / "eval" / "predictions.json"
+    if json.loads(predictions.read_text()):
+        val.loadRes(str(predictions))
+
+    test_json = repo / "reports" / "predictions" / "test.json"
+    assert isinstance(json.loads(test_json.read_text()), list)
+    assert (repo / "reports" / "predictions" / "contact_sheet.png").exists()
+
+
+def test_full_pipeline_on_synthetic_data(tmp_path):
+    coco_root = synthcoco.make_coco_root(tmp_path / "coco", n_train=12, n_val=8, n_test=0,
+                                         size=(96, 128))
+    repo = make_dvc_repo(tmp_path / "repo", tiny_params(coco_root, 8, 5, 2))
+
+    first = dvc(repo, "repro")
+    assert stages_ran(first.stdout) == ALL_STAGES
+    check_outputs(repo)
+    assert "not in cache" not in first.stdout.lower()
+
+    again = dvc(repo, "repro")
+    assert stages_ran(again.stdout) == set(), again.stdout
+    commit_all(repo, "baseline run")
+
+    exp = dvc(repo, "exp", "run", "-S", "train.lr=0.01")
+    assert stages_ran(exp.stdout) == {"train", "evaluate", "predict"}, exp.stdout
+
+    diff = dvc(repo, "metrics", "diff", "HEAD", "--all", "--json")
+    changed = json.loads(diff.stdout)
+    assert "segm.AP" in changed["reports/metrics.json"], diff.stdout
+
+    html_dir = tmp_path / "plots"
+    dvc(repo, "plots", "show", "-o", str(html_dir))
+    page = (html_dir / "index.html").read_text()
+    assert "iterations.csv" in page and "<html" in page.lower()
+
+    # Share through a local remote, then restore everything into a fresh clone.
+    remote = tmp_path / "remote"
+    dvc(repo, "remote", "add", "-d", "local", str(remote))
+    commit_all(repo, "remote")
+    dvc(repo, "push")
+    clone = tmp_path / "clone"
+    run(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    dvc(clone, "pull")
+    assert (clone / "models" / "model.pt").read_bytes() == (
+        repo / "models" / "model.pt").read_bytes()
+    assert json.loads((clone / "reports" / "metrics.json").read_text()) == json.loads(
+        (repo / "reports" / "metrics.json").read_text())
+    status = dvc(clone, "status")
+    assert "up to date" in status.stdout.lower(), status.stdout
+
+
+@pytest.mark.real_data
+def test_full_pipeline_on_the_real_coco_sample(tmp_path, coco_sample):
+    repo = make_dvc_repo(tmp_path / "repo", tiny_params(coco_sample, 6, 4, 2))
+    first = dvc(repo, "repro")
+    assert stages_ran(first.stdout) == ALL_STAGES
+    check_outputs(repo)
+    assert stages_ran(dvc(repo, "repro").stdout) == set()
