@@ -1,0 +1,394 @@
+"""HTTP downloads with resume, retry and progress, and COCO's annotation archives.
+
+`download_file` streams one URL to `<dest>.part`, resumes it with a Range request, retries
+transient failures with exponential backoff, verifies it and only then renames it to
+`dest`, so `dest` is either absent or complete. `ensure_annotations` uses it to fetch
+COCO's zip archives and extracts only the annotation files the pipeline reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import random
+import re
+import shutil
+import time
+import zipfile
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import requests
+from tqdm import tqdm
+
+from cocoseg.errors import DataError, DownloadError
+from cocoseg.io import atomic_write, safe_join
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20  # file reads
+NET_CHUNK = 1 << 16  # network reads: small, as a dropped connection loses the chunk in flight
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+MAX_DELAY = 60.0
+TRANSIENT_ERRORS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,  # the connection dropped mid-body
+)
+_CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)")
+
+
+class _Transient(Exception):
+    """One attempt failed in a way worth retrying (network hiccup, 5xx, short body)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def part_path(dest: Path) -> Path:
+    """Where an unfinished download of `dest` is kept (and resumed from)."""
+    return dest.with_name(dest.name + ".part")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _retry_after(resp: requests.Response) -> float | None:
+    """The server's Retry-After in seconds, when it gives a plain number."""
+    value = resp.headers.get("Retry-After", "")
+    return float(value) if value.strip().isdigit() else None
+
+
+def _content_range(resp: requests.Response) -> tuple[int | None, int | None]:
+    """(first byte, total size) from a Content-Range header; None where absent or '*'."""
+    match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+    if not match:
+        return None, None
+    start = int(match.group(1)) if match.group(1) is not None else None
+    total = int(match.group(3)) if match.group(3) != "*" else None
+    return start, total
+
+
+def _expected_size(resp: requests.Response, offset: int) -> int | None:
+    """The size the finished file must have, when the server says (and does not compress)."""
+    if resp.headers.get("Content-Encoding", "identity") != "identity":
+        return None
+    _, total = _content_range(resp)
+    if total is not None:
+        return total
+    length = resp.headers.get("Content-Length")
+    return offset + int(length) if length and length.isdigit() else None
+
+
+def _open_part(resp: requests.Response, url: str, part: Path, have: int) -> int:
+    """Decide from the status where this response's body goes; return the resume offset.
+
+    206 appends at `have`; 200 (no Range sent, or a server that ignores Range) restarts.
+    """
+    code = resp.status_code
+    if code in TRANSIENT_STATUS:
+        raise _Transient(f"HTTP {code} {resp.reason}", _retry_after(resp))
+    if code == 206:
+        start, _ = _content_range(resp)
+        if start != have:
+            part.unlink(missing_ok=True)
+            raise _Transient(f"asked to resume at byte {have}, server sent from byte {start}")
+        return have
+    if code == 200:
+        if have:
+            log.info("%s: server ignored the Range request; restarting from byte 0", url)
+        return 0
+    raise DownloadError(f"{url}: HTTP {code} {resp.reason} (not retried)")
+
+
+def _attempt(session: requests.Session, url: str, part: Path, timeout: float, bar: tqdm) -> None:
+    """One GET of `url` into `part`, resuming what is there; raise _Transient to retry."""
+    have = _size(part)
+    headers = {"Accept-Encoding": "identity"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    with session.get(url, headers=headers, stream=True, timeout=timeout) as resp:
+        if resp.status_code == 416 and have:
+            _, total = _content_range(resp)
+            if total == have:
+                return  # the .part already holds the whole file
+            part.unlink()
+            raise _Transient(
+                f"stale partial file of {have} bytes (server size {total}); restarting"
+            )
+        offset = _open_part(resp, url, part, have)
+        expected = _expected_size(resp, offset)
+        bar.reset(total=expected)
+        bar.update(offset)
+        with open(part, "ab" if offset else "wb") as f:
+            for chunk in resp.iter_content(NET_CHUNK):
+                f.write(chunk)
+                bar.update(len(chunk))
+    got = _size(part)
+    if expected is not None and got != expected:
+        raise _Transient(f"body ended early: have {got} of {expected} bytes")
+
+
+def _delay(failures: int, backoff: float, retry_after: float | None) -> float:
+    """Exponential backoff with jitter (threads do not retry in lockstep), capped."""
+    delay = backoff * 2 ** (failures - 1) * random.uniform(0.5, 1.0)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return min(delay, MAX_DELAY)
+
+
+def _fetch(
+    session: requests.Session,
+    url: str,
+    part: Path,
+    *,
+    retries: int,
+    timeout: float,
+    backoff: float,
+    bar: tqdm,
+) -> None:
+    """Retry `_attempt` until `part` is complete; attempts that gained bytes do not count."""
+    failures = 0
+    while True:
+        before = _size(part)
+        try:
+            _attempt(session, url, part, timeout, bar)
+            return
+        except (_Transient, *TRANSIENT_ERRORS) as err:
+            failures = 0 if _size(part) > before else failures + 1
+            if failures > retries:
+                raise DownloadError(
+                    f"{url}: giving up after {retries + 1} attempts without progress; "
+                    f"last error: {err}"
+                ) from None
+            wait = _delay(max(failures, 1), backoff, getattr(err, "retry_after", None))
+            log.warning("%s: %s; retrying in %.1fs", url, err, wait)
+            time.sleep(wait)
+        except requests.RequestException as err:
+            raise DownloadError(f"{url}: {err}") from None
+
+
+def _verified(url: str, part: Path, verify: Callable[[Path], None] | None) -> None:
+    """Run `verify` on the finished .part; bad content is deleted and reported."""
+    if verify is None:
+        return
+    try:
+        verify(part)
+    except (DataError, DownloadError) as err:
+        part.unlink(missing_ok=True)
+        raise DownloadError(
+            f"{url}: downloaded content is bad and was deleted (re-run to fetch it again): {err}"
+        ) from None
+
+
+def download_file(
+    url: str,
+    dest: Path,
+    *,
+    retries: int = 5,
+    timeout: float = 60.0,
+    progress: bool = True,
+    verify: Callable[[Path], None] | None = None,
+    session: requests.Session | None = None,
+    backoff: float = 1.0,
+) -> Path:
+    """Download `url` to `dest` via `<dest>.part`, resuming, retrying and verifying; return dest.
+
+    Always fetches (callers skip files they already have). Transient failures (connection
+    errors, timeouts, 408/429/5xx, a body cut short) are retried `retries` times with
+    exponential backoff starting at `backoff` seconds; other HTTP errors fail at once.
+    `verify(part)` may raise DataError/DownloadError to reject the content. Safe to call
+    from several threads for different `dest`s (share a session or not).
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = part_path(dest)
+    own_session = session is None
+    session = session or requests.Session()
+    # disable=None: a bar on a terminal only, never into logs.
+    bar = tqdm(
+        desc=dest.name, unit="B", unit_scale=True, leave=False, disable=None if progress else True
+    )
+    try:
+        _fetch(session, url, part, retries=retries, timeout=timeout, backoff=backoff, bar=bar)
+    finally:
+        bar.close()
+        if own_session:
+            session.close()
+    _verified(url, part, verify)
+    os.replace(part, dest)
+    return dest
+
+
+# --- COCO annotation archives -------------------------------------------------------------
+
+TRAIN, VAL, TEST_INFO = (
+    "instances_train2017.json",
+    "instances_val2017.json",
+    "image_info_test2017.json",
+)
+ARCHIVES = {
+    TRAIN: "annotations_trainval2017.zip",
+    VAL: "annotations_trainval2017.zip",
+    TEST_INFO: "image_info_test2017.zip",
+}
+CACHE_DIR = ".downloads"
+
+
+def needed_files(need_test_info: bool) -> list[str]:
+    """The annotation files (under annotations/) the pipeline reads."""
+    return [TRAIN, VAL, TEST_INFO] if need_test_info else [TRAIN, VAL]
+
+
+def check_archive(archive: Path, members: list[str]) -> None:
+    """Refuse a file that is no zip, holds a member whose path leaves its folder, or lacks one.
+
+    Every member name is checked, not only the wanted ones: an archive carrying a path
+    traversal is hostile (or broken) as a whole.
+    """
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError) as err:
+        raise DataError(f"{archive}: not a readable zip archive: {err}") from None
+    for name in names:
+        try:
+            safe_join(archive.parent, name)
+        except DataError:
+            raise DataError(
+                f"{archive}: refusing archive with member {name!r}, whose path leaves "
+                "the extraction folder"
+            ) from None
+    missing = [m for m in members if m not in names]
+    if missing:
+        raise DataError(f"{archive}: lacks member(s) {missing}; not COCO's archive?")
+
+
+def extract_members(archive: Path, members: list[str], target: Path) -> list[Path]:
+    """Stream the named members of `archive` to their paths under `target`; return them.
+
+    Each member goes through a temp file renamed only after its CRC matched, so a corrupt
+    archive leaves nothing behind; it raises DataError naming the archive and member.
+    """
+    check_archive(archive, members)
+    written = []
+    with zipfile.ZipFile(archive) as zf:
+        for member in members:
+            dest = safe_join(target, member)
+            try:
+                with zf.open(member) as src, atomic_write(dest, "wb") as out:
+                    shutil.copyfileobj(src, out, CHUNK)
+            except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+                raise DataError(f"{archive}: member {member} is corrupt: {err}") from None
+            written.append(dest)
+    return written
+
+
+def inspect_json(path: Path) -> dict[str, Any]:
+    """Size and md5 of a JSON file, refusing one that is truncated; one chunked read.
+
+    Cheap completeness test in the same pass as the md5: the text starts with '{', ends
+    with '}' and its braces and brackets balance (a truncated object never balances). Only
+    when that fails is the file fully parsed, so odd-but-valid JSON is not refused.
+    """
+    md5, size, depth = hashlib.md5(), 0, [0, 0]
+    first = last = b""
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            md5.update(chunk)
+            size += len(chunk)
+            first = first or chunk.lstrip()[:1]
+            last = chunk.rstrip()[-1:] or last
+            depth[0] += chunk.count(b"{") - chunk.count(b"}")
+            depth[1] += chunk.count(b"[") - chunk.count(b"]")
+    looks_whole = first == b"{" and last == b"}" and depth == [0, 0]
+    if not looks_whole:
+        try:
+            orjson.loads(path.read_bytes())
+        except orjson.JSONDecodeError as err:
+            raise DataError(
+                f"{path}: truncated or corrupt ({size} bytes, {err}); delete it to fetch it again"
+            ) from None
+    return {"size": size, "md5": md5.hexdigest()}
+
+
+def _missing_by_archive(ann_dir: Path, names: list[str]) -> dict[str, list[str]]:
+    """The needed files not yet in ann_dir, grouped by the archive that holds them."""
+    grouped: dict[str, list[str]] = {}
+    for name in names:
+        if not (ann_dir / name).exists():
+            grouped.setdefault(ARCHIVES[name], []).append(name)
+    return grouped
+
+
+def _fetch_archive(url: str, archive: Path, members: list[str], **http: Any) -> None:
+    """Download an archive (resuming a partial one) unless a sound copy is already cached."""
+    if archive.exists():
+        try:
+            check_archive(archive, members)
+            return
+        except DataError as err:
+            log.warning("discarding cached %s: %s", archive, err)
+            archive.unlink()
+    log.info("downloading %s", url)
+    download_file(url, archive, verify=lambda p: check_archive(p, members), **http)
+
+
+def _extract_and_discard(archive: Path, members: list[str], coco_root: Path, url: str) -> None:
+    """Extract members, then delete the archive; a corrupt one is deleted too (refetched)."""
+    try:
+        paths = extract_members(archive, members, coco_root)
+    except DataError as err:
+        archive.unlink(missing_ok=True)
+        raise DownloadError(f"{url}: {err}; deleted it, re-run to download again") from None
+    for path in paths:
+        log.info("extracted %s from %s", path, url)
+    archive.unlink()
+
+
+def ensure_annotations(
+    coco_root: Path,
+    base_url: str,
+    *,
+    need_test_info: bool,
+    retries: int = 5,
+    timeout: float = 60.0,
+    progress: bool = True,
+    backoff: float = 1.0,
+) -> dict[str, Any]:
+    """Make coco_root/annotations hold the needed COCO-2017 files; return their manifest.
+
+    Present files are checked (not truncated) and reused without any request, so a local
+    copy works offline. Missing ones are extracted from COCO's zips, fetched into
+    coco_root/.downloads and deleted once extracted.
+    """
+    coco_root = Path(coco_root)
+    ann_dir = coco_root / "annotations"
+    names = needed_files(need_test_info)
+    # Check present copies first: a truncated one fails before anything is fetched.
+    files = {n: inspect_json(ann_dir / n) for n in names if (ann_dir / n).exists()}
+    http = {"retries": retries, "timeout": timeout, "progress": progress, "backoff": backoff}
+    for zip_name, wanted in _missing_by_archive(ann_dir, names).items():
+        url = f"{base_url.rstrip('/')}/annotations/{zip_name}"
+        archive = coco_root / CACHE_DIR / zip_name
+        members = [f"annotations/{name}" for name in wanted]
+        _fetch_archive(url, archive, members, **http)
+        _extract_and_discard(archive, members, coco_root, url)
+        files.update({name: inspect_json(ann_dir / name) for name in wanted})
+    with contextlib.suppress(OSError):
+        (coco_root / CACHE_DIR).rmdir()  # only if empty
+    return {
+        "coco_root": str(coco_root),
+        "base_url": base_url,
+        "files": {name: files[name] for name in names},
+    }
