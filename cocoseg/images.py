@@ -1,0 +1,131 @@
+"""Put the subset's images in place: copy from the COCO copy or download, verify each decodes.
+
+A JPEG that does not decode, or whose size disagrees with its annotation record, is caught
+here, naming the file and the image id, instead of an hour into training.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from cocoseg import io
+from cocoseg.errors import CocosegError, DataError, DownloadError
+
+log = logging.getLogger("cocoseg.images")
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One image to put at `dest`: copied from `src` when that exists, else fetched from `url`."""
+
+    image_id: int
+    dest: Path
+    src: Path | None
+    url: str | None
+    width: int
+    height: int
+
+
+def verify_image(path: str | Path, image_id: int, width: int, height: int) -> str:
+    """Decode the whole image and check its size; return its PIL mode ('RGB', 'L', 'CMYK'...)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode, size = im.mode, im.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"{path}: image id {image_id} does not decode as an image: {err}") from None
+    if size != (width, height):
+        raise DataError(
+            f"{path}: image id {image_id} is {size[0]}x{size[1]} but its annotation record "
+            f"says {width}x{height}; masks would not line up"
+        )
+    return mode
+
+
+def copy_atomic(src: Path, dest: Path) -> None:
+    """Copy src to dest through a temp file and a rename: dest is whole or absent."""
+    with src.open("rb") as fin, io.atomic_write(dest) as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+
+
+def _download(job: ImageJob, retries: int, timeout: float) -> None:
+    """Fetch job.url to job.dest; the download is verified before it takes the final name."""
+    from cocoseg.download import download_file  # imported late: only needed for missing images
+
+    if not job.url:
+        raise DataError(f"image id {job.image_id}: not found at {job.src} and it has no coco_url")
+
+    def verify(part: str | Path) -> None:
+        verify_image(part, job.image_id, job.width, job.height)
+
+    try:
+        download_file(
+            job.url, job.dest, retries=retries, timeout=timeout, progress=False, verify=verify
+        )
+    except DownloadError as err:
+        raise DownloadError(f"image id {job.image_id} ({job.url}): {err}") from None
+
+
+def place_image(job: ImageJob, retries: int, timeout: float) -> tuple[str, str]:
+    """Copy or download one image and verify it; return (how it got there, its PIL mode)."""
+    if job.src is not None and job.src.is_file():
+        mode = verify_image(job.src, job.image_id, job.width, job.height)
+        copy_atomic(job.src, job.dest)
+        return "copied", mode
+    if job.dest.is_file():
+        # Left by an interrupted run: atomic writes mean it is whole; still check it decodes.
+        try:
+            return "reused", verify_image(job.dest, job.image_id, job.width, job.height)
+        except DataError:
+            job.dest.unlink()
+    _download(job, retries, timeout)
+    return "downloaded", verify_image(job.dest, job.image_id, job.width, job.height)
+
+
+def place_images(
+    jobs: Iterable[ImageJob],
+    *,
+    workers: int,
+    retries: int,
+    timeout: float,
+    desc: str = "images",
+    place: Callable[[ImageJob, int, float], tuple[str, str]] = place_image,
+) -> tuple[dict[int, str], Counter[str]]:
+    """Place all images in parallel with a progress bar; return {image id: mode} and how-counts.
+
+    The first failure cancels what has not started and is raised as is (it names the image).
+    """
+    jobs = list(jobs)
+    modes: dict[int, str] = {}
+    how: Counter[str] = Counter()
+    with (
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="image") as pool,
+        tqdm(total=len(jobs), desc=desc, unit="img", leave=False) as bar,
+    ):
+        futures = {pool.submit(place, job, retries, timeout): job for job in jobs}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in done:
+                err = future.exception()
+                if err is not None:
+                    for other in pending:
+                        other.cancel()
+                    if isinstance(err, CocosegError):
+                        raise err
+                    job = futures[future]
+                    raise DataError(f"image id {job.image_id} ({job.dest.name}): {err}") from err
+                how_placed, mode = future.result()
+                modes[futures[future].image_id] = mode
+                how[how_placed] += 1
+                bar.update()
+    return modes, how
