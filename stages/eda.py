@@ -1,0 +1,33 @@
+"""Stage eda: class counts, object and image sizes, and sample overlays of data/subset.
+
+Writes reports/eda/summary.json (the counts, a DVC metrics file) and the PNGs in
+reports/eda/figures/.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from cocoseg.cli import log, run_stage, stage_parser
+from cocoseg.config import Params
+from cocoseg.eda import run_eda
+
+
+def parser() -> argparse.ArgumentParser:
+    """The shared stage options plus input and output folders (defaults: the DVC layout)."""
+    p = stage_parser(__doc__)
+    p.add_argument("--subset", default="data/subset", help="subset folder (default: %(default)s)")
+    p.add_argument("--out", default="reports/eda", help="report folder (default: %(default)s)")
+    return p
+
+
+def main(args: argparse.Namespace, params: Params) -> None:
+    """Analyse the subset and report what was found and where it went."""
+    summary = run_eda(args.subset, args.out, params.eda)
+    for split, s in summary.items():
+        extra = f", {s['instances']} instances, {s['crowd']} crowd" if "instances" in s else ""
+        log.info("eda: %s: %d images%s", split, s["images"], extra)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_stage(main, parser()))
