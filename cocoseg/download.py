@@ -164,18 +164,27 @@ def _fetch(
         try:
             _attempt(session, url, part, timeout, bar)
             return
+        except requests.exceptions.SSLError as err:  # a bad certificate will not heal
+            raise DownloadError(f"{url}: {err}") from None
         except (_Transient, *TRANSIENT_ERRORS) as err:
             failures = 0 if _size(part) > before else failures + 1
             if failures > retries:
-                raise DownloadError(
-                    f"{url}: giving up after {retries + 1} attempts without progress; "
-                    f"last error: {err}"
-                ) from None
+                raise _gave_up(url, part, retries, err) from None
             wait = _delay(max(failures, 1), backoff, getattr(err, "retry_after", None))
             log.warning("%s: %s; retrying in %.1fs", url, err, wait)
             time.sleep(wait)
         except requests.RequestException as err:
             raise DownloadError(f"{url}: {err}") from None
+        except OSError as err:  # writing the .part failed (disk full, permissions)
+            raise DownloadError(f"{url}: cannot write {part}: {err}") from None
+
+
+def _gave_up(url: str, part: Path, retries: int, err: Exception) -> DownloadError:
+    """The final error: URL, attempts, last status or error, and what is kept to resume."""
+    kept = f"; {part} keeps {_size(part)} bytes to resume from" if _size(part) else ""
+    return DownloadError(
+        f"{url}: giving up after {retries + 1} attempts without progress; last error: {err}{kept}"
+    )
 
 
 def _verified(url: str, part: Path, verify: Callable[[Path], None] | None) -> None:
@@ -378,15 +387,17 @@ def ensure_annotations(
     # Check present copies first: a truncated one fails before anything is fetched.
     files = {n: inspect_json(ann_dir / n) for n in names if (ann_dir / n).exists()}
     http = {"retries": retries, "timeout": timeout, "progress": progress, "backoff": backoff}
-    for zip_name, wanted in _missing_by_archive(ann_dir, names).items():
-        url = f"{base_url.rstrip('/')}/annotations/{zip_name}"
-        archive = coco_root / CACHE_DIR / zip_name
-        members = [f"annotations/{name}" for name in wanted]
-        _fetch_archive(url, archive, members, **http)
-        _extract_and_discard(archive, members, coco_root, url)
-        files.update({name: inspect_json(ann_dir / name) for name in wanted})
-    with contextlib.suppress(OSError):
-        (coco_root / CACHE_DIR).rmdir()  # only if empty
+    try:
+        for zip_name, wanted in _missing_by_archive(ann_dir, names).items():
+            url = f"{base_url.rstrip('/')}/annotations/{zip_name}"
+            archive = coco_root / CACHE_DIR / zip_name
+            members = [f"annotations/{name}" for name in wanted]
+            _fetch_archive(url, archive, members, **http)
+            _extract_and_discard(archive, members, coco_root, url)
+            files.update({name: inspect_json(ann_dir / name) for name in wanted})
+    finally:
+        with contextlib.suppress(OSError):
+            (coco_root / CACHE_DIR).rmdir()  # only if empty: a .part stays to be resumed
     return {
         "coco_root": str(coco_root),
         "base_url": base_url,

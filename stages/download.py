@@ -1,0 +1,46 @@
+"""Stage download: make data.coco_root hold the COCO-2017 annotation files the pipeline reads.
+
+Missing files are taken out of COCO's zip archives at data.base_url (only the needed
+members, streamed); files already present are checked and reused without any request,
+so a local COCO copy works offline. Writes a manifest (size and md5 of each file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from cocoseg.cli import run_stage, stage_parser
+from cocoseg.config import Params
+from cocoseg.download import ensure_annotations
+from cocoseg.io import write_json
+
+log = logging.getLogger("cocoseg")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The shared stage options plus where the manifest goes."""
+    p = stage_parser(__doc__)
+    p.add_argument("--out", default="data/download.json", help="manifest (default: %(default)s)")
+    return p
+
+
+def main(args: argparse.Namespace, params: Params) -> None:
+    """Fetch what is missing, then write the manifest."""
+    data = params.data
+    manifest = ensure_annotations(
+        Path(data.coco_root),
+        data.base_url,
+        need_test_info=params.subset.test_from == "test2017",
+        retries=data.retries,
+        timeout=data.timeout,
+    )
+    write_json(args.out, manifest)
+    log.info(
+        "%s: %d annotation files ready under %s", args.out, len(manifest["files"]), data.coco_root
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_stage(main, parser()))
