@@ -1,0 +1,443 @@
+"""Scoring instance segmentation: COCO mAP (segm, bbox), greedy IoU, Dice, precision/recall/F1.
+
+Conventions shared by every number here:
+- Ground truth is a pycocotools `COCO`; predictions are COCO results dicts (RLE masks).
+- Crowd regions are never ground truths to find; a prediction lying on one (COCO's crowd
+  overlap |d∩g|/|d| >= 0.5) is ignored rather than counted as a false positive.
+- Like COCOeval, at most `max_dets` (100) predictions per image and class, best scores
+  first, take part.
+- A ratio with nothing to divide by (a class without ground truth, no predictions at all)
+  is None, written as JSON null; COCO's -1 for a class without ground truth becomes None.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from cocoseg.errors import DataError
+from cocoseg.io import read_json, write_bytes, write_json
+
+SUMMARY_NAMES = (
+    "AP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "AR1",
+    "AR10",
+    "AR100",
+    "ARs",
+    "ARm",
+    "ARl",
+)
+IOU_TYPES = ("segm", "bbox")
+MATCH_IOU = 0.5
+MAX_DETS = 100
+DECIMALS = 6
+
+Number = float | None
+
+
+# --- loading and checking -------------------------------------------------------------------
+
+
+def coco_from_dataset(dataset: dict[str, Any]) -> COCO:
+    """A pycocotools COCO index over an in-memory dataset, without its console chatter."""
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def load_ground_truth(path: str | Path) -> COCO:
+    """The ground-truth annotation file as a COCO index; malformed files raise DataError."""
+    dataset = read_json(path)
+    if not isinstance(dataset, dict):
+        raise DataError(f"{path}: not a COCO annotation file (top level is not an object)")
+    missing = [k for k in ("images", "annotations", "categories") if k not in dataset]
+    if missing:
+        raise DataError(f"{path}: not a COCO annotation file (missing {missing})")
+    return coco_from_dataset(dataset)
+
+
+def _check_rle(seg: Any, image: dict[str, Any], where: str) -> dict[str, Any]:
+    """The prediction's RLE with `counts` compressed to str; its size must be the image's."""
+    if not isinstance(seg, dict) or "counts" not in seg or "size" not in seg:
+        raise DataError(f"{where}: 'segmentation' must be an RLE {{'size', 'counts'}}")
+    size = [image["height"], image["width"]]
+    if list(seg["size"]) != size:
+        raise DataError(
+            f"{where}: mask size {list(seg['size'])} differs from image {image['id']}'s {size}"
+        )
+    if isinstance(seg["counts"], list):
+        seg = mask_utils.frPyObjects(seg, *size)
+    if isinstance(seg["counts"], bytes):
+        seg = {"size": size, "counts": seg["counts"].decode("ascii")}
+    if not isinstance(seg["counts"], str):
+        raise DataError(f"{where}: RLE 'counts' must be a string or a list of run lengths")
+    return seg
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_prediction(pred: Any, gt: COCO, where: str) -> dict[str, Any]:
+    """One results dict, checked against the ground truth's images and categories."""
+    if not isinstance(pred, dict):
+        raise DataError(f"{where}: a prediction must be an object, got {type(pred).__name__}")
+    missing = [
+        k for k in ("image_id", "category_id", "bbox", "score", "segmentation") if k not in pred
+    ]
+    if missing:
+        raise DataError(f"{where}: missing {missing}")
+    for key in ("image_id", "category_id"):
+        if not isinstance(pred[key], int) or isinstance(pred[key], bool):
+            raise DataError(f"{where}: {key} {pred[key]!r} is not an integer id")
+    image = gt.imgs.get(pred["image_id"])
+    if image is None:
+        raise DataError(f"{where}: image_id {pred['image_id']!r} is not in the ground truth")
+    if pred["category_id"] not in gt.cats:
+        raise DataError(
+            f"{where}: category_id {pred['category_id']!r} is not in the ground truth "
+            f"(known: {sorted(gt.cats)})"
+        )
+    if not _is_number(pred["score"]):
+        raise DataError(f"{where}: score {pred['score']!r} is not a finite number")
+    bbox = pred["bbox"]
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
+        raise DataError(f"{where}: bbox {bbox!r} is not [x, y, width, height]")
+    return {
+        "image_id": pred["image_id"],
+        "category_id": pred["category_id"],
+        "bbox": [float(v) for v in bbox],
+        "score": float(pred["score"]),
+        "segmentation": _check_rle(pred["segmentation"], image, where),
+    }
+
+
+def check_predictions(preds: Any, gt: COCO, source: str) -> list[dict[str, Any]]:
+    """All results dicts checked; the error names the source, the entry and the bad id."""
+    if not isinstance(preds, list):
+        raise DataError(f"{source}: COCO results must be a JSON list of predictions")
+    return [check_prediction(p, gt, f"{source}: prediction #{i}") for i, p in enumerate(preds)]
+
+
+def load_predictions(path: str | Path, gt: COCO) -> list[dict[str, Any]]:
+    """A COCO results file, checked against the ground truth (see `check_predictions`)."""
+    return check_predictions(read_json(path), gt, str(path))
+
+
+# --- COCO mAP -------------------------------------------------------------------------------
+
+
+def results_coco(gt: COCO, preds: Sequence[dict[str, Any]], iou_type: str) -> COCO:
+    """Predictions as pycocotools' loadRes builds them, on copies; also for zero predictions.
+
+    For segm the box is left out, so small/medium/large use the mask's area (as
+    torchvision's and detectron2's evaluators do), not the box's.
+    """
+    if not preds:
+        empty = {"images": gt.dataset["images"], "categories": gt.dataset["categories"]}
+        return coco_from_dataset({**empty, "annotations": []})
+    keep = ("image_id", "category_id", "score", "segmentation" if iou_type == "segm" else "bbox")
+    anns = [{k: p[k] for k in keep} for p in preds]
+    with contextlib.redirect_stdout(io.StringIO()):
+        return gt.loadRes(anns)
+
+
+def run_cocoeval(gt: COCO, preds: Sequence[dict[str, Any]], iou_type: str) -> COCOeval:
+    """COCOeval evaluated, accumulated and summarised (quietly) for 'segm' or 'bbox'."""
+    evaluator = COCOeval(gt, results_coco(gt, preds, iou_type), iou_type)
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator
+
+
+def _coco_number(value: float) -> Number:
+    """COCO's -1 (nothing to score) as None, anything else as float."""
+    return None if value < 0 else float(value)
+
+
+def summary(evaluator: COCOeval) -> dict[str, Number]:
+    """The twelve numbers `summarize()` prints, by name (AP, AP50, ... ARl)."""
+    return {name: _coco_number(v) for name, v in zip(SUMMARY_NAMES, evaluator.stats, strict=True)}
+
+
+def _mean_valid(values: np.ndarray) -> Number:
+    valid = values[values > -1]
+    return float(valid.mean()) if valid.size else None
+
+
+def per_class_ap(evaluator: COCOeval) -> dict[int, dict[str, Number]]:
+    """AP, AP50 and AP75 per category id from eval['precision'] (area all, maxDets 100)."""
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # [iou, recall, class]
+    thresholds = evaluator.params.iouThrs
+    t50, t75 = (int(np.argmin(np.abs(thresholds - t))) for t in (0.5, 0.75))
+    return {
+        cat_id: {
+            "AP": _mean_valid(precision[:, :, k]),
+            "AP50": _mean_valid(precision[t50, :, k]),
+            "AP75": _mean_valid(precision[t75, :, k]),
+        }
+        for k, cat_id in enumerate(evaluator.params.catIds)
+    }
+
+
+def pr_curves(evaluator: COCOeval) -> dict[str, np.ndarray]:
+    """Precision per class on COCO's 101 recall thresholds: 'iou50' and 'iou50_95' [101, K].
+
+    IoU 0.5:0.95 averages the ten thresholds' curves; NaN where a class has no ground truth.
+    """
+    precision = evaluator.eval["precision"][:, :, :, 0, -1].astype(float)
+    precision[precision < 0] = np.nan
+    t50 = int(np.argmin(np.abs(evaluator.params.iouThrs - 0.5)))
+    return {"iou50": precision[t50], "iou50_95": precision.mean(axis=0)}
+
+
+# --- greedy IoU, Dice and one-to-one matching -----------------------------------------------
+
+
+def pair_overlap(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float]:
+    """(IoU, Dice) of two RLE masks from their intersection; both 0 when both are empty."""
+    inter = float(mask_utils.area(mask_utils.merge([a, b], intersect=True)))
+    total = float(mask_utils.area(a)) + float(mask_utils.area(b))
+    if total == 0:
+        return 0.0, 0.0
+    return inter / (total - inter), 2 * inter / total
+
+
+@dataclass
+class ClassMatch:
+    """One class's matching outcome: a greedy (IoU, Dice) per ground truth, one-to-one counts."""
+
+    ious: list[float] = field(default_factory=list)
+    dices: list[float] = field(default_factory=list)
+    tp: int = 0
+    fp: int = 0
+
+    @property
+    def n_gt(self) -> int:
+        return len(self.ious)
+
+    @property
+    def fn(self) -> int:
+        return self.n_gt - self.tp
+
+
+def greedy_pairs(
+    dts: Sequence[dict[str, Any]], gts: Sequence[dict[str, Any]], ious: np.ndarray
+) -> list[tuple[float, float]]:
+    """Per ground truth, (IoU, Dice) with the prediction overlapping it most; (0, 0) if none.
+
+    A prediction may serve several ground truths; ties go to the higher score.
+    """
+    if not dts:
+        return [(0.0, 0.0)] * len(gts)
+    best = ious.argmax(axis=0)
+    return [
+        pair_overlap(dts[d], g) if ious[d, j] > 0 else (0.0, 0.0)
+        for j, (d, g) in enumerate(zip(best, gts, strict=True))
+    ]
+
+
+def one_to_one(ious: np.ndarray, n_gt: int, threshold: float = MATCH_IOU) -> tuple[int, int]:
+    """(true, false positives) matching predictions in score order as COCOeval does.
+
+    Columns past `n_gt` are crowd regions (crowd overlap): a prediction that finds no free
+    ground truth at `threshold` but lies on a crowd region is ignored.
+    """
+    free = np.ones(n_gt, dtype=bool)
+    tp = fp = 0
+    for row in ious:
+        candidates = np.where(free & (row[:n_gt] >= threshold), row[:n_gt], -1.0)
+        if n_gt and candidates.max() >= 0:
+            free[candidates.argmax()] = False
+            tp += 1
+        elif not (row[n_gt:] >= threshold).any():
+            fp += 1
+    return tp, fp
+
+
+def top_predictions(
+    preds: Iterable[dict[str, Any]], score_threshold: float, max_dets: int = MAX_DETS
+) -> list[dict[str, Any]]:
+    """Best-scored first (stable, as COCOeval sorts), capped at max_dets, then thresholded."""
+    ranked = sorted(preds, key=lambda p: -p["score"])[:max_dets]
+    return [p for p in ranked if p["score"] >= score_threshold]
+
+
+def match_group(
+    dts: Sequence[dict[str, Any]], gts: Sequence[dict[str, Any]], crowds: Sequence[dict[str, Any]]
+) -> ClassMatch:
+    """Greedy pairs and one-to-one counts for one image and class (RLEs, dts score-sorted)."""
+    regions = [*gts, *crowds]
+    iscrowd = [0] * len(gts) + [1] * len(crowds)
+    if dts and regions:
+        ious = np.asarray(mask_utils.iou(list(dts), regions, iscrowd)).reshape(len(dts), -1)
+    else:
+        ious = np.zeros((len(dts), len(regions)))
+    pairs = greedy_pairs(dts, gts, ious[:, : len(gts)])
+    tp, fp = one_to_one(ious, len(gts))
+    return ClassMatch([p[0] for p in pairs], [p[1] for p in pairs], tp, fp)
+
+
+def instance_matching(
+    gt: COCO,
+    preds: Sequence[dict[str, Any]],
+    score_threshold: float,
+    max_dets: int = MAX_DETS,
+) -> dict[int, ClassMatch]:
+    """Per category id: greedy IoU/Dice per ground-truth instance and one-to-one TP/FP."""
+    groups: dict[tuple[int, int], dict[str, list]] = defaultdict(
+        lambda: {"dts": [], "gts": [], "crowds": []}
+    )
+    for ann in gt.dataset["annotations"]:
+        kind = "crowds" if ann.get("iscrowd") else "gts"
+        groups[ann["image_id"], ann["category_id"]][kind].append(gt.annToRLE(ann))
+    for pred in preds:
+        groups[pred["image_id"], pred["category_id"]]["dts"].append(pred)
+    result = {cat_id: ClassMatch() for cat_id in sorted(gt.cats)}
+    for (_, cat_id), group in groups.items():
+        dts = [p["segmentation"] for p in top_predictions(group["dts"], score_threshold, max_dets)]
+        found = match_group(dts, group["gts"], group["crowds"])
+        total = result[cat_id]
+        total.ious += found.ious
+        total.dices += found.dices
+        total.tp += found.tp
+        total.fp += found.fp
+    return result
+
+
+# --- the report -----------------------------------------------------------------------------
+
+
+def _ratio(num: float, den: float) -> Number:
+    return num / den if den else None
+
+
+def _mean(values: Sequence[float]) -> Number:
+    return float(np.mean(values)) if values else None
+
+
+def prf(tp: int, fp: int, fn: int) -> dict[str, Number]:
+    """Precision, recall and F1 (2TP / (2TP + FP + FN)); None where undefined."""
+    return {
+        "precision": _ratio(tp, tp + fp),
+        "recall": _ratio(tp, tp + fn),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+    }
+
+
+def rounded(obj: Any, decimals: int = DECIMALS) -> Any:
+    """A copy of nested dicts/lists with floats rounded; NaN becomes None."""
+    if isinstance(obj, dict):
+        return {k: rounded(v, decimals) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [rounded(v, decimals) for v in obj]
+    if isinstance(obj, float):
+        return None if math.isnan(obj) else round(obj, decimals)
+    return obj
+
+
+@dataclass
+class Evaluation:
+    """Everything the evaluate stage reports: nested metrics, per-class rows and PR curves."""
+
+    metrics: dict[str, Any]
+    rows: list[dict[str, Any]]
+    curves: dict[str, np.ndarray]
+    recall: np.ndarray
+    class_names: list[str]
+
+
+def _class_row(name: str, aps: dict[str, dict[str, Number]], found: ClassMatch) -> dict[str, Any]:
+    row: dict[str, Any] = {"class": name, "n_gt": found.n_gt}
+    for iou_type in IOU_TYPES:
+        row.update({f"{iou_type}_{k}": v for k, v in aps[iou_type].items()})
+    row.update(iou=_mean(found.ious), dice=_mean(found.dices))
+    row.update(prf(found.tp, found.fp, found.fn), tp=found.tp, fp=found.fp, fn=found.fn)
+    return row
+
+
+def evaluate(gt: COCO, preds: Sequence[dict[str, Any]], score_threshold: float) -> Evaluation:
+    """Score checked predictions against the ground truth with every metric of the report.
+
+    COCO mAP uses all predictions; greedy IoU, Dice and P/R/F1 only those scoring at
+    least `score_threshold`.
+    """
+    evaluators = {t: run_cocoeval(gt, preds, t) for t in IOU_TYPES}
+    matches = instance_matching(gt, preds, score_threshold)
+    per_type = {t: per_class_ap(e) for t, e in evaluators.items()}
+    names = {cat_id: gt.cats[cat_id]["name"] for cat_id in matches}
+    rows = [
+        _class_row(names[c], {t: per_type[t][c] for t in IOU_TYPES}, found)
+        for c, found in matches.items()
+    ]
+    all_ious = [v for m in matches.values() for v in m.ious]
+    all_dices = [v for m in matches.values() for v in m.dices]
+    tp, fp, fn = (sum(getattr(m, k) for m in matches.values()) for k in ("tp", "fp", "fn"))
+    metrics = {
+        **{t: summary(e) for t, e in evaluators.items()},
+        "iou": {"mean": _mean(all_ious), **{r["class"]: r["iou"] for r in rows}},
+        "dice": {"mean": _mean(all_dices), **{r["class"]: r["dice"] for r in rows}},
+        "match": {**prf(tp, fp, fn), "tp": tp, "fp": fp, "fn": fn},
+        "per_class": {r["class"]: {k: v for k, v in r.items() if k != "class"} for r in rows},
+    }
+    return Evaluation(
+        metrics=rounded(metrics),
+        rows=rounded(rows),
+        curves=pr_curves(evaluators["segm"]),
+        recall=evaluators["segm"].params.recThrs,
+        class_names=[names[c] for c in matches],
+    )
+
+
+def csv_text(rows: Sequence[dict[str, Any]], decimals: int = DECIMALS) -> str:
+    """Rows of dicts as CSV (header from the first row); None and NaN as empty cells."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rounded(list(rows), decimals))
+    return buf.getvalue()
+
+
+def curve_rows(
+    recalls: np.ndarray, curve: np.ndarray, class_names: Sequence[str]
+) -> list[dict[str, Any]]:
+    """A [R, K] precision array as rows {recall, <class>: precision, ...}."""
+    return [
+        {"recall": float(r), **dict(zip(class_names, map(float, values), strict=True))}
+        for r, values in zip(recalls, curve, strict=True)
+    ]
+
+
+def write_reports(
+    evaluation: Evaluation, metrics_path: str | Path, eval_dir: str | Path | None
+) -> None:
+    """The metrics JSON and, with an eval_dir, per_class.csv and pr_<iou>.csv; all atomic."""
+    write_json(metrics_path, evaluation.metrics)
+    if eval_dir is None:
+        return
+    eval_dir = Path(eval_dir)
+    write_bytes(eval_dir / "per_class.csv", csv_text(evaluation.rows).encode())
+    for key, curve in evaluation.curves.items():
+        rows = curve_rows(evaluation.recall, curve, evaluation.class_names)
+        write_bytes(eval_dir / f"pr_{key}.csv", csv_text(rows).encode())
