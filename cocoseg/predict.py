@@ -1,0 +1,247 @@
+"""Predict with the trained model on the subset's test images or on any folder of images.
+
+Outputs under `out`, the same in both modes:
+
+    <name>.json          COCO results list (image_id, category_id, category_name, bbox xywh,
+                         score, segmentation as RLE with str counts), scores >= threshold
+    images.json          the images index: COCO "images" (id, file_name, width, height) and
+                         "categories", so `COCO("images.json").loadRes("<name>.json")` works
+    overlays/<stem>.png  each image with its kept detections drawn
+    contact_sheet.png    all overlays (the first MAX_SHEET images) on one page
+
+`<name>` is "test" for the DVC stage and "predictions" for a folder. In a folder, every
+.jpg/.jpeg/.png file (top level, sorted by name) gets id 1..N. Other files are skipped
+and counted in the log (a folder often holds notes or sidecars); a file with an image
+suffix that does not decode stops the run before the model loads, naming the file, since
+silently dropping it would leave outputs that look complete but are not.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from cocoseg.config import PredictParams
+from cocoseg.device import resolve_device
+from cocoseg.errors import DataError
+from cocoseg.inference import predict_images
+from cocoseg.io import read_json, safe_join, write_json
+from cocoseg.model import load_trained_model
+from cocoseg.visualize import class_colors, contact_sheet, load_rgb, overlay, save_png
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+MAX_SHEET = 48  # images on the contact sheet; a big folder would make an unreadable page
+THUMB_WIDTH = 480  # contact-sheet thumbnails are downsized to keep memory flat
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """One image to predict on: its id in the outputs, where it is, and its size."""
+
+    id: int
+    path: Path
+    file_name: str
+    width: int
+    height: int
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """Decode the whole image and return (width, height); DataError naming it if it cannot."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.size
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"{path}: cannot decode as an image: {err}") from None
+
+
+def folder_images(folder: str | Path) -> list[InputImage]:
+    """Every .jpg/.jpeg/.png directly in folder, sorted by name, with ids 1..N."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder of images")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    skipped = len(files) - len(images)
+    if skipped:
+        log.info("%s: skipped %d file(s) without a .jpg/.jpeg/.png suffix", folder, skipped)
+    if not images:
+        raise DataError(f"{folder}: no .jpg, .jpeg or .png images found")
+    out = []
+    for image_id, path in enumerate(images, start=1):
+        width, height = image_size(path)
+        out.append(InputImage(image_id, path, path.name, width, height))
+    return out
+
+
+def subset_images(subset: str | Path, split: str = "test") -> tuple[list[InputImage], list[str]]:
+    """The split's images as listed in data/subset/annotations/<split>.json, plus class names."""
+    subset = Path(subset)
+    coco = read_json(subset / "annotations" / f"{split}.json")
+    if not isinstance(coco, dict) or "images" not in coco:
+        raise DataError(f"{subset}/annotations/{split}.json: no 'images' list")
+    names = [c["name"] for c in sorted(coco.get("categories", []), key=lambda c: c["id"])]
+    images = []
+    for img in coco["images"]:
+        path = safe_join(subset / "images" / split, img["file_name"])
+        if not path.is_file():
+            raise DataError(f"{path}: image id {img['id']} listed in {split}.json is missing")
+        images.append(InputImage(img["id"], path, img["file_name"], img["width"], img["height"]))
+    return images, names
+
+
+# ---------------------------------------------------------------- results
+
+
+def keep_confident(results: Sequence[dict], threshold: float) -> list[dict]:
+    """Detections with score >= threshold, in their original order."""
+    return [r for r in results if r["score"] >= threshold]
+
+
+def add_category_names(results: Sequence[dict], classes: Sequence[str]) -> list[dict]:
+    """Each result with "category_name" added (category ids are 1..K over `classes`)."""
+    named = []
+    for r in results:
+        cid = r["category_id"]
+        if not 1 <= cid <= len(classes):
+            raise DataError(f"prediction has category_id {cid}; the model knows 1..{len(classes)}")
+        named.append({**r, "category_name": classes[cid - 1]})
+    return named
+
+
+def images_index(images: Sequence[InputImage], classes: Sequence[str]) -> dict[str, Any]:
+    """images.json: a COCO image-info dict mapping ids to file names, with the categories."""
+    return {
+        "images": [
+            {"id": i.id, "file_name": i.file_name, "width": i.width, "height": i.height}
+            for i in images
+        ],
+        "categories": [{"id": k, "name": n} for k, n in enumerate(classes, start=1)],
+    }
+
+
+def overlay_names(images: Sequence[InputImage]) -> dict[int, str]:
+    """Overlay file name per image id: <stem>.png, or <file name with _>.png if stems clash."""
+    stems = Counter(Path(i.file_name).stem for i in images)
+    names = {}
+    for i in images:
+        stem = Path(i.file_name).stem
+        unique = stems[stem] == 1
+        names[i.id] = f"{stem}.png" if unique else f"{Path(i.file_name).name.replace('.', '_')}.png"
+    return names
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def _thumbnail(image: np.ndarray) -> np.ndarray:
+    """A copy at most THUMB_WIDTH wide, for the contact sheet."""
+    h, w = image.shape[:2]
+    if w <= THUMB_WIDTH:
+        return image
+    small = Image.fromarray(image).resize((THUMB_WIDTH, max(1, round(h * THUMB_WIDTH / w))))
+    return np.asarray(small)
+
+
+def _clear_stale_overlays(folder: Path, keep: set[str]) -> None:
+    """Remove PNGs a previous run left in our overlays folder that this run will not write."""
+    stale = [p for p in folder.glob("*.png") if p.name not in keep] if folder.is_dir() else []
+    for p in stale:
+        p.unlink()
+    if stale:
+        log.info("%s: removed %d overlay(s) left from an earlier run", folder, len(stale))
+
+
+def write_outputs(
+    out: Path,
+    name: str,
+    images: Sequence[InputImage],
+    results: Sequence[dict],
+    classes: Sequence[str],
+    threshold: float,
+) -> None:
+    """Write <name>.json, images.json, one overlay per image and the contact sheet."""
+    write_json(out / f"{name}.json", list(results))
+    write_json(out / "images.json", images_index(images, classes))
+    categories = dict(enumerate(classes, start=1))
+    colors = class_colors(list(classes))
+    by_image: dict[int, list[dict]] = {}
+    for r in results:
+        by_image.setdefault(r["image_id"], []).append(r)
+    names = overlay_names(images)
+    _clear_stale_overlays(out / "overlays", set(names.values()))
+    thumbs, captions = [], []
+    for img in images:
+        dets = by_image.get(img.id, [])
+        drawn = overlay(load_rgb(img.path), dets, categories, colors=colors)
+        save_png(out / "overlays" / names[img.id], drawn)
+        if len(thumbs) < MAX_SHEET:
+            thumbs.append(_thumbnail(drawn))
+            captions.append(f"{img.file_name}: {len(dets)} detection{'s' * (len(dets) != 1)}")
+    shown = f"first {len(thumbs)} of {len(images)}" if len(thumbs) < len(images) else len(images)
+    contact_sheet(
+        thumbs,
+        captions,
+        out / "contact_sheet.png",
+        columns=4,
+        title=f"Predictions on {shown} images (score ≥ {threshold:g})",
+        colors=colors,
+    )
+
+
+def check_classes(model_classes: Sequence[str], subset_classes: Sequence[str]) -> None:
+    """Refuse a model trained for other classes than the subset's (a stale model.pt)."""
+    if subset_classes and list(subset_classes) != list(model_classes):
+        raise DataError(
+            f"the model predicts {list(model_classes)} but the subset's classes are "
+            f"{list(subset_classes)}: retrain (dvc repro train)"
+        )
+
+
+def predict(
+    model_path: str | Path,
+    images: Sequence[InputImage],
+    out: str | Path,
+    params: PredictParams,
+    *,
+    name: str,
+    expect_classes: Sequence[str] = (),
+    progress: bool = True,
+) -> list[dict]:
+    """Run the model on `images`, keep scores >= threshold, write all outputs; return results."""
+    out = Path(out)
+    device = resolve_device(params.device)
+    model, classes = load_trained_model(model_path, device)
+    check_classes(classes, expect_classes)
+    log.info("predict: %d images on %s with %s", len(images), device, model_path)
+    raw = predict_images(
+        model,
+        [(i.id, i.path) for i in images],
+        device=device,
+        batch_size=params.batch_size,
+        mask_threshold=params.mask_threshold,
+        progress=progress,
+    )
+    results = add_category_names(keep_confident(raw, params.score_threshold), classes)
+    log.info(
+        "predict: kept %d of %d detections with score >= %g",
+        len(results),
+        len(raw),
+        params.score_threshold,
+    )
+    write_outputs(out, name, images, results, classes, params.score_threshold)
+    return results

@@ -1,0 +1,69 @@
+"""Stage predict: run models/model.pt on images and draw what it finds.
+
+DVC mode (no --images): the test images of data/subset -> reports/predictions/test.json.
+Folder mode: `python stages/predict.py --images DIR --out DIR` -> DIR/predictions.json.
+Both write images.json (ids -> file names), overlays/<stem>.png and contact_sheet.png;
+see cocoseg/predict.py for the layout. Settings come from params.yaml's predict section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from cocoseg.cli import log, run_stage, stage_parser
+from cocoseg.config import Params
+from cocoseg.errors import DataError
+from cocoseg.predict import folder_images, predict, subset_images
+
+DVC_OUT = "reports/predictions"
+
+
+def parser() -> argparse.ArgumentParser:
+    """The shared stage options plus model, inputs and output folder."""
+    p = stage_parser(__doc__)
+    p.add_argument("--model", default="models/model.pt", help="model file (default: %(default)s)")
+    p.add_argument("--subset", default="data/subset", help="DVC mode input (default: %(default)s)")
+    p.add_argument("--images", type=Path, help="folder mode: predict on the images in this folder")
+    p.add_argument("--out", type=Path, help=f"output folder (DVC mode default: {DVC_OUT})")
+    p.add_argument(
+        "--score-threshold",
+        type=float,
+        help="override predict.score_threshold (0..1) for this run",
+    )
+    return p
+
+
+def main(args: argparse.Namespace, params: Params) -> None:
+    """Pick the inputs for the mode, predict, and say where the outputs are."""
+    settings = params.predict
+    if args.score_threshold is not None:
+        if not 0 <= args.score_threshold <= 1:
+            raise DataError(f"--score-threshold {args.score_threshold} must be within 0..1")
+        settings = dataclasses.replace(settings, score_threshold=args.score_threshold)
+    if args.images is None:
+        out = args.out or Path(DVC_OUT)
+        images, classes = subset_images(args.subset, "test")
+        results = predict(args.model, images, out, settings, name="test", expect_classes=classes)
+        name = "test"
+    else:
+        if args.out is None:
+            raise DataError("--images needs --out: the folder to write predictions into")
+        if args.out.resolve() == args.images.resolve():
+            raise DataError(f"--out {args.out} must differ from --images (outputs are PNGs too)")
+        out = args.out
+        images = folder_images(args.images)
+        results = predict(args.model, images, out, settings, name="predictions")
+        name = "predictions"
+    log.info(
+        "predict: %d detections on %d images -> %s/%s.json, overlays/, contact_sheet.png",
+        len(results),
+        len(images),
+        out,
+        name,
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_stage(main, parser()))
