@@ -73,6 +73,10 @@ def _check_coco(coco: Any, path: Path) -> None:
     """Refuse a json lacking what the analysis reads, naming the file and the gap."""
     if not isinstance(coco, dict) or "images" not in coco or "categories" not in coco:
         raise DataError(f"{path}: not a COCO annotation file (needs 'images' and 'categories')")
+    for img in coco["images"]:
+        missing = {"id", "file_name", "width", "height"} - set(img)
+        if missing:
+            raise DataError(f"{path}: image {img.get('id')} lacks {sorted(missing)}")
     image_ids = {img["id"] for img in coco["images"]}
     cat_ids = {cat["id"] for cat in coco["categories"]}
     for ann in coco.get("annotations", []):

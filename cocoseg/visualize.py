@@ -171,6 +171,14 @@ def _draw_box_and_label(
     draw.text((x + pad - left, ty + pad - top), text, fill=_text_fill(color), font=font)
 
 
+def _draw_order(ann: Mapping[str, Any]) -> tuple[float, float]:
+    """Big objects first so small ones stay visible; among predictions, best score last."""
+    area = ann.get("area")
+    if area is None and "bbox" in ann:
+        area = float(ann["bbox"][2]) * float(ann["bbox"][3])
+    return (-float(area or 0), float(ann.get("score", 0)))
+
+
 def overlay(
     image: np.ndarray,
     anns: list[dict],
@@ -189,7 +197,7 @@ def overlay(
     height, width = image.shape[:2]
     colors = dict(colors) if colors is not None else class_colors(list(categories.values()))
     canvas = image.astype(np.float32)
-    order = sorted(anns, key=lambda a: -float(a.get("area", 0) or 0))  # small ones on top
+    order = sorted(anns, key=_draw_order)
     for ann in order:
         name = categories.get(ann["category_id"], f"id {ann['category_id']}")
         if ann.get("segmentation") is not None:
