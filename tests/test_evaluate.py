@@ -1,0 +1,234 @@
+"""Inference to COCO results, and the evaluate stage: model mode, --predictions mode, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import synthcoco
+import torch
+import yaml
+from dvcrepo import deep_update
+from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from cocoseg.cli import run_stage
+from cocoseg.errors import DataError
+from cocoseg.inference import load_image, predict_images, to_coco_results
+from cocoseg.model import build_model, model_record
+from stages import evaluate as evaluate_stage
+
+PROJECT = Path(__file__).resolve().parents[1]
+CLASSES = list(synthcoco.TARGETS.values())
+RESULT_KEYS = {"image_id", "category_id", "bbox", "score", "segmentation"}
+
+
+def tiny_model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model("maskrcnn_resnet50_fpn", len(CLASSES) + 1, min_size=128, max_size=128)
+
+
+def save_model(model: torch.nn.Module, path: Path, classes: list[str] = CLASSES) -> Path:
+    torch.save(model_record(model, classes, "maskrcnn_resnet50_fpn", 128, 128, {}), path)
+    return path
+
+
+def val_items(subset: Path, n: int) -> list[tuple[int, Path]]:
+    images = json.loads((subset / "annotations" / "val.json").read_text())["images"]
+    return [(im["id"], subset / "images" / "val" / im["file_name"]) for im in images[:n]]
+
+
+# --- inference --------------------------------------------------------------------------------
+
+
+def test_to_coco_results_converts_boxes_and_binarises_masks_above_the_threshold():
+    probs = torch.zeros(1, 1, 6, 8)
+    probs[0, 0, 1:4, 2:5] = 0.9
+    probs[0, 0, 4, 2:5] = 0.5  # exactly at the threshold: left out
+    output = {
+        "boxes": torch.tensor([[2.0, 1.0, 5.0, 4.0]]),
+        "labels": torch.tensor([3]),
+        "scores": torch.tensor([0.75]),
+        "masks": probs,
+    }
+    (result,) = to_coco_results(42, output, mask_threshold=0.5)
+    assert set(result) == RESULT_KEYS
+    assert (result["image_id"], result["category_id"], result["score"]) == (42, 3, 0.75)
+    assert result["bbox"] == [2.0, 1.0, 3.0, 3.0]
+    assert isinstance(result["segmentation"]["counts"], str)
+    assert (mask_utils.decode(result["segmentation"]) == (probs[0, 0] > 0.5).numpy()).all()
+    empty = {k: v[:0] for k, v in output.items()}
+    assert to_coco_results(42, empty) == []
+
+
+def test_predict_images_returns_coco_results_for_every_detection(synthetic_subset, capsys):
+    model = tiny_model()
+    model.roi_heads.detections_per_img = 8  # keep the CPU mask head cheap
+    model.train()
+    items = val_items(synthetic_subset, 2)  # the second image is a grayscale JPEG
+    loose = predict_images(model, items, device="cpu", mask_threshold=0.3)
+    assert "inference" in capsys.readouterr().err  # the progress bar
+    assert not model.training
+    strict = predict_images(model, items, device="cpu", mask_threshold=0.7, progress=False)
+
+    assert loose and {r["image_id"] for r in loose} <= {i for i, _ in items}
+    sizes = {i: Image.open(p).size for i, p in items}
+    for r in loose:
+        assert set(r) == RESULT_KEYS and 1 <= r["category_id"] <= len(CLASSES)
+        w, h = sizes[r["image_id"]]
+        assert r["segmentation"]["size"] == [h, w] and 0 <= r["score"] <= 1
+        x, y, bw, bh = r["bbox"]
+        assert x >= 0 and y >= 0 and x + bw <= w + 1e-3 and y + bh <= h + 1e-3
+    # Same detections, masks cut at a higher probability: never larger, smaller overall.
+    assert [r["bbox"] for r in strict] == [r["bbox"] for r in loose]
+    small = [mask_utils.area(r["segmentation"]) for r in strict]
+    large = [mask_utils.area(r["segmentation"]) for r in loose]
+    assert all(s <= lg for s, lg in zip(small, large, strict=True)) and sum(small) < sum(large)
+
+
+def test_load_image_converts_to_rgb_and_names_bad_files(synthetic_subset, tmp_path):
+    (_, gray), = val_items(synthetic_subset, 2)[1:]  # fmt: skip
+    assert Image.open(gray).mode == "L"
+    tensor = load_image(gray)
+    assert tensor.shape[0] == 3 and tensor.dtype == torch.float32 and tensor.max() <= 1
+    with pytest.raises(DataError, match=r"missing\.jpg: image file not found"):
+        load_image(tmp_path / "missing.jpg")
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    with pytest.raises(DataError, match=r"bad\.jpg: cannot read as an image"):
+        load_image(tmp_path / "bad.jpg")
+
+
+# --- the stage --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A subset with two small val images, one grayscale (CPU inference stays short)."""
+    return synthcoco.make_subset(
+        tmp_path_factory.mktemp("subset"), n_train=1, n_val=2, n_test=0, size=(64, 80)
+    )
+
+
+@pytest.fixture(scope="module")
+def params_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    evaluate = {"device": "cpu", "n_samples": 2, "score_threshold": 0.3}
+    path = tmp_path_factory.mktemp("params") / "params.yaml"
+    path.write_text(yaml.safe_dump(deep_update(raw, {"evaluate": evaluate})))
+    return path
+
+
+def run(params_file: Path, subset: Path, *args: str | Path) -> int:
+    """The stage in-process on `subset` with the test params; returns its exit code."""
+    return run_stage(
+        evaluate_stage.main,
+        evaluate_stage.parser(),
+        ["--params", str(params_file), "--subset", str(subset), *map(str, args)],
+    )
+
+
+def perfect_predictions(subset: Path) -> list[dict]:
+    gt = COCO(str(subset / "annotations" / "val.json"))
+    preds = []
+    for a in gt.dataset["annotations"]:
+        if not a["iscrowd"]:
+            rle = mask_utils.encode(np.asfortranarray(gt.annToMask(a)))
+            rle["counts"] = rle["counts"].decode()
+            preds.append({**{k: a[k] for k in ("image_id", "category_id", "bbox")},
+                          "score": 1.0, "segmentation": rle})  # fmt: skip
+    return preds
+
+
+def test_stage_predicts_scores_and_writes_every_report(subset, params_file, tmp_path):
+    model_file = save_model(tiny_model(), tmp_path / "model.pt")
+    out, eval_dir = tmp_path / "metrics.json", tmp_path / "eval"
+    assert (
+        run(params_file, subset, "--model", model_file, "--out", out, "--eval-dir", eval_dir) == 0
+    )
+
+    preds_file = eval_dir / "predictions.json"
+    gt = COCO(str(subset / "annotations" / "val.json"))
+    assert len(gt.loadRes(str(preds_file)).anns) == len(json.loads(preds_file.read_text())) > 0
+    written = json.loads(out.read_text())
+    assert set(written) == {"segm", "bbox", "iou", "dice", "match", "per_class"}
+    assert list(written["per_class"]) == CLASSES
+
+    # The same predictions scored from the file alone give the same metrics, no model needed.
+    again = tmp_path / "again.json"
+    assert run(params_file, subset, "--predictions", preds_file, "--out", again) == 0
+    assert json.loads(again.read_text()) == written
+
+    header = (eval_dir / "per_class.csv").read_text().splitlines()[0]
+    assert header.startswith("class,n_gt,segm_AP,segm_AP50,segm_AP75,bbox_AP")
+    for name in ("pr_iou50.csv", "pr_iou50_95.csv"):
+        lines = (eval_dir / name).read_text().splitlines()
+        assert lines[0] == "recall," + ",".join(CLASSES) and len(lines) == 102
+    with Image.open(eval_dir / "samples.png") as png:
+        assert png.format == "PNG" and png.height > png.width  # two rows of GT | prediction
+
+
+def test_a_model_that_detects_nothing_still_gets_a_report(subset, params_file, tmp_path):
+    model = tiny_model()
+    with torch.no_grad():  # background wins everywhere: no detection passes the score cut
+        model.roi_heads.box_predictor.cls_score.weight.zero_()
+        model.roi_heads.box_predictor.cls_score.bias.copy_(torch.tensor([20.0, 0, 0, 0, 0]))
+    model_file = save_model(model, tmp_path / "model.pt")
+    out, eval_dir = tmp_path / "metrics.json", tmp_path / "eval"
+    assert (
+        run(params_file, subset, "--model", model_file, "--out", out, "--eval-dir", eval_dir) == 0
+    )
+    assert json.loads((eval_dir / "predictions.json").read_text()) == []
+    m = json.loads(out.read_text())
+    assert m["segm"]["AP"] == m["bbox"]["AP"] == m["iou"]["mean"] == m["match"]["recall"] == 0.0
+    assert m["match"]["precision"] is None and m["match"]["fp"] == 0
+    assert (eval_dir / "samples.png").exists()
+
+
+def test_scoring_a_predictions_file_writes_only_the_metrics(subset, params_file, tmp_path):
+    preds_file = tmp_path / "theirs.json"
+    preds_file.write_text(json.dumps(perfect_predictions(subset)))
+    out = tmp_path / "theirs_metrics.json"
+    assert run(params_file, subset, "--predictions", preds_file, "--out", out) == 0
+    m = json.loads(out.read_text())
+    assert m["segm"]["AP"] == m["bbox"]["AP"] == m["dice"]["mean"] == m["iou"]["mean"] == 1.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["theirs.json", "theirs_metrics.json"]
+
+
+def test_predictions_mode_needs_an_explicit_out(subset, params_file, tmp_path, capsys):
+    preds_file = tmp_path / "theirs.json"
+    preds_file.write_text("[]")
+    assert run(params_file, subset, "--predictions", preds_file) == 2
+    assert "--predictions needs --out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda preds: [preds[0], {**preds[1], "image_id": 123}], "prediction #1: image_id 123"),
+        (lambda preds: [{**preds[0], "category_id": 9}], "prediction #0: category_id 9"),
+        (lambda preds: json.dumps(preds)[:40], "not valid JSON"),
+    ],
+)
+def test_a_bad_predictions_file_stops_naming_the_file_and_the_id(
+    subset, params_file, tmp_path, capsys, edit, message
+):
+    bad = edit(perfect_predictions(subset))
+    preds_file = tmp_path / "bad.json"
+    preds_file.write_text(bad if isinstance(bad, str) else json.dumps(bad))
+    assert run(params_file, subset, "--predictions", preds_file, "--out", tmp_path / "m.json") == 2
+    err = capsys.readouterr().err
+    assert f"error: {preds_file}: " in err and message in err
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_a_model_for_other_classes_is_refused(subset, params_file, tmp_path, capsys):
+    model_file = save_model(tiny_model(), tmp_path / "model.pt", ["dog", "car", "chair", "cat"])
+    out = tmp_path / "m.json"
+    assert (
+        run(params_file, subset, "--model", model_file, "--out", out, "--eval-dir", tmp_path) == 2
+    )
+    assert "trained for classes ['dog', 'car', 'chair', 'cat']" in capsys.readouterr().err
+    assert not out.exists()
