@@ -171,8 +171,9 @@ class AnnotationFile:
     def __len__(self) -> int:
         return len(self.starts)
 
-    def batches(self, size: int = BATCH) -> Iterable[tuple[int, list[Any]]]:
-        """(index of the first, parsed annotations) for consecutive runs of `size`."""
+    def batches(self, size: int | None = None) -> Iterable[tuple[int, list[Any]]]:
+        """(index of the first, parsed annotations) for consecutive runs of `size` (BATCH)."""
+        size = size or BATCH
         for first in range(0, len(self), size):
             last = min(first + size, len(self)) - 1
             chunk = self.data[self.starts[first] : self.ends[last]]

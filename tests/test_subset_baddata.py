@@ -28,6 +28,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from cocoseg import subset
 from cocoseg.config import DataParams, SubsetParams, validate_section
 from cocoseg.errors import DataError, DownloadError
 from cocoseg.subset import make_subset
@@ -108,6 +109,66 @@ def test_truncated_json_stops_naming_the_file(root, tmp_path):
     with pytest.raises(DataError, match=r"instances_train2017\.json: not valid JSON"):
         run(root, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.7, 0.999])
+def test_json_cut_anywhere_stops_naming_the_file(root, tmp_path, fraction):
+    path = root / "annotations" / TRAIN
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    with pytest.raises(DataError, match=r"instances_train2017\.json: not valid JSON"):
+        run(root, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("find", "replace"),
+    [
+        (b'}, {"id"', b'} {"id"'),
+        (b'"iscrowd": 0', b'"iscrowd": 0,,'),
+        (b'"bbox": [', b'"bbox": [,'),
+    ],
+)
+@pytest.mark.parametrize("batch", [7, 20_000])  # 7: the fault may sit between two batches
+def test_corrupt_bytes_inside_the_annotations_stop_naming_the_file(
+    root, tmp_path, find, replace, batch, monkeypatch
+):
+    monkeypatch.setattr(subset, "BATCH", batch)
+    path = root / "annotations" / TRAIN
+    doc = json.loads(path.read_text())
+    doc["annotations"] = [{"id": a.pop("id"), **a} for a in doc["annotations"]]  # id first
+    data = json.dumps(doc).encode()
+    assert data.count(find) > 10
+    at = data.index(find, len(data) // 2)
+    path.write_bytes(data[:at] + replace + data[at + len(find) :])
+    with pytest.raises(DataError, match=r"instances_train2017\.json: not valid JSON"):
+        run(root, tmp_path / "out")
+
+
+@pytest.mark.parametrize("batch", [5, 20_000])
+def test_any_valid_json_layout_gives_the_same_subset(root, tmp_path, batch, monkeypatch):
+    monkeypatch.setattr(subset, "BATCH", batch)
+    out = tmp_path / "compact"
+    run(root, out)
+
+    def relayout(doc: dict) -> None:
+        tricky = 'has "quotes" \\ and [brackets] {braces} and "annotations": [1]'
+        reordered = {"annotations": doc["annotations"], **doc}  # annotations first
+        reordered["info"] = {**doc["info"], "description": tricky}
+        doc.clear()
+        doc.update(reordered)
+
+    edit(root, TRAIN, relayout)
+    path = root / "annotations" / TRAIN
+    path.write_text(json.dumps(json.loads(path.read_text()), indent=3, ensure_ascii=True))
+    other = tmp_path / "pretty"
+    run(root, other)
+    for split in ("train", "val", "test"):
+        mine = json.loads((other / "annotations" / f"{split}.json").read_text())
+        theirs = json.loads((out / "annotations" / f"{split}.json").read_text())
+        if split == "train":
+            assert mine["info"]["description"].startswith('has "quotes" \\ and [')
+            mine["info"] = theirs["info"]
+        assert mine == theirs
 
 
 def test_json_that_is_not_coco_stops_naming_the_file_and_key(root, tmp_path):
