@@ -41,7 +41,7 @@ SPLITS = ("train", "val", "test")
 DROP_REASONS = (
     "orphan_annotations",  # image_id not among the file's images: cannot be used
     "degenerate_boxes",  # bbox missing, or zero/negative width or height
-    "short_polygons",  # polygons of fewer than three points, removed from their annotation
+    "short_polygons",  # polygons of < 3 points (or odd length), removed from their annotation
     "empty_segmentations",  # annotations with no usable polygon left
     "invalid_rle",  # RLE whose size or run lengths disagree with the image
 )
@@ -60,7 +60,7 @@ class Split:
     modes: dict[int, str] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class Kept:
     """What selection needs of a usable annotation of a chosen class (not the annotation)."""
 
@@ -211,9 +211,10 @@ def index_images(doc: dict[str, Any], path: Path) -> dict[int, dict[str, Any]]:
     for i, image in enumerate(doc["images"]):
         try:
             image_id = image["id"]
+            duplicate = image_id in images
         except (KeyError, TypeError):
-            raise DataError(f"{path}: images[{i}] has no 'id'") from None
-        if image_id in images:
+            raise DataError(f"{path}: images[{i}] has no usable 'id'") from None
+        if duplicate:
             raise DataError(f"{path}: duplicate image id {image_id}")
         images[image_id] = image
     return images
@@ -562,9 +563,8 @@ def image_jobs(split: Split, root: Path, out: Path) -> list[ImageJob]:
 
 
 def clear_stale(out: Path, keep: Iterable[Path]) -> int:
-    """Remove files of a previous run under out/annotations and out/images not in keep.
-
-    Only the stage's own folders are touched, so a wrong --out cannot wipe anything else.
+    """Remove a previous run's stats.json, and its files under annotations/ and images/
+    that are not in keep. Nothing else in out is touched, so a wrong --out wipes nothing.
     """
     keep = {Path(p) for p in keep}
     removed = 0
@@ -578,8 +578,10 @@ def clear_stale(out: Path, keep: Iterable[Path]) -> int:
             elif path not in keep:
                 path.unlink()
                 removed += 1
-    for tmp in out.glob(".stats.json.*.tmp"):
-        tmp.unlink()
+    for stale in [out / "stats.json", *out.glob(".stats.json.*.tmp")]:
+        if stale.is_file():
+            stale.unlink()
+            removed += 1
     return removed
 
 

@@ -87,6 +87,20 @@ def test_same_seed_gives_identical_bytes_another_seed_other_ids(
     assert ids(other, "test") != ids(default_out, "test")
 
 
+def test_rerun_with_another_seed_leaves_no_stale_file_and_nothing_foreign_touched(
+    synthetic_root, tmp_path
+):
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    run(synthetic_root, out, seed=1)
+    (out / "images" / "train" / "leftover.jpg.part").write_bytes(b"partial")
+    (out / "notes.txt").write_text("mine")
+    run(synthetic_root, out, seed=2)
+    run(synthetic_root, fresh, seed=2)
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
+    assert all_files(out) == all_files(fresh)
+
+
 def test_categories_are_1_to_k_in_classes_order_and_nothing_foreign_survives(
     synthetic_root, default_out
 ):
