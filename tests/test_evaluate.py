@@ -10,7 +10,7 @@ import pytest
 import synthcoco
 import torch
 import yaml
-from dvcrepo import deep_update
+from dvcrepo import deep_update, dvc, make_dvc_repo, run, stages_ran
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
@@ -121,7 +121,7 @@ def params_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def run(params_file: Path, subset: Path, *args: str | Path) -> int:
+def stage(params_file: Path, subset: Path, *args: str | Path) -> int:
     """The stage in-process on `subset` with the test params; returns its exit code."""
     return run_stage(
         evaluate_stage.main,
@@ -146,7 +146,7 @@ def test_stage_predicts_scores_and_writes_every_report(subset, params_file, tmp_
     model_file = save_model(tiny_model(), tmp_path / "model.pt")
     out, eval_dir = tmp_path / "metrics.json", tmp_path / "eval"
     assert (
-        run(params_file, subset, "--model", model_file, "--out", out, "--eval-dir", eval_dir) == 0
+        stage(params_file, subset, "--model", model_file, "--out", out, "--eval-dir", eval_dir) == 0
     )
 
     preds_file = eval_dir / "predictions.json"
@@ -158,7 +158,7 @@ def test_stage_predicts_scores_and_writes_every_report(subset, params_file, tmp_
 
     # The same predictions scored from the file alone give the same metrics, no model needed.
     again = tmp_path / "again.json"
-    assert run(params_file, subset, "--predictions", preds_file, "--out", again) == 0
+    assert stage(params_file, subset, "--predictions", preds_file, "--out", again) == 0
     assert json.loads(again.read_text()) == written
 
     header = (eval_dir / "per_class.csv").read_text().splitlines()[0]
@@ -178,7 +178,7 @@ def test_a_model_that_detects_nothing_still_gets_a_report(subset, params_file, t
     model_file = save_model(model, tmp_path / "model.pt")
     out, eval_dir = tmp_path / "metrics.json", tmp_path / "eval"
     assert (
-        run(params_file, subset, "--model", model_file, "--out", out, "--eval-dir", eval_dir) == 0
+        stage(params_file, subset, "--model", model_file, "--out", out, "--eval-dir", eval_dir) == 0
     )
     assert json.loads((eval_dir / "predictions.json").read_text()) == []
     m = json.loads(out.read_text())
@@ -191,7 +191,7 @@ def test_scoring_a_predictions_file_writes_only_the_metrics(subset, params_file,
     preds_file = tmp_path / "theirs.json"
     preds_file.write_text(json.dumps(perfect_predictions(subset)))
     out = tmp_path / "theirs_metrics.json"
-    assert run(params_file, subset, "--predictions", preds_file, "--out", out) == 0
+    assert stage(params_file, subset, "--predictions", preds_file, "--out", out) == 0
     m = json.loads(out.read_text())
     assert m["segm"]["AP"] == m["bbox"]["AP"] == m["dice"]["mean"] == m["iou"]["mean"] == 1.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["theirs.json", "theirs_metrics.json"]
@@ -200,7 +200,7 @@ def test_scoring_a_predictions_file_writes_only_the_metrics(subset, params_file,
 def test_predictions_mode_needs_an_explicit_out(subset, params_file, tmp_path, capsys):
     preds_file = tmp_path / "theirs.json"
     preds_file.write_text("[]")
-    assert run(params_file, subset, "--predictions", preds_file) == 2
+    assert stage(params_file, subset, "--predictions", preds_file) == 2
     assert "--predictions needs --out" in capsys.readouterr().err
 
 
@@ -218,17 +218,69 @@ def test_a_bad_predictions_file_stops_naming_the_file_and_the_id(
     bad = edit(perfect_predictions(subset))
     preds_file = tmp_path / "bad.json"
     preds_file.write_text(bad if isinstance(bad, str) else json.dumps(bad))
-    assert run(params_file, subset, "--predictions", preds_file, "--out", tmp_path / "m.json") == 2
+    out = tmp_path / "m.json"
+    assert stage(params_file, subset, "--predictions", preds_file, "--out", out) == 2
     err = capsys.readouterr().err
     assert f"error: {preds_file}: " in err and message in err
-    assert not (tmp_path / "m.json").exists()
+    assert not out.exists()
 
 
 def test_a_model_for_other_classes_is_refused(subset, params_file, tmp_path, capsys):
     model_file = save_model(tiny_model(), tmp_path / "model.pt", ["dog", "car", "chair", "cat"])
-    out = tmp_path / "m.json"
+    out, eval_dir = tmp_path / "m.json", tmp_path / "eval"
     assert (
-        run(params_file, subset, "--model", model_file, "--out", out, "--eval-dir", tmp_path) == 2
+        stage(params_file, subset, "--model", model_file, "--out", out, "--eval-dir", eval_dir) == 2
     )
     assert "trained for classes ['dog', 'car', 'chair', 'cat']" in capsys.readouterr().err
-    assert not out.exists()
+    assert not out.exists() and not eval_dir.exists()
+
+
+# --- through DVC ------------------------------------------------------------------------------
+
+MATCH_KEYS = ("iou.", "dice.", "match.")
+MATCH_PER_CLASS = {"iou", "dice", "precision", "recall", "f1", "tp", "fp", "fn"}
+
+
+def is_matching_number(key: str) -> bool:
+    """A metric the score threshold feeds (greedy IoU, Dice, P/R/F1), not a COCO number."""
+    if key.startswith("per_class."):
+        return key.rsplit(".", 1)[1] in MATCH_PER_CLASS
+    return key.startswith(MATCH_KEYS)
+
+
+@pytest.mark.slow
+def test_dvc_repro_then_exp_run_changes_only_the_matching_numbers(tmp_path):
+    coco_root = synthcoco.make_coco_root(
+        tmp_path / "coco", n_train=6, n_val=6, n_test=0, size=(64, 96)
+    )
+    # Training starts from a saved random model (scores near 0.5) and barely moves it: one
+    # epoch from scratch leaves a model that detects nothing, so nothing to threshold.
+    start = save_model(tiny_model(), tmp_path / "start.pt")
+    params = {
+        "data": {"coco_root": str(coco_root)},
+        "subset": {"n_train": 2, "n_val": 2, "n_test": 1, "test_from": "val2017",
+                   "strategy": "random", "workers": 1},
+        "train": {"weights": str(start), "epochs": 1, "lr": 1e-9, "batch_size": 2,
+                  "num_workers": 0, "min_size": 128, "max_size": 128, "warmup_iters": 1,
+                  "amp": False, "device": "cpu"},
+        "evaluate": {"score_threshold": 1.0, "n_samples": 1, "device": "cpu"},
+    }  # fmt: skip
+    repo = make_dvc_repo(tmp_path / "repo", params)
+
+    first = dvc(repo, "repro", "evaluate")
+    assert {"train", "evaluate"} <= stages_ran(first.stdout)
+    baseline = json.loads((repo / "reports" / "metrics.json").read_text())
+    assert baseline["match"]["tp"] + baseline["match"]["fp"] == 0  # threshold 1: none kept
+    scores = [p["score"] for p in json.loads((repo / "reports/eval/predictions.json").read_text())]
+    assert any(s >= 0.3 for s in scores), "the tiny model should detect something above 0.3"
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-q", "-m", "baseline")
+
+    exp = dvc(repo, "exp", "run", "-S", "evaluate.score_threshold=0.3", "evaluate")
+    assert stages_ran(exp.stdout) == {"evaluate"}, exp.stdout
+    diff = dvc(repo, "metrics", "diff", "HEAD", "--json")
+    changed = json.loads(diff.stdout)["reports/metrics.json"]
+    assert changed["match.fp"]["new"] > 0, diff.stdout
+    assert all(is_matching_number(key) for key in changed), sorted(changed)
+    table = dvc(repo, "metrics", "diff", "HEAD").stdout
+    assert "match.fp" in table and "segm.AP" not in table
