@@ -381,7 +381,7 @@ def evaluate(gt: COCO, preds: Sequence[dict[str, Any]], score_threshold: float) 
     """Score checked predictions against the ground truth with every metric of the report.
 
     COCO mAP uses all predictions; greedy IoU, Dice and P/R/F1 only those scoring at
-    least `score_threshold`.
+    least `score_threshold`. Like COCOeval, this turns gt's polygons into RLEs in place.
     """
     evaluators = {t: run_cocoeval(gt, preds, t) for t in IOU_TYPES}
     matches = instance_matching(gt, preds, score_threshold)
@@ -403,7 +403,7 @@ def evaluate(gt: COCO, preds: Sequence[dict[str, Any]], score_threshold: float) 
     }
     return Evaluation(
         metrics=rounded(metrics),
-        rows=rounded(rows),
+        rows=rows,
         curves=pr_curves(evaluators["segm"]),
         recall=evaluators["segm"].params.recThrs,
         class_names=[names[c] for c in matches],
