@@ -447,3 +447,30 @@ def test_evaluate_does_not_change_the_callers_predictions():
     before = copy.deepcopy(preds)
     metrics.evaluate(gt, preds, 0.5)
     assert preds == before
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("[]", "top level is not an object"), ('{"images": []}', "missing ['annotations',")],
+)
+def test_a_malformed_ground_truth_file_is_named(tmp_path, text, message):
+    path = tmp_path / "val.json"
+    path.write_text(text)
+    with pytest.raises(DataError, match=r"val\.json: not a COCO annotation file") as err:
+        metrics.load_ground_truth(path)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (7, "prediction #0: a prediction must be an object, got int"),
+        ({"segmentation": {"size": [H, W], "counts": 5}}, "RLE 'counts' must be a string"),
+    ],
+)
+def test_odd_prediction_entries_are_named(gt_file, entry, message):
+    if isinstance(entry, dict):
+        entry = {**pred(7, 1, box(0, 0, 5, 5)), **entry}
+    with pytest.raises(DataError, match=r"p\.json") as err:
+        metrics.check_predictions([entry], metrics.load_ground_truth(gt_file), "p.json")
+    assert message in str(err.value)
