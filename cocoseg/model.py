@@ -1,25 +1,51 @@
-"""Build torchvision's Mask R-CNN for our classes, and save/load the trained model file."""
+"""Build torchvision's Mask R-CNN for our classes, and save/load the trained model file.
+
+Training starts from `train.weights`: `coco` (torchvision's COCO-pretrained model, through
+torchvision's own cache and download), `imagenet` (backbone only), `none`, or a checkpoint
+path. Pretrained starts get torchvision's fine-tuning layout (frozen batch norm in the v1
+backbone, stem and layer1 frozen); `load_trained_model` rebuilds the same layout.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
+from torch import nn
+from torchvision.models import ResNet50_Weights, WeightsEnum
 from torchvision.models.detection import (
     MaskRCNN,
+    MaskRCNN_ResNet50_FPN_V2_Weights,
+    MaskRCNN_ResNet50_FPN_Weights,
     maskrcnn_resnet50_fpn,
     maskrcnn_resnet50_fpn_v2,
 )
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+from torchvision.ops import FrozenBatchNorm2d
 
-from cocoseg.errors import DataError
+from cocoseg.errors import DataError, ParamError
+
+log = logging.getLogger("cocoseg")
 
 ARCHS = {
     "maskrcnn_resnet50_fpn": maskrcnn_resnet50_fpn,
     "maskrcnn_resnet50_fpn_v2": maskrcnn_resnet50_fpn_v2,
 }
+COCO_WEIGHTS: dict[str, WeightsEnum] = {
+    "maskrcnn_resnet50_fpn": MaskRCNN_ResNet50_FPN_Weights.COCO_V1,
+    "maskrcnn_resnet50_fpn_v2": MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1,
+}
+IMAGENET_WEIGHTS = ResNet50_Weights.IMAGENET1K_V1
+COCO_CATEGORIES: list[str] = MaskRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"]
+PREDICTOR_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
+TRAINABLE_LAYERS = ("layer2", "layer3", "layer4")  # torchvision's default of 3 when pretrained
 
 
 def replace_heads(model: MaskRCNN, num_classes: int) -> MaskRCNN:
@@ -77,6 +103,182 @@ def load_record(path: str | Path, map_location: str | torch.device = "cpu") -> d
         raise DataError(f"{path}: cannot load as a weights-only checkpoint: {err}") from None
 
 
+def cached_weights_path(weights: WeightsEnum) -> Path:
+    """Where torchvision's download cache keeps this weights file."""
+    name = Path(urlparse(weights.url).path).name
+    return Path(torch.hub.get_dir()) / "checkpoints" / name
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """Make a dead network fail in seconds rather than hang."""
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def fetch_state_dict(weights: WeightsEnum, param_value: str) -> dict[str, torch.Tensor]:
+    """torchvision's pretrained state dict from its cache, downloading it when missing."""
+    path = cached_weights_path(weights)
+    try:
+        with _socket_timeout(30):
+            return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
+    except (OSError, RuntimeError) as err:  # URLError, socket errors, hash mismatch
+        raise DataError(
+            f"train.weights = {param_value}: torchvision's file {path.name} is not in its cache "
+            f"and could not be downloaded ({err}). torchvision looks for it at {path} "
+            f"(the cache moves with $TORCH_HOME). Copy {weights.url} there, or use a value "
+            f"that works offline: train.weights = none (random init) or a path to a checkpoint "
+            f"file (a cocoseg model.pt or the downloaded .pth itself)."
+        ) from None
+
+
+def freeze_bn(module: nn.Module, eps: float) -> nn.Module:
+    """Swap every BatchNorm2d under module for a FrozenBatchNorm2d with the same statistics."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=eps)
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(frozen, key).copy_(getattr(child, key).detach())
+            setattr(module, name, frozen)
+        else:
+            freeze_bn(child, eps)
+    return module
+
+
+def pretrained_layout(model: MaskRCNN, arch: str, weights: str) -> MaskRCNN:
+    """What torchvision's builders do given weights: v1 freezes batch norm, stem+layer1 fixed."""
+    if weights == "none":
+        return model
+    body = model.backbone.body
+    if arch == "maskrcnn_resnet50_fpn":
+        freeze_bn(body, eps=0.0 if weights == "coco" else 1e-5)  # torchvision: COCO_V1 eps 0
+    for name, param in body.named_parameters():
+        if not name.startswith(TRAINABLE_LAYERS):
+            param.requires_grad_(False)
+    return model
+
+
+def coco_rows(classes: list[str]) -> list[int]:
+    """Row of background and of each class among COCO's 91 predictor outputs."""
+    missing = [c for c in classes if c not in COCO_CATEGORIES]
+    if missing:
+        raise ParamError(f"init_heads_from_coco: {missing} are not COCO category names")
+    return [0] + [COCO_CATEGORIES.index(c) for c in classes]
+
+
+def select_coco_rows(state: dict[str, torch.Tensor], classes: list[str]) -> dict[str, torch.Tensor]:
+    """The 91-class predictors' rows of background + `classes`, as a (K+1)-class state dict.
+
+    Box regression has 4 rows per class; the mask logits one channel per class.
+    """
+    rows = torch.tensor(coco_rows(classes))
+    box_rows = (rows[:, None] * 4 + torch.arange(4)).flatten()
+    box, mask = "roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits."
+    out = {}
+    for key in ("weight", "bias"):
+        out[f"{box}cls_score.{key}"] = state[f"{box}cls_score.{key}"][rows].clone()
+        out[f"{box}bbox_pred.{key}"] = state[f"{box}bbox_pred.{key}"][box_rows].clone()
+        out[f"{mask}{key}"] = state[f"{mask}{key}"][rows].clone()
+    return out
+
+
+def _load_backbone_and_heads(
+    model: MaskRCNN, state: dict[str, torch.Tensor], heads: dict[str, torch.Tensor], source: str
+) -> None:
+    """Load everything but the class predictors from `state`, and the predictors from `heads`."""
+    body = {k: v for k, v in state.items() if not k.startswith(PREDICTOR_PREFIXES)}
+    try:
+        missing, unexpected = model.load_state_dict({**body, **heads}, strict=False)
+    except RuntimeError as err:
+        raise DataError(f"{source}: weights do not fit this train.arch: {err}") from None
+    missing = [k for k in missing if not k.startswith(PREDICTOR_PREFIXES)]
+    if missing or unexpected:
+        raise DataError(
+            f"{source}: weights do not fit this train.arch (missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]})"
+        )
+
+
+def _checkpoint_state(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
+    """A checkpoint file's state dict (a cocoseg record or a bare state dict) and classes."""
+    record = load_record(path)
+    if isinstance(record.get("model"), dict):
+        return record["model"], record.get("classes")
+    return record, None
+
+
+def initial_weights(
+    model: MaskRCNN, arch: str, weights: str, classes: list[str], init_heads: bool
+) -> MaskRCNN:
+    """Load the start weights `train.weights` names into a (K+1)-class skeleton."""
+    if weights == "none":
+        _ignored(init_heads, weights)
+    elif weights == "imagenet":
+        _ignored(init_heads, weights)
+        state = fetch_state_dict(IMAGENET_WEIGHTS, weights)
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        model.backbone.body.load_state_dict(state)
+    elif weights == "coco":
+        state = fetch_state_dict(COCO_WEIGHTS[arch], weights)
+        heads = select_coco_rows(state, classes) if init_heads else {}
+        log.info("weights: COCO-pretrained%s", " with heads from COCO's rows" if heads else "")
+        _load_backbone_and_heads(model, state, heads, weights)
+    else:
+        _from_checkpoint(model, Path(weights), classes, init_heads)
+    return model
+
+
+def _ignored(init_heads: bool, weights: str) -> None:
+    """Say that the head-row copy does not apply to these weights."""
+    if init_heads:
+        log.info(
+            "train.init_heads_from_coco ignored: train.weights = %s has no COCO heads", weights
+        )
+
+
+def _from_checkpoint(model: MaskRCNN, path: Path, classes: list[str], init_heads: bool) -> None:
+    """Start from a checkpoint: its heads when they are ours, COCO's rows from a 91-class one."""
+    state, saved_classes = _checkpoint_state(path)
+    n = state.get("roi_heads.box_predictor.cls_score.weight", torch.empty(0)).shape[0]
+    if n == len(COCO_CATEGORIES) and init_heads:
+        heads = select_coco_rows(state, classes)
+        log.info("weights: %s (91 COCO classes) with heads from COCO's rows", path)
+    elif n == len(classes) + 1 and saved_classes in (None, classes):
+        heads = {k: v for k, v in state.items() if k.startswith(PREDICTOR_PREFIXES)}
+        log.info("weights: %s, heads included", path)
+    else:
+        heads = {}
+        _ignored(init_heads, str(path))
+        log.info("weights: %s, class heads start fresh (its classes differ)", path)
+    _load_backbone_and_heads(model, state, heads, str(path))
+
+
+def build_for_training(
+    arch: str,
+    classes: list[str],
+    *,
+    weights: str,
+    init_heads: bool,
+    min_size: int,
+    max_size: int,
+    load_weights: bool = True,
+    **kwargs: Any,
+) -> MaskRCNN:
+    """The model to fine-tune: layout from `weights`, loaded unless `load_weights` is False.
+
+    `load_weights=False` gives the bare skeleton a resumed run loads its checkpoint into.
+    """
+    model = build_model(arch, len(classes) + 1, min_size=min_size, max_size=max_size, **kwargs)
+    pretrained_layout(model, arch, weights)
+    if load_weights:
+        initial_weights(model, arch, weights, classes, init_heads)
+    return model
+
+
 def load_trained_model(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[MaskRCNN, list[str]]:
@@ -91,5 +293,7 @@ def load_trained_model(
         min_size=record["min_size"],
         max_size=record["max_size"],
     )
+    weights = (record.get("params") or {}).get("weights", "none")
+    pretrained_layout(model, record["arch"], weights)
     model.load_state_dict(record["model"])
     return model.to(device).eval(), list(record["classes"])

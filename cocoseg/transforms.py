@@ -1,0 +1,86 @@
+"""Named augmentation presets (transforms.v2 on tv_tensors), chosen by `train.augment`.
+
+Every preset takes the image (tv_tensors.Image, uint8) and its target (boxes, masks, labels)
+and returns a float image in [0, 1] with targets whose boxes are valid. `multiscale` and
+`scale_jitter` choose the scale themselves, so the model must not resize again in training
+(see `SKIPS_MODEL_RESIZE`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torchvision import tv_tensors
+from torchvision.ops import masks_to_boxes
+from torchvision.transforms import v2 as T
+
+
+def boxes_from_masks(image: Any, target: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Tight boxes around the (rotated, cropped) masks; empty masks get an empty box."""
+    masks = target.get("masks")
+    if masks is None or masks.shape[0] == 0:
+        return image, target
+    boxes = masks_to_boxes(masks.as_subclass(torch.Tensor))
+    empty = masks.flatten(1).amax(1) == 0
+    boxes[empty] = 0
+    boxes[:, 2:] += 1.0 * ~empty[:, None]  # masks_to_boxes gives inclusive pixel ends
+    target = dict(target)
+    target["boxes"] = tv_tensors.wrap(boxes, like=target["boxes"])
+    return image, target
+
+
+def _seed(min_size: int, max_size: int) -> list[Any]:
+    """The seed project's recipe: flip, mild rotation, brightness/contrast."""
+    return [
+        T.RandomHorizontalFlip(0.5),
+        T.RandomRotation(degrees=10),
+        boxes_from_masks,
+        T.ColorJitter(brightness=0.2, contrast=0.2),
+    ]
+
+
+def _multiscale(min_size: int, max_size: int) -> list[Any]:
+    """Shorter side drawn from 60%..100% of min_size in steps of 32 (cf. torchvision's refs)."""
+    sizes = list(range(max(32, int(0.6 * min_size)), min_size + 1, 32)) or [min_size]
+    return [T.RandomShortestSize(min_size=sizes, max_size=max_size), T.RandomHorizontalFlip(0.5)]
+
+
+def _scale_jitter(min_size: int, max_size: int) -> list[Any]:
+    """Large-scale jitter: rescale to 0.1x..2x of a min_size square, then crop/pad to it."""
+    side = (min_size, min_size)
+    return [
+        T.ScaleJitter(target_size=side, scale_range=(0.1, 2.0)),
+        T.RandomCrop(side, pad_if_needed=True, fill=0),
+        T.RandomHorizontalFlip(0.5),
+    ]
+
+
+def _none(min_size: int, max_size: int) -> list[Any]:
+    """No augmentation."""
+    return []
+
+
+PRESETS: dict[str, Callable[[int, int], list[Any]]] = {
+    "seed": _seed,
+    "multiscale": _multiscale,
+    "scale_jitter": _scale_jitter,
+    "none": _none,
+}
+SKIPS_MODEL_RESIZE = {"multiscale", "scale_jitter"}
+
+
+def build_transforms(name: str, min_size: int = 800, max_size: int = 1333) -> T.Compose:
+    """The preset `name` between uint8 -> float conversion and box sanitising."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown augmentation preset {name!r}; choose one of {sorted(PRESETS)}")
+    return T.Compose(
+        [
+            T.ToImage(),
+            *PRESETS[name](min_size, max_size),
+            T.ToDtype(torch.float32, scale=True),
+            T.SanitizeBoundingBoxes(min_size=1.0),
+            T.ToPureTensor(),
+        ]
+    )
