@@ -1,0 +1,47 @@
+"""The train stage under DVC: repro from synthetic COCO, then an experiment on train.lr."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import synthcoco
+from dvcrepo import dvc, make_dvc_repo, run, stages_ran
+
+pytestmark = pytest.mark.slow
+
+
+def test_dvc_repro_train_then_exp_run_lr_reruns_train_not_subset(tmp_path):
+    coco_root = synthcoco.make_coco_root(
+        tmp_path / "coco", n_train=8, n_val=6, n_test=0, size=(64, 80)
+    )
+    params = {
+        "data": {"coco_root": str(coco_root)},
+        "subset": {"n_train": 4, "n_val": 2, "n_test": 1, "test_from": "val2017",
+                   "strategy": "random", "workers": 1},
+        "train": {"weights": "none", "epochs": 1, "batch_size": 2, "num_workers": 0,
+                  "min_size": 64, "max_size": 64, "warmup_iters": 1, "amp": False,
+                  "device": "cpu"},
+    }  # fmt: skip
+    repo = make_dvc_repo(tmp_path / "repo", params)
+
+    first = dvc(repo, "repro", "train")
+    assert stages_ran(first.stdout) == {"download", "subset", "train"}, first.stdout
+    assert (repo / "models" / "model.pt").exists()
+    assert (repo / "models" / "checkpoints" / "epoch_01.pt").exists()
+    metrics = json.loads(dvc(repo, "metrics", "show", "--json").stdout)
+    train_metrics = json.dumps(metrics)
+    assert "reports/train/metrics.json" in train_metrics and "images_per_s" in train_metrics
+    assert stages_ran(dvc(repo, "repro", "train").stdout) == set()
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-q", "-m", "baseline")
+
+    exp = dvc(repo, "exp", "run", "-S", "train.lr=0.01", "train")
+    assert stages_ran(exp.stdout) == {"train"}, exp.stdout
+    log = exp.stdout + exp.stderr
+    assert "params.lr: 0.005 -> 0.01" in log and "starting fresh" in log  # no stale resume
+
+    plots = json.loads(dvc(repo, "plots", "show", "--json").stdout)
+    drawn = json.dumps(plots)
+    for column in ("loss", "loss_mask", "loss_rpn_box_reg", "iterations.csv", "epochs.csv"):
+        assert column in drawn, column
