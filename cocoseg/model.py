@@ -128,8 +128,8 @@ def fetch_state_dict(weights: WeightsEnum, param_value: str) -> dict[str, torch.
             return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
     except (OSError, RuntimeError) as err:  # URLError, socket errors, hash mismatch
         raise DataError(
-            f"train.weights = {param_value}: torchvision's file {path.name} is not in its cache "
-            f"and could not be downloaded ({err}). torchvision looks for it at {path} "
+            f"train.weights = {param_value}: torchvision's file {path.name} is neither readable "
+            f"in its cache nor downloadable ({err}). torchvision looks for it at {path} "
             f"(the cache moves with $TORCH_HOME). Copy {weights.url} there, or use a value "
             f"that works offline: train.weights = none (random init) or a path to a checkpoint "
             f"file (a cocoseg model.pt or the downloaded .pth itself)."
