@@ -195,7 +195,7 @@ def test_a_pickle_that_runs_code_is_refused_everywhere(tmp_path, fmt, caplog):
     folder = tmp_path / "checkpoints"
     path = folder / "epoch_01.pt"
     with atomic_write(path) as f:
-        torch.save(evil, f) if fmt == "torch.save" else pickle.dump(evil, f)
+        torch.save(evil, f) if fmt == "torch.save" else pickle.dump(evil, f, protocol=2)
     with pytest.raises(DataError, match="weights-only"):
         load_record(path)
     with pytest.raises(DataError, match="weights-only"):
@@ -206,3 +206,12 @@ def test_a_pickle_that_runs_code_is_refused_everywhere(tmp_path, fmt, caplog):
         assert find_resume(folder, {"params": {}, "classes": CLASSES, "data": ""}, 6) is None
     assert "skipping unreadable checkpoint" in caplog.text
     assert not marker.exists()
+
+
+def test_a_downloaded_coco_pth_given_as_path_gets_the_head_rows_too(tmp_path, coco_like_state):
+    pth = tmp_path / "maskrcnn_resnet50_fpn_coco.pth"
+    torch.save(coco_like_state, pth)
+    model = build_for_training(ARCH, CLASSES, weights=str(pth), init_heads=True, **SMALL)
+    state = model.state_dict()
+    for key, value in select_coco_rows(coco_like_state, CLASSES).items():
+        assert torch.equal(state[key], value), key
