@@ -78,7 +78,10 @@ def test_a_stage_refuses_bad_params_before_any_work(tmp_path):
     params.write_text(yaml.safe_dump({"train": {"lr": -1}}))
     proc = subprocess.run(
         [sys.executable, str(PROJECT / "stages" / "train.py"), "--params", str(params)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 2, proc.stderr
     assert "train.lr = -1" in proc.stderr

@@ -21,12 +21,26 @@ def tiny_params(coco_root: Path, n_train: int, n_val: int, n_test: int) -> dict:
     """Params small enough for a CPU run in about a minute; everything else as shipped."""
     return {
         "data": {"coco_root": str(coco_root)},
-        "subset": {"n_train": n_train, "n_val": n_val, "n_test": n_test,
-                   "test_from": "val2017", "min_images_per_class": 1, "workers": 2},
+        "subset": {
+            "n_train": n_train,
+            "n_val": n_val,
+            "n_test": n_test,
+            "test_from": "val2017",
+            "min_images_per_class": 1,
+            "workers": 2,
+        },
         "eda": {"n_samples": 4},
-        "train": {"weights": "none", "epochs": 1, "batch_size": 2, "num_workers": 0,
-                  "min_size": 128, "max_size": 160, "warmup_iters": 2, "amp": False,
-                  "device": "cpu"},
+        "train": {
+            "weights": "none",
+            "epochs": 1,
+            "batch_size": 2,
+            "num_workers": 0,
+            "min_size": 128,
+            "max_size": 160,
+            "warmup_iters": 2,
+            "amp": False,
+            "device": "cpu",
+        },
         "evaluate": {"n_samples": 2, "device": "cpu", "score_threshold": 0.05},
         "predict": {"device": "cpu", "score_threshold": 0.05},
     }
@@ -74,8 +88,9 @@ def check_outputs(repo: Path) -> None:
 
 
 def test_full_pipeline_on_synthetic_data(tmp_path):
-    coco_root = synthcoco.make_coco_root(tmp_path / "coco", n_train=12, n_val=8, n_test=0,
-                                         size=(96, 128))
+    coco_root = synthcoco.make_coco_root(
+        tmp_path / "coco", n_train=12, n_val=8, n_test=0, size=(96, 128)
+    )
     repo = make_dvc_repo(tmp_path / "repo", tiny_params(coco_root, 8, 5, 2))
 
     first = dvc(repo, "repro")
@@ -108,9 +123,11 @@ def test_full_pipeline_on_synthetic_data(tmp_path):
     run(tmp_path, "git", "clone", "-q", str(repo), str(clone))
     dvc(clone, "pull")
     assert (clone / "models" / "model.pt").read_bytes() == (
-        repo / "models" / "model.pt").read_bytes()
+        repo / "models" / "model.pt"
+    ).read_bytes()
     assert json.loads((clone / "reports" / "metrics.json").read_text()) == json.loads(
-        (repo / "reports" / "metrics.json").read_text())
+        (repo / "reports" / "metrics.json").read_text()
+    )
     status = dvc(clone, "status")
     assert "up to date" in status.stdout.lower(), status.stdout
 
