@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -280,13 +280,23 @@ def build_for_training(
 
 
 def load_trained_model(
-    path: str | Path, device: str | torch.device = "cpu"
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    expect_classes: Sequence[str] = (),
 ) -> tuple[MaskRCNN, list[str]]:
-    """Rebuild the trained model (its own arch and resize) in eval mode, with its class names."""
+    """Rebuild the trained model (its own arch and resize) in eval mode, with its class names.
+
+    With `expect_classes`, a model trained for other classes (a stale model.pt) is refused.
+    """
     record = load_record(path)
     missing = {"model", "classes", "arch", "min_size", "max_size"} - set(record)
     if missing:
         raise DataError(f"{path}: not a cocoseg model file (missing {sorted(missing)})")
+    if expect_classes and list(expect_classes) != list(record["classes"]):
+        raise DataError(
+            f"{path}: trained for classes {list(record['classes'])} but the subset has "
+            f"{list(expect_classes)}; retrain (dvc repro train)"
+        )
     model = build_model(
         record["arch"],
         len(record["classes"]) + 1,

@@ -203,15 +203,6 @@ def write_outputs(
     )
 
 
-def check_classes(model_classes: Sequence[str], subset_classes: Sequence[str]) -> None:
-    """Refuse a model trained for other classes than the subset's (a stale model.pt)."""
-    if subset_classes and list(subset_classes) != list(model_classes):
-        raise DataError(
-            f"the model predicts {list(model_classes)} but the subset's classes are "
-            f"{list(subset_classes)}: retrain (dvc repro train)"
-        )
-
-
 def predict(
     model_path: str | Path,
     images: Sequence[InputImage],
@@ -225,8 +216,7 @@ def predict(
     """Run the model on `images`, keep scores >= threshold, write all outputs; return results."""
     out = Path(out)
     device = resolve_device(params.device)
-    model, classes = load_trained_model(model_path, device)
-    check_classes(classes, expect_classes)
+    model, classes = load_trained_model(model_path, device, expect_classes)
     log.info("predict: %d images on %s with %s", len(images), device, model_path)
     raw = predict_images(
         model,

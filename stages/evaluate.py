@@ -23,7 +23,7 @@ from cocoseg.cli import log, run_stage, stage_parser
 from cocoseg.config import EvaluateParams, Params
 from cocoseg.data import split_paths
 from cocoseg.device import resolve_device
-from cocoseg.errors import CocosegError, DataError
+from cocoseg.errors import CocosegError
 from cocoseg.inference import predict_images
 from cocoseg.io import safe_join, write_json
 from cocoseg.model import load_trained_model
@@ -51,13 +51,8 @@ def parser() -> argparse.ArgumentParser:
 def predict_val(model_path: str, gt: COCO, images_dir: Path, p: EvaluateParams) -> list[dict]:
     """Run the trained model over every val image; its classes must be the subset's."""
     device = resolve_device(p.device)
-    model, classes = load_trained_model(model_path, device)
     subset_classes = [gt.cats[c]["name"] for c in sorted(gt.cats)]
-    if classes != subset_classes:
-        raise DataError(
-            f"{model_path}: trained for classes {classes} but the subset has {subset_classes}; "
-            "re-run the train stage"
-        )
+    model, _ = load_trained_model(model_path, device, subset_classes)
     items = [(i, safe_join(images_dir, gt.imgs[i]["file_name"])) for i in sorted(gt.imgs)]
     return predict_images(
         model, items, device=device, batch_size=p.batch_size, mask_threshold=p.mask_threshold

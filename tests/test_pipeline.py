@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from PIL import Image
-from pycocotools.coco import COCO
-
 import synthcoco
 from dvcrepo import dvc, make_dvc_repo, run, stages_ran
+from PIL import Image
+from pycocotools.coco import COCO
 
 pytestmark = pytest.mark.slow
 
