@@ -72,18 +72,29 @@ def test_invalid_yaml_and_missing_file_name_the_file(tmp_path):
         load_params(tmp_path / "nope.yaml")
 
 
-def test_a_stage_refuses_bad_params_before_any_work(tmp_path):
-    """The entry point prints one line naming the key and exits 2, without a traceback."""
+@pytest.mark.parametrize(
+    ("stage", "bad", "named"),
+    [
+        ("download", {"data": {"retries": -1}}, "data.retries = -1"),
+        ("subset", {"subset": {"n_train": 0}}, "subset.n_train = 0"),
+        ("eda", {"eda": {"n_samples": "many"}}, "eda.n_samples = 'many'"),
+        ("train", {"train": {"lr": -1}}, "train.lr = -1"),
+        ("evaluate", {"evaluate": {"score_threshold": 2}}, "evaluate.score_threshold = 2"),
+        ("predict", {"predict": {"mask_threshold": -0.5}}, "predict.mask_threshold = -0.5"),
+    ],
+)
+def test_every_stage_refuses_bad_params_before_any_work(tmp_path, stage, bad, named):
+    """The entry point prints one line naming the key and exits 2, writing nothing."""
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"train": {"lr": -1}}))
+    params.write_text(yaml.safe_dump(bad))
     proc = subprocess.run(
-        [sys.executable, str(PROJECT / "stages" / "train.py"), "--params", str(params)],
+        [sys.executable, str(PROJECT / "stages" / f"{stage}.py"), "--params", str(params)],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 2, proc.stderr
-    assert "train.lr = -1" in proc.stderr
+    assert named in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "models").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
