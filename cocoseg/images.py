@@ -35,14 +35,26 @@ class ImageJob:
     height: int
 
 
-def verify_image(path: str | Path, image_id: int, width: int, height: int) -> str:
-    """Decode the whole image and check its size; return its PIL mode ('RGB', 'L', 'CMYK'...)."""
+def decode_image(path: str | Path, what: str = "image") -> tuple[str, tuple[int, int]]:
+    """Decode the whole image, not just its header; return (PIL mode, (width, height)).
+
+    A missing or undecodable file raises DataError naming the path and `what` it is.
+    """
     try:
         with Image.open(path) as im:
             im.load()
-            mode, size = im.mode, im.size
+            return im.mode, im.size
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} file not found") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"{path}: image id {image_id} does not decode as an image: {err}") from None
+        raise DataError(
+            f"{path}: {what} does not decode (cannot decode as an image: {err})"
+        ) from None
+
+
+def verify_image(path: str | Path, image_id: int, width: int, height: int) -> str:
+    """Decode the whole image and check its size; return its PIL mode ('RGB', 'L', 'CMYK'...)."""
+    mode, size = decode_image(path, f"image id {image_id}")
     if size != (width, height):
         raise DataError(
             f"{path}: image id {image_id} is {size[0]}x{size[1]} but its annotation record "

@@ -31,6 +31,7 @@ from PIL import Image
 from cocoseg.config import PredictParams
 from cocoseg.device import resolve_device
 from cocoseg.errors import DataError
+from cocoseg.images import decode_image
 from cocoseg.inference import predict_images
 from cocoseg.io import read_json, safe_join, write_json
 from cocoseg.model import load_trained_model
@@ -57,18 +58,6 @@ class InputImage:
 # ---------------------------------------------------------------- inputs
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """Decode the whole image and return (width, height); DataError naming it if it cannot."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.size
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"{path}: cannot decode as an image: {err}") from None
-
-
 def folder_images(folder: str | Path) -> list[InputImage]:
     """Every .jpg/.jpeg/.png directly in folder, sorted by name, with ids 1..N."""
     folder = Path(folder)
@@ -83,7 +72,7 @@ def folder_images(folder: str | Path) -> list[InputImage]:
         raise DataError(f"{folder}: no .jpg, .jpeg or .png images found")
     out = []
     for image_id, path in enumerate(images, start=1):
-        width, height = image_size(path)
+        _, (width, height) = decode_image(path)
         out.append(InputImage(image_id, path, path.name, width, height))
     return out
 
