@@ -105,6 +105,7 @@ class EvaluateParams:
     score_threshold: float = _param(0.5, ge=0, le=1)
     mask_threshold: float = _param(0.5, ge=0, le=1)
     batch_size: int = _param(2, ge=1)
+    num_workers: int = _param(2, ge=0, doc="DataLoader processes decoding val images")
     n_samples: int = _param(6, ge=1, doc="val images in reports/eval/samples.png")
     device: str = "auto"
 
@@ -116,6 +117,7 @@ class PredictParams:
     score_threshold: float = _param(0.5, ge=0, le=1)
     mask_threshold: float = _param(0.5, ge=0, le=1)
     batch_size: int = _param(2, ge=1)
+    num_workers: int = _param(2, ge=0, doc="DataLoader processes decoding images")
     device: str = "auto"
 
 
