@@ -19,11 +19,11 @@ from matplotlib.ticker import MaxNLocator
 
 from cocoseg.config import EdaParams
 from cocoseg.errors import DataError
+from cocoseg.images import read_rgb
 from cocoseg.io import read_json, safe_join, write_json
 from cocoseg.visualize import (
     class_colors,
     contact_sheet,
-    load_rgb,
     mpl_color,
     overlay,
     save_figure,
@@ -348,7 +348,7 @@ def plot_samples(
         if not file.exists():
             raise DataError(f"{file}: image listed in the annotations is missing")
         anns = by_image.get(image_id, [])
-        drawn.append(overlay(load_rgb(file), anns, dict(categories)))
+        drawn.append(overlay(read_rgb(file), anns, dict(categories)))
         n_obj = sum(not a.get("iscrowd") for a in anns)
         crowd = len(anns) - n_obj
         noun = "object" if n_obj == 1 else "objects"

@@ -1,4 +1,4 @@
-"""The evaluate stage's work beside scoring: predict the val subset, draw GT beside prediction."""
+"""The evaluate stage's figure: ground truth beside prediction on a few val images."""
 
 from __future__ import annotations
 
@@ -10,21 +10,8 @@ from pycocotools.coco import COCO
 
 from cocoseg import visualize
 from cocoseg.config import EvaluateParams
-from cocoseg.device import resolve_device
-from cocoseg.inference import predict_images
+from cocoseg.images import read_rgb
 from cocoseg.io import safe_join
-from cocoseg.model import load_trained_model
-
-
-def predict_val(model_path: str, gt: COCO, images_dir: Path, p: EvaluateParams) -> list[dict]:
-    """Run the trained model over every val image; its classes must be the subset's."""
-    device = resolve_device(p.device)
-    subset_classes = [gt.cats[c]["name"] for c in sorted(gt.cats)]
-    model, _ = load_trained_model(model_path, device, subset_classes)
-    items = [(i, safe_join(images_dir, gt.imgs[i]["file_name"])) for i in sorted(gt.imgs)]
-    return predict_images(
-        model, items, device=device, batch_size=p.batch_size, mask_threshold=p.mask_threshold
-    )
 
 
 def draw_samples(
@@ -39,7 +26,7 @@ def draw_samples(
             by_image[pred["image_id"]].append(pred)
     rows = [
         (
-            visualize.load_rgb(safe_join(images_dir, gt.imgs[i]["file_name"])),
+            read_rgb(safe_join(images_dir, gt.imgs[i]["file_name"])),
             gt.imgToAnns[i],
             by_image[i],
         )

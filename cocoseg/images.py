@@ -1,7 +1,9 @@
-"""Put the subset's images in place: copy from the COCO copy or download, verify each decodes.
+"""Image files: the one reader (whole decode, errors name the file), and placing the subset's.
 
-A JPEG that does not decode, or whose size disagrees with its annotation record, is caught
-here, naming the file and the image id, instead of an hour into training.
+`read_rgb` and `decode_image` are how every stage opens an image. `place_images` copies the
+subset's images from the COCO copy or downloads them, verifying each: a JPEG that does not
+decode, or whose size disagrees with its annotation record, is caught here, naming the file
+and the image id, instead of an hour into training.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
@@ -21,6 +25,7 @@ from cocoseg import io
 from cocoseg.errors import CocosegError, DataError, DownloadError
 
 log = logging.getLogger("cocoseg.images")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -35,21 +40,31 @@ class ImageJob:
     height: int
 
 
-def decode_image(path: str | Path, what: str = "image") -> tuple[str, tuple[int, int]]:
-    """Decode the whole image, not just its header; return (PIL mode, (width, height)).
+def _decoded(path: str | Path, what: str, use: Callable[[Image.Image], T]) -> T:
+    """Decode the whole image (not just its header) and return `use(image)`.
 
     A missing or undecodable file raises DataError naming the path and `what` it is.
     """
     try:
         with Image.open(path) as im:
             im.load()
-            return im.mode, im.size
+            return use(im)
     except FileNotFoundError:
         raise DataError(f"{path}: {what} file not found") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(
             f"{path}: {what} does not decode (cannot decode as an image: {err})"
         ) from None
+
+
+def decode_image(path: str | Path, what: str = "image") -> tuple[str, tuple[int, int]]:
+    """Check that the whole image decodes; return (PIL mode, (width, height))."""
+    return _decoded(path, what, lambda im: (im.mode, im.size))
+
+
+def read_rgb(path: str | Path, what: str = "image") -> np.ndarray:
+    """The image as HxWx3 uint8 RGB (grayscale, CMYK, palette and alpha converted)."""
+    return _decoded(path, what, lambda im: np.asarray(im.convert("RGB")))
 
 
 def verify_image(path: str | Path, image_id: int, width: int, height: int) -> str:

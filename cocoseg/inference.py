@@ -1,53 +1,121 @@
-"""Batched Mask R-CNN inference that returns COCO results dicts with RLE masks."""
+"""Batched Mask R-CNN inference to COCO results with RLE masks: the one path for val and predict.
+
+The loop keeps the model busy: images are decoded in DataLoader workers (uint8, pinned on
+CUDA), masks are thresholded on the device and come back as bytes, and RLE encoding runs in
+a thread beside the loop, at most `MAX_PENDING` batches behind, so memory stays flat however
+many images there are. Results come back in input order whatever `num_workers` is.
+"""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sequence
+import logging
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
+from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as F
 from tqdm import tqdm
 
+from cocoseg.config import EvaluateParams, PredictParams
+from cocoseg.device import resolve_device
 from cocoseg.errors import DataError
+from cocoseg.images import read_rgb
+from cocoseg.model import load_trained_model
+
+log = logging.getLogger("cocoseg")
+
+MAX_PENDING = 2  # batches encoded behind the model: enough to overlap, bounded memory
 
 
-def load_image(path: str | Path) -> torch.Tensor:
-    """An image file as a float CHW tensor in [0, 1], RGB (grayscale and RGBA converted)."""
-    path = Path(path)
-    try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"{path}: cannot read as an image: {err}") from None
-    return F.to_dtype(F.pil_to_tensor(rgb), torch.float32, scale=True)
+class ImageFiles(Dataset):
+    """(image_id, path) items as (image_id, uint8 CHW tensor); a bad file comes back as its error.
+
+    The error travels as a value so the main process raises it with its own one-line message
+    (DataLoader would wrap an exception raised in a worker in a traceback).
+    """
+
+    def __init__(self, items: Sequence[tuple[int, Path]]) -> None:
+        self.items = list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | DataError]:
+        image_id, path = self.items[index]
+        try:
+            rgb = read_rgb(path)
+        except DataError as err:
+            return image_id, err
+        return image_id, torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+
+
+def _as_list(batch: list[Any]) -> list[Any]:
+    """Images differ in size: a batch stays a list."""
+    return batch
+
+
+def image_loader(
+    items: Sequence[tuple[int, Path]], batch_size: int, num_workers: int, device: torch.device
+) -> DataLoader:
+    """Batches of decoded images in input order, decoded by `num_workers` processes."""
+    return DataLoader(
+        ImageFiles(items),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_as_list,
+        pin_memory=device.type == "cuda",
+    )
+
+
+def to_model_input(image: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A uint8 CHW image as the float [0, 1] tensor the model takes, converted on the device."""
+    return F.to_dtype(image.to(device, non_blocking=True), torch.float32, scale=True)
+
+
+def threshold_masks(probabilities: torch.Tensor, mask_threshold: float) -> torch.Tensor:
+    """(N, 1, H, W) mask probabilities as (N, H, W) uint8: 1 where > threshold.
+
+    Computed on the model's device and laid out column-major per mask (an (N, W, H) block,
+    viewed as (N, H, W)): that is pycocotools' layout, so the host encodes without a copy.
+    """
+    binary = (probabilities[:, 0] > mask_threshold).transpose(1, 2).to(torch.uint8)
+    return binary.contiguous().transpose(1, 2)
+
+
+def host_output(output: dict[str, torch.Tensor], mask_threshold: float) -> dict[str, Any]:
+    """One image's detections moved to the host: boxes, labels, scores and thresholded masks."""
+    masks = threshold_masks(output["masks"], mask_threshold)
+    return {
+        "boxes": output["boxes"].float().cpu(),
+        "labels": output["labels"].cpu(),
+        "scores": output["scores"].float().cpu(),
+        "masks": masks.transpose(1, 2).cpu().transpose(1, 2),  # dense (N, W, H) copy, as viewed
+    }
 
 
 def encode_masks(masks: torch.Tensor) -> list[dict[str, Any]]:
     """Binary masks (N, H, W) as compressed COCO RLEs with `counts` as str."""
     if masks.shape[0] == 0:
         return []
-    array = np.asfortranarray(masks.to(torch.uint8).permute(1, 2, 0).cpu().numpy())
-    rles = mask_utils.encode(array)
+    array = masks.to(torch.uint8).cpu().numpy().transpose(1, 2, 0)  # (H, W, N)
+    rles = mask_utils.encode(np.asfortranarray(array))  # no copy when column-major already
     for rle in rles:
         rle["counts"] = rle["counts"].decode("ascii")
     return rles
 
 
-def to_coco_results(
-    image_id: int, output: dict[str, torch.Tensor], mask_threshold: float = 0.5
-) -> list[dict[str, Any]]:
-    """One image's model output as COCO results: xywh boxes, RLE masks (prob > threshold)."""
-    boxes = output["boxes"].float().cpu()
+def coco_results(image_id: int, detections: dict[str, Any]) -> list[dict[str, Any]]:
+    """One image's host detections as COCO results: xywh boxes, RLE masks."""
+    boxes = detections["boxes"]
     xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
-    rles = encode_masks(output["masks"][:, 0] > mask_threshold)
+    rles = encode_masks(detections["masks"])
     return [
         {
             "image_id": int(image_id),
@@ -57,14 +125,30 @@ def to_coco_results(
             "segmentation": rle,
         }
         for label, score, box, rle in zip(
-            output["labels"].tolist(), output["scores"].float().tolist(), xywh, rles, strict=True
+            detections["labels"].tolist(), detections["scores"].tolist(), xywh, rles, strict=True
         )
     ]
 
 
-def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def to_coco_results(
+    image_id: int, output: dict[str, torch.Tensor], mask_threshold: float = 0.5
+) -> list[dict[str, Any]]:
+    """One image's model output as COCO results: xywh boxes, RLE masks (prob > threshold)."""
+    return coco_results(image_id, host_output(output, mask_threshold))
+
+
+def _encode_batch(batch: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """COCO results of one batch of host detections (runs in the encoder thread)."""
+    return [r for image_id, detections in batch for r in coco_results(image_id, detections)]
+
+
+def _run_model(
+    model: torch.nn.Module, images: list[torch.Tensor], device: torch.device, amp: bool
+) -> list[dict[str, torch.Tensor]]:
+    """The model's detections on one batch; AMP only on CUDA."""
+    inputs = [to_model_input(image, device) for image in images]
+    with torch.autocast(device_type=device.type, enabled=amp and device.type == "cuda"):
+        return model(inputs)
 
 
 def predict_images(
@@ -74,29 +158,61 @@ def predict_images(
     device: str | torch.device,
     batch_size: int = 2,
     mask_threshold: float = 0.5,
+    num_workers: int = 0,
     amp: bool = True,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Run the model on (image_id, path) items; return COCO results for every detection.
 
-    Eval mode, no gradients, AMP only on CUDA. Masks are binarised and RLE-encoded per
-    batch, so memory stays flat however many images there are.
+    Eval mode, no gradients. A file that does not decode stops the run, naming it.
     """
     device = torch.device(device)
     model.eval()
     results: list[dict[str, Any]] = []
-    bar = tqdm(
-        _batches(items, batch_size),
-        total=math.ceil(len(items) / batch_size),
-        desc="inference",
-        unit="batch",
-        disable=not progress,
-    )
-    with torch.inference_mode():
-        for batch in bar:
-            images = [load_image(path).to(device) for _, path in batch]
-            with torch.autocast(device_type=device.type, enabled=amp and device.type == "cuda"):
-                outputs = model(images)
-            for (image_id, _), output in zip(batch, outputs, strict=True):
-                results.extend(to_coco_results(image_id, output, mask_threshold))
+    pending: deque[Future[list[dict[str, Any]]]] = deque()
+    loader = image_loader(items, batch_size, num_workers, device)
+    bar = tqdm(loader, desc="inference", unit="batch", disable=not progress)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rle") as encoder:
+        with torch.inference_mode():
+            for batch in bar:
+                for _, image in batch:
+                    if isinstance(image, DataError):
+                        raise image
+                outputs = _run_model(model, [image for _, image in batch], device, amp)
+                on_host = [
+                    (image_id, host_output(output, mask_threshold))
+                    for (image_id, _), output in zip(batch, outputs, strict=True)
+                ]
+                pending.append(encoder.submit(_encode_batch, on_host))
+                while len(pending) > MAX_PENDING:
+                    results.extend(pending.popleft().result())
+        while pending:
+            results.extend(pending.popleft().result())
     return results
+
+
+def run_trained_model(
+    model_path: str | Path,
+    items: Sequence[tuple[int, Path]],
+    settings: EvaluateParams | PredictParams,
+    *,
+    expect_classes: Sequence[str] = (),
+    progress: bool = True,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Load models/model.pt (its classes must be `expect_classes`, when given) and predict items.
+
+    Returns every detection the model keeps, as COCO results, and the model's class names.
+    """
+    device = resolve_device(settings.device)
+    model, classes = load_trained_model(model_path, device, expect_classes)
+    log.info("inference: %d images on %s with %s", len(items), device, model_path)
+    results = predict_images(
+        model,
+        items,
+        device=device,
+        batch_size=settings.batch_size,
+        mask_threshold=settings.mask_threshold,
+        num_workers=settings.num_workers,
+        progress=progress,
+    )
+    return results, classes

@@ -9,11 +9,8 @@ Outputs under `out`, the same in both modes:
     overlays/<stem>.png  each image with its kept detections drawn
     contact_sheet.png    all overlays (the first MAX_SHEET images) on one page
 
-`<name>` is "test" for the DVC stage and "predictions" for a folder. In a folder, every
-.jpg/.jpeg/.png file (top level, sorted by name) gets id 1..N. Other files are skipped
-and counted in the log (a folder often holds notes or sidecars); a file with an image
-suffix that does not decode stops the run before the model loads, naming the file, since
-silently dropping it would leave outputs that look complete but are not.
+`<name>` is "test" for the DVC stage and "predictions" for a folder; cocoseg/inputs.py says
+which images each mode takes.
 """
 
 from __future__ import annotations
@@ -21,7 +18,6 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,68 +25,17 @@ import numpy as np
 from PIL import Image
 
 from cocoseg.config import PredictParams
-from cocoseg.device import resolve_device
 from cocoseg.errors import DataError
-from cocoseg.images import decode_image
-from cocoseg.inference import predict_images
-from cocoseg.io import read_json, safe_join, write_json
-from cocoseg.model import load_trained_model
-from cocoseg.visualize import class_colors, contact_sheet, load_rgb, overlay, save_png
+from cocoseg.images import read_rgb
+from cocoseg.inference import run_trained_model
+from cocoseg.inputs import InputImage
+from cocoseg.io import write_json
+from cocoseg.visualize import class_colors, contact_sheet, overlay, save_png
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 MAX_SHEET = 48  # images on the contact sheet; a big folder would make an unreadable page
 THUMB_WIDTH = 480  # contact-sheet thumbnails are downsized to keep memory flat
-
-
-@dataclass(frozen=True)
-class InputImage:
-    """One image to predict on: its id in the outputs, where it is, and its size."""
-
-    id: int
-    path: Path
-    file_name: str
-    width: int
-    height: int
-
-
-# ---------------------------------------------------------------- inputs
-
-
-def folder_images(folder: str | Path) -> list[InputImage]:
-    """Every .jpg/.jpeg/.png directly in folder, sorted by name, with ids 1..N."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"{folder}: not a folder of images")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-    skipped = len(files) - len(images)
-    if skipped:
-        log.info("%s: skipped %d file(s) without a .jpg/.jpeg/.png suffix", folder, skipped)
-    if not images:
-        raise DataError(f"{folder}: no .jpg, .jpeg or .png images found")
-    out = []
-    for image_id, path in enumerate(images, start=1):
-        _, (width, height) = decode_image(path)
-        out.append(InputImage(image_id, path, path.name, width, height))
-    return out
-
-
-def subset_images(subset: str | Path, split: str = "test") -> tuple[list[InputImage], list[str]]:
-    """The split's images as listed in data/subset/annotations/<split>.json, plus class names."""
-    subset = Path(subset)
-    coco = read_json(subset / "annotations" / f"{split}.json")
-    if not isinstance(coco, dict) or "images" not in coco:
-        raise DataError(f"{subset}/annotations/{split}.json: no 'images' list")
-    names = [c["name"] for c in sorted(coco.get("categories", []), key=lambda c: c["id"])]
-    images = []
-    for img in coco["images"]:
-        path = safe_join(subset / "images" / split, img["file_name"])
-        if not path.is_file():
-            raise DataError(f"{path}: image id {img['id']} listed in {split}.json is missing")
-        images.append(InputImage(img["id"], path, img["file_name"], img["width"], img["height"]))
-    return images, names
 
 
 # ---------------------------------------------------------------- results
@@ -176,7 +121,7 @@ def write_outputs(
     thumbs, captions = [], []
     for img in images:
         dets = by_image.get(img.id, [])
-        drawn = overlay(load_rgb(img.path), dets, categories, colors=colors)
+        drawn = overlay(read_rgb(img.path), dets, categories, colors=colors)
         save_png(out / "overlays" / names[img.id], drawn)
         if len(thumbs) < MAX_SHEET:
             thumbs.append(_thumbnail(drawn))
@@ -204,15 +149,11 @@ def predict(
 ) -> list[dict]:
     """Run the model on `images`, keep scores >= threshold, write all outputs; return results."""
     out = Path(out)
-    device = resolve_device(params.device)
-    model, classes = load_trained_model(model_path, device, expect_classes)
-    log.info("predict: %d images on %s with %s", len(images), device, model_path)
-    raw = predict_images(
-        model,
+    raw, classes = run_trained_model(
+        model_path,
         [(i.id, i.path) for i in images],
-        device=device,
-        batch_size=params.batch_size,
-        mask_threshold=params.mask_threshold,
+        params,
+        expect_classes=expect_classes,
         progress=progress,
     )
     results = add_category_names(keep_confident(raw, params.score_threshold), classes)

@@ -223,12 +223,6 @@ def overlay(
     return np.asarray(out)
 
 
-def load_rgb(path: str | Path) -> np.ndarray:
-    """An image file as HxWx3 uint8 RGB (grayscale, palette and alpha images converted)."""
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
-
-
 def save_png(path: str | Path, image: np.ndarray) -> None:
     """Write an HxWx3 uint8 array as PNG, atomically."""
     buf = io.BytesIO()

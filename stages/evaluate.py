@@ -1,12 +1,12 @@
-"""Stage evaluate: predict the val subset with models/model.pt and score it.
+"""Stage evaluate: score the val predictions of stage infer against the val ground truth.
 
-Writes reports/eval/predictions.json (COCO results, RLE masks), reports/metrics.json
-(COCO mAP for segm and bbox, greedy IoU, Dice, P/R/F1; a DVC metrics file),
-reports/eval/per_class.csv, reports/eval/pr_iou50.csv and pr_iou50_95.csv (mask
-precision-recall per class) and reports/eval/samples.png.
+Reads reports/eval/predictions.json and writes reports/metrics.json (COCO mAP for segm and
+bbox, greedy IoU, Dice, P/R/F1; a DVC metrics file), reports/eval/per_class.csv,
+reports/eval/pr_iou50.csv and pr_iou50_95.csv (mask precision-recall per class) and
+reports/eval/samples.png. No model is needed, so a score-threshold experiment takes seconds.
 
-With --predictions FILE an existing COCO results file is scored instead, no model needed:
-only --out is written (and the tables, curves and figure when --eval-dir is given).
+With --predictions FILE any COCO results file is scored: only --out is written (and the
+tables, curves and figure when --eval-dir is given).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from cocoseg.cli import log, run_stage, stage_parser
 from cocoseg.config import Params
 from cocoseg.data import split_paths
 from cocoseg.errors import CocosegError
-from cocoseg.io import write_json
 
+DEFAULT_PREDICTIONS = "reports/eval/predictions.json"
 DEFAULT_OUT = "reports/metrics.json"
 DEFAULT_EVAL_DIR = "reports/eval"
 
@@ -28,9 +28,10 @@ DEFAULT_EVAL_DIR = "reports/eval"
 def parser() -> argparse.ArgumentParser:
     """The shared stage options plus inputs and outputs (defaults: the DVC layout)."""
     p = stage_parser(__doc__)
-    p.add_argument("--model", default="models/model.pt", help="model file (default: %(default)s)")
     p.add_argument("--subset", default="data/subset", help="subset folder (default: %(default)s)")
-    p.add_argument("--predictions", help="score this COCO results file instead of predicting")
+    p.add_argument(
+        "--predictions", help=f"COCO results file to score (default: {DEFAULT_PREDICTIONS})"
+    )
     p.add_argument(
         "--out", help=f"metrics JSON (default: {DEFAULT_OUT}; required with --predictions)"
     )
@@ -42,19 +43,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace, params: Params) -> None:
-    """Predict (or read predictions), score them, write the reports."""
+    """Read the predictions, score them, write the reports."""
     if args.predictions and not args.out:
         raise CocosegError("--predictions needs --out FILE (so reports/metrics.json stays as is)")
     p = params.evaluate
     images_dir, ann_file = split_paths(args.subset, "val")
     gt = metrics.load_ground_truth(ann_file)
-    eval_dir = Path(args.eval_dir) if args.eval_dir else None
-    if args.predictions:
-        preds = metrics.load_predictions(args.predictions, gt)
-    else:
-        eval_dir = eval_dir or Path(DEFAULT_EVAL_DIR)
-        preds = evaluation.predict_val(args.model, gt, images_dir, p)
-        write_json(eval_dir / "predictions.json", preds, indent=False)
+    preds = metrics.load_predictions(args.predictions or DEFAULT_PREDICTIONS, gt)
+    eval_dir = args.eval_dir or (None if args.predictions else DEFAULT_EVAL_DIR)
+    eval_dir = Path(eval_dir) if eval_dir else None
     scores = metrics.evaluate(gt, preds, p.score_threshold)
     out = args.out or DEFAULT_OUT
     metrics.write_reports(scores, out, eval_dir)

@@ -15,7 +15,8 @@ from pathlib import Path
 from cocoseg.cli import log, run_stage, stage_parser
 from cocoseg.config import Params
 from cocoseg.errors import DataError
-from cocoseg.predict import folder_images, predict, subset_images
+from cocoseg.inputs import folder_images, subset_images
+from cocoseg.predict import predict
 
 DVC_OUT = "reports/predictions"
 

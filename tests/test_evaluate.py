@@ -1,4 +1,4 @@
-"""Inference to COCO results, and the evaluate stage: model mode, --predictions mode, errors."""
+"""Inference to COCO results, the infer and evaluate stages, --predictions mode, errors."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ from pycocotools.coco import COCO
 
 from cocoseg.cli import run_stage
 from cocoseg.errors import DataError
-from cocoseg.inference import load_image, predict_images, to_coco_results
+from cocoseg.images import read_rgb
+from cocoseg.inference import ImageFiles, predict_images, to_coco_results
 from cocoseg.model import build_model, model_record
 from stages import evaluate as evaluate_stage
+from stages import infer as infer_stage
 
 PROJECT = Path(__file__).resolve().parents[1]
 CLASSES = list(synthcoco.TARGETS.values())
@@ -89,16 +91,40 @@ def test_predict_images_returns_coco_results_for_every_detection(synthetic_subse
     assert all(s <= lg for s, lg in zip(small, large, strict=True)) and sum(small) < sum(large)
 
 
-def test_load_image_converts_to_rgb_and_names_bad_files(synthetic_subset, tmp_path):
+def test_images_are_read_as_rgb_and_bad_files_named(synthetic_subset, tmp_path):
     (_, gray), = val_items(synthetic_subset, 2)[1:]  # fmt: skip
     assert Image.open(gray).mode == "L"
-    tensor = load_image(gray)
-    assert tensor.shape[0] == 3 and tensor.dtype == torch.float32 and tensor.max() <= 1
+    rgb = read_rgb(gray)
+    assert rgb.shape[2] == 3 and rgb.dtype == np.uint8
     with pytest.raises(DataError, match=r"missing\.jpg: image file not found"):
-        load_image(tmp_path / "missing.jpg")
+        read_rgb(tmp_path / "missing.jpg")
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    with pytest.raises(DataError, match=r"bad\.jpg: cannot read as an image"):
-        load_image(tmp_path / "bad.jpg")
+    with pytest.raises(DataError, match=r"bad\.jpg: image does not decode"):
+        read_rgb(tmp_path / "bad.jpg")
+    # In a DataLoader worker the error travels back as a value, to be raised whole.
+    image_id, tensor = ImageFiles([(7, gray)])[0]
+    assert image_id == 7 and tensor.dtype == torch.uint8 and tensor.shape[0] == 3
+    assert isinstance(ImageFiles([(8, tmp_path / "bad.jpg")])[0][1], DataError)
+
+
+def test_a_corrupt_image_is_named_with_workers_too(synthetic_subset, tmp_path):
+    items = val_items(synthetic_subset, 2)
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    items.insert(1, (999, tmp_path / "bad.jpg"))
+    with pytest.raises(DataError, match=r"^[^\n]*bad\.jpg: image does not decode[^\n]*$"):
+        predict_images(tiny_model(), items, device="cpu", num_workers=2, progress=False)
+
+
+def test_workers_give_the_same_results_as_the_main_process(synthetic_subset):
+    model = tiny_model()
+    model.roi_heads.detections_per_img = 8
+    items = val_items(synthetic_subset, 5)
+    serial = predict_images(model, items, device="cpu", batch_size=2, progress=False)
+    parallel = predict_images(
+        model, items, device="cpu", batch_size=2, num_workers=2, progress=False
+    )
+    assert serial, "the tiny model should detect something"
+    assert parallel == serial  # same ids, order, boxes, scores and RLE strings
 
 
 # --- the stage --------------------------------------------------------------------------------
@@ -121,13 +147,25 @@ def params_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def stage(params_file: Path, subset: Path, *args: str | Path) -> int:
-    """The stage in-process on `subset` with the test params; returns its exit code."""
+def stage(params_file: Path, subset: Path, *args: str | Path, module=evaluate_stage) -> int:
+    """A stage (evaluate unless told) in-process on `subset` with the test params; its exit code."""
     return run_stage(
-        evaluate_stage.main,
-        evaluate_stage.parser(),
+        module.main,
+        module.parser(),
         ["--params", str(params_file), "--subset", str(subset), *map(str, args)],
     )
+
+
+def infer_then_evaluate(params_file: Path, subset: Path, model: Path, out_dir: Path) -> int:
+    """Stage infer writes out_dir/eval/predictions.json; stage evaluate scores it."""
+    preds, eval_dir = out_dir / "eval" / "predictions.json", out_dir / "eval"
+    code = stage(params_file, subset, "--model", model, "--out", preds, module=infer_stage)
+    if code:
+        return code
+    return stage(
+        params_file, subset, "--predictions", preds, "--out", out_dir / "metrics.json",
+        "--eval-dir", eval_dir,
+    )  # fmt: skip
 
 
 def perfect_predictions(subset: Path) -> list[dict]:
@@ -142,12 +180,10 @@ def perfect_predictions(subset: Path) -> list[dict]:
     return preds
 
 
-def test_stage_predicts_scores_and_writes_every_report(subset, params_file, tmp_path):
+def test_stages_predict_score_and_write_every_report(subset, params_file, tmp_path):
     model_file = save_model(tiny_model(), tmp_path / "model.pt")
     out, eval_dir = tmp_path / "metrics.json", tmp_path / "eval"
-    assert (
-        stage(params_file, subset, "--model", model_file, "--out", out, "--eval-dir", eval_dir) == 0
-    )
+    assert infer_then_evaluate(params_file, subset, model_file, tmp_path) == 0
 
     preds_file = eval_dir / "predictions.json"
     gt = COCO(str(subset / "annotations" / "val.json"))
@@ -177,9 +213,7 @@ def test_a_model_that_detects_nothing_still_gets_a_report(subset, params_file, t
         model.roi_heads.box_predictor.cls_score.bias.copy_(torch.tensor([20.0, 0, 0, 0, 0]))
     model_file = save_model(model, tmp_path / "model.pt")
     out, eval_dir = tmp_path / "metrics.json", tmp_path / "eval"
-    assert (
-        stage(params_file, subset, "--model", model_file, "--out", out, "--eval-dir", eval_dir) == 0
-    )
+    assert infer_then_evaluate(params_file, subset, model_file, tmp_path) == 0
     assert json.loads((eval_dir / "predictions.json").read_text()) == []
     m = json.loads(out.read_text())
     assert m["segm"]["AP"] == m["bbox"]["AP"] == m["iou"]["mean"] == m["match"]["recall"] == 0.0
@@ -227,12 +261,9 @@ def test_a_bad_predictions_file_stops_naming_the_file_and_the_id(
 
 def test_a_model_for_other_classes_is_refused(subset, params_file, tmp_path, capsys):
     model_file = save_model(tiny_model(), tmp_path / "model.pt", ["dog", "car", "chair", "cat"])
-    out, eval_dir = tmp_path / "m.json", tmp_path / "eval"
-    assert (
-        stage(params_file, subset, "--model", model_file, "--out", out, "--eval-dir", eval_dir) == 2
-    )
+    assert infer_then_evaluate(params_file, subset, model_file, tmp_path) == 2
     assert "trained for classes ['dog', 'car', 'chair', 'cat']" in capsys.readouterr().err
-    assert not out.exists() and not eval_dir.exists()
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "eval").exists()
 
 
 # --- through DVC ------------------------------------------------------------------------------
@@ -268,7 +299,7 @@ def test_dvc_repro_then_exp_run_changes_only_the_matching_numbers(tmp_path):
     repo = make_dvc_repo(tmp_path / "repo", params)
 
     first = dvc(repo, "repro", "evaluate")
-    assert {"train", "evaluate"} <= stages_ran(first.stdout)
+    assert {"train", "infer", "evaluate"} <= stages_ran(first.stdout)
     baseline = json.loads((repo / "reports" / "metrics.json").read_text())
     assert baseline["match"]["tp"] + baseline["match"]["fp"] == 0  # threshold 1: none kept
     scores = [p["score"] for p in json.loads((repo / "reports/eval/predictions.json").read_text())]
@@ -284,3 +315,12 @@ def test_dvc_repro_then_exp_run_changes_only_the_matching_numbers(tmp_path):
     assert all(is_matching_number(key) for key in changed), sorted(changed)
     table = dvc(repo, "metrics", "diff", "HEAD").stdout
     assert "match.fp" in table and "segm.AP" not in table
+
+    # The mask threshold feeds inference: both stages rerun and the masks' numbers move.
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-q", "-m", "score threshold 0.3")
+    exp = dvc(repo, "exp", "run", "-S", "evaluate.mask_threshold=0.8", "evaluate")
+    assert stages_ran(exp.stdout) == {"infer", "evaluate"}, exp.stdout
+    changed = json.loads(dvc(repo, "metrics", "diff", "HEAD", "--json").stdout)
+    changed = changed["reports/metrics.json"]
+    assert any(key.startswith(("iou.", "dice.", "segm.")) for key in changed), changed

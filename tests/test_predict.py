@@ -18,15 +18,9 @@ from pycocotools.coco import COCO
 from cocoseg.cli import run_stage
 from cocoseg.config import PredictParams
 from cocoseg.errors import DataError
+from cocoseg.inputs import InputImage, folder_images
 from cocoseg.model import build_model, model_record
-from cocoseg.predict import (
-    InputImage,
-    add_category_names,
-    folder_images,
-    keep_confident,
-    overlay_names,
-    predict,
-)
+from cocoseg.predict import add_category_names, keep_confident, overlay_names, predict
 from stages import predict as predict_stage
 
 PROJECT = Path(__file__).resolve().parents[1]
