@@ -2,8 +2,9 @@
 
 `download_file` streams one URL to `<dest>.part`, resumes it with a Range request, retries
 transient failures with exponential backoff, verifies it and only then renames it to
-`dest`, so `dest` is either absent or complete. `ensure_annotations` uses it to fetch
-COCO's zip archives and extracts only the annotation files the pipeline reads.
+`dest`, so `dest` is either absent or complete. A host that does not resolve or refuses
+the connection fails at once (HostUnreachable): backoff cannot fix those. `ensure_annotations`
+uses it to fetch COCO's zip archives and extracts only the annotation files the pipeline reads.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import os
 import random
 import re
 import shutil
+import socket
 import time
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import requests
@@ -49,6 +52,10 @@ class _Transient(Exception):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class HostUnreachable(DownloadError):
+    """The host does not resolve or refuses connections: retrying cannot help, so none is made."""
 
 
 def part_path(dest: Path) -> Path:
@@ -139,6 +146,35 @@ def _attempt(session: requests.Session, url: str, part: Path, timeout: float, ba
         raise _Transient(f"body ended early: have {got} of {expected} bytes")
 
 
+def _causes(err: BaseException) -> Iterator[BaseException]:
+    """`err` and every exception behind it: chained ones, urllib3's `reason`, exceptions in args."""
+    seen: set[int] = set()
+    stack: list[object] = [err]
+    while stack:
+        exc = stack.pop()
+        if not isinstance(exc, BaseException) or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        yield exc
+        stack += [exc.__cause__, exc.__context__, getattr(exc, "reason", None), *exc.args]
+
+
+def _unreachable(url: str, err: BaseException) -> str | None:
+    """Why `url`'s host cannot be reached at all (name does not resolve, port refused), or None.
+
+    requests wraps both in a ConnectionError (urllib3's NameResolutionError over a
+    socket.gaierror; NewConnectionError over ConnectionRefusedError). Neither heals within a
+    backoff, unlike timeouts, resets and 5xx, which stay retried.
+    """
+    parts = urlsplit(url)
+    for cause in _causes(err):
+        if isinstance(cause, socket.gaierror):
+            return f"host name {parts.hostname} does not resolve ({cause.strerror})"
+        if isinstance(cause, ConnectionRefusedError):  # any OSError with ECONNREFUSED
+            return f"{parts.netloc} refused the connection"
+    return None
+
+
 def _delay(failures: int, backoff: float, retry_after: float | None) -> float:
     """Exponential backoff with jitter (threads do not retry in lockstep), capped."""
     delay = backoff * 2 ** (failures - 1) * random.uniform(0.5, 1.0)
@@ -167,6 +203,8 @@ def _fetch(
         except requests.exceptions.SSLError as err:  # a bad certificate will not heal
             raise DownloadError(f"{url}: {err}") from None
         except (_Transient, *TRANSIENT_ERRORS) as err:
+            if (why := _unreachable(url, err)) is not None:
+                raise HostUnreachable(f"{url}: {why}; not retried{_kept(part)}") from None
             failures = 0 if _size(part) > before else failures + 1
             if failures > retries:
                 raise _gave_up(url, part, retries, err) from None
@@ -179,11 +217,16 @@ def _fetch(
             raise DownloadError(f"{url}: cannot write {part}: {err}") from None
 
 
+def _kept(part: Path) -> str:
+    """What a failed download leaves to resume from, as the tail of its message."""
+    return f"; {part} keeps {_size(part)} bytes to resume from" if _size(part) else ""
+
+
 def _gave_up(url: str, part: Path, retries: int, err: Exception) -> DownloadError:
     """The final error: URL, attempts, last status or error, and what is kept to resume."""
-    kept = f"; {part} keeps {_size(part)} bytes to resume from" if _size(part) else ""
     return DownloadError(
-        f"{url}: giving up after {retries + 1} attempts without progress; last error: {err}{kept}"
+        f"{url}: giving up after {retries + 1} attempts without progress; "
+        f"last error: {err}{_kept(part)}"
     )
 
 
@@ -215,7 +258,8 @@ def download_file(
 
     Always fetches (callers skip files they already have). Transient failures (connection
     errors, timeouts, 408/429/5xx, a body cut short) are retried `retries` times with
-    exponential backoff starting at `backoff` seconds; other HTTP errors fail at once.
+    exponential backoff starting at `backoff` seconds; other HTTP errors fail at once, and
+    so does a host that does not resolve or refuses the connection (HostUnreachable).
     `verify(part)` may raise DataError/DownloadError to reject the content. Safe to call
     from several threads for different `dest`s (share a session or not).
     """
@@ -252,6 +296,7 @@ ARCHIVES = {
     TEST_INFO: "image_info_test2017.zip",
 }
 CACHE_DIR = ".downloads"
+IMAGE_DIRS = ("train2017", "val2017")
 
 
 def needed_files(need_test_info: bool) -> list[str]:
@@ -340,6 +385,41 @@ def _missing_by_archive(ann_dir: Path, names: list[str]) -> dict[str, list[str]]
     return grouped
 
 
+def _listed(names: list[str]) -> str:
+    """Annotation file names as a user finds them under data.coco_root."""
+    return ", ".join(f"annotations/{name}" for name in names)
+
+
+def check_coco_root(coco_root: Path, names: list[str], base_url: str) -> None:
+    """Refuse a data.coco_root that is a COCO copy (train2017/ or val2017/) with no annotations.
+
+    Such a folder is a wrong or half-copied root, not a download target: say so before any
+    request. A folder that does not exist yet (the default data/coco), or one that already
+    holds some of the files or an earlier run's partial download, is filled by downloading.
+    """
+    if coco_root.exists() and not coco_root.is_dir():
+        raise DataError(f"data.coco_root = {coco_root} is a file, not a folder")
+    images = [f"{d}/" for d in IMAGE_DIRS if (coco_root / d).is_dir()]
+    if not images or any((coco_root / "annotations" / n).exists() for n in names):
+        return
+    zips = ", ".join(dict.fromkeys(ARCHIVES[n] for n in names))
+    raise DataError(
+        f"data.coco_root = {coco_root} exists (has {', '.join(images)}) but has no "
+        f"{_listed(names)}: set data.coco_root to the COCO copy that holds them, or unzip "
+        f"{zips} from {base_url.rstrip('/')}/annotations/ into it"
+    )
+
+
+def offline_hint(coco_root: Path, names: list[str]) -> str:
+    """What to do when data.base_url cannot be reached: use a local copy, or get network."""
+    test_note = " (the last as subset.test_from is test2017)" if TEST_INFO in names else ""
+    return (
+        f"To work offline, set data.coco_root (now {coco_root}) to an existing COCO copy with "
+        f"{_listed(names)}{test_note}; images in its train2017/ and val2017/ are fetched from "
+        "each image's coco_url only when missing. Or get network access to data.base_url"
+    )
+
+
 def _fetch_archive(url: str, archive: Path, members: list[str], **http: Any) -> None:
     """Download an archive (resuming a partial one) unless a sound copy is already cached."""
     if archive.exists():
@@ -349,7 +429,7 @@ def _fetch_archive(url: str, archive: Path, members: list[str], **http: Any) -> 
         except DataError as err:
             log.warning("discarding cached %s: %s", archive, err)
             archive.unlink()
-    log.info("downloading %s", url)
+    log.info("downloading %s to %s", url, archive)
     download_file(url, archive, verify=lambda p: check_archive(p, members), **http)
 
 
@@ -379,11 +459,14 @@ def ensure_annotations(
 
     Present files are checked (not truncated) and reused without any request, so a local
     copy works offline. Missing ones are extracted from COCO's zips, fetched into
-    coco_root/.downloads and deleted once extracted.
+    coco_root/.downloads and deleted once extracted. A COCO copy with none of the files
+    fails before any request (check_coco_root); an unreachable base_url fails at once with
+    the offline way out (offline_hint). Messages name the params keys data.coco_root etc.
     """
     coco_root = Path(coco_root)
     ann_dir = coco_root / "annotations"
     names = needed_files(need_test_info)
+    check_coco_root(coco_root, names, base_url)
     # Check present copies first: a truncated one fails before anything is fetched.
     files = {n: inspect_json(ann_dir / n) for n in names if (ann_dir / n).exists()}
     http = {"retries": retries, "timeout": timeout, "progress": progress, "backoff": backoff}
@@ -395,6 +478,8 @@ def ensure_annotations(
             _fetch_archive(url, archive, members, **http)
             _extract_and_discard(archive, members, coco_root, url)
             files.update({name: inspect_json(ann_dir / name) for name in wanted})
+    except HostUnreachable as err:
+        raise HostUnreachable(f"{err}. {offline_hint(coco_root, names)}") from None
     finally:
         with contextlib.suppress(OSError):
             (coco_root / CACHE_DIR).rmdir()  # only if empty: a .part stays to be resumed

@@ -3,6 +3,8 @@
 Missing files are taken out of COCO's zip archives at data.base_url (only the needed
 members, streamed); files already present are checked and reused without any request,
 so a local COCO copy works offline. Writes a manifest (size and md5 of each file).
+A COCO copy (train2017/, val2017/) lacking the files, or a data.base_url whose host does not
+resolve or refuses connections, fails at once with one line saying what to do.
 """
 
 from __future__ import annotations

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import random
 import shutil
 import socket
 import subprocess
 import sys
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +25,7 @@ from httpserver import FileServer
 
 from cocoseg.download import (
     CACHE_DIR,
+    HostUnreachable,
     download_file,
     ensure_annotations,
     inspect_json,
@@ -34,6 +37,7 @@ TRAINVAL = "/annotations/annotations_trainval2017.zip"
 TESTINFO = "/annotations/image_info_test2017.zip"
 ALL = ["instances_train2017.json", "instances_val2017.json", "image_info_test2017.json"]
 FAST = {"retries": 3, "timeout": 5.0, "progress": False, "backoff": 0.001}
+UNRESOLVABLE = "http://coco.invalid"  # RFC 6761: never resolves, and fails without a network
 
 
 @pytest.fixture(scope="module")
@@ -147,14 +151,39 @@ def test_exhausted_retries_raise_with_last_status(server: FileServer, tmp_path: 
     assert not dest.exists() and part_path(dest).stat().st_size == 1000
 
 
-def test_connection_refused_is_retried_then_reported(tmp_path: Path) -> None:
-    with socket.socket() as sock:  # a port nobody listens on once closed
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nobody listens on (bound, then released)."""
+    with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/a.zip"
-    with pytest.raises(DownloadError, match="3 attempts") as err:
-        download_file(url, tmp_path / "a.zip", **{**FAST, "retries": 2})
-    assert url in str(err.value)
+        return sock.getsockname()[1]
+
+
+def retry_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
+
+
+def test_transient_failures_are_logged_as_retries(
+    server: FileServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.fail(TRAINVAL, times=2)
+    with caplog.at_level(logging.WARNING):
+        download_file(server.url + TRAINVAL, tmp_path / "a.zip", **FAST)
+    assert len(retry_warnings(caplog)) == 2  # what the fail-fast tests check the absence of
+
+
+def test_connection_refused_fails_at_once_keeping_the_partial_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = closed_port()
+    url, dest = f"http://127.0.0.1:{port}/a.zip", tmp_path / "a.zip"
+    part_path(dest).write_bytes(b"x" * 1000)
+    with caplog.at_level(logging.WARNING), pytest.raises(HostUnreachable) as err:
+        download_file(url, dest, **FAST)
+    message = str(err.value)
+    assert message.startswith(f"{url}: 127.0.0.1:{port} refused the connection; not retried")
+    assert "keeps 1000 bytes to resume" in message
+    assert retry_warnings(caplog) == []
+    assert part_path(dest).stat().st_size == 1000
 
 
 def test_wrong_bytes_rejected_by_verify_and_deleted(server: FileServer, tmp_path: Path) -> None:
@@ -311,6 +340,56 @@ def test_truncated_present_file_is_named_not_reused(
     assert server.requests == []
 
 
+@pytest.mark.parametrize("need_test_info", [False, True])
+def test_unresolvable_host_fails_at_once_naming_the_local_way_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, need_test_info: bool
+) -> None:
+    coco = tmp_path / "coco"
+    with caplog.at_level(logging.WARNING), pytest.raises(HostUnreachable) as err:
+        ensure_annotations(coco, UNRESOLVABLE, need_test_info=need_test_info, **FAST)
+    message = str(err.value)
+    assert message.startswith(
+        f"{UNRESOLVABLE}{TRAINVAL}: host name coco.invalid does not resolve ("
+    )
+    assert "; not retried. To work offline, set data.coco_root (now " + str(coco) in message
+    assert "annotations/instances_train2017.json, annotations/instances_val2017.json" in message
+    assert ("annotations/image_info_test2017.json" in message) == need_test_info
+    assert message.endswith("Or get network access to data.base_url")
+    assert retry_warnings(caplog) == []
+    assert leftovers(coco) == []
+
+
+def test_coco_copy_without_annotations_is_named_before_any_request(
+    server: FileServer, tmp_path: Path
+) -> None:
+    coco = tmp_path / "coco"
+    (coco / "train2017").mkdir(parents=True)
+    (coco / "val2017").mkdir()
+    (coco / "annotations").mkdir()  # there, but holding none of the files
+    with pytest.raises(DataError) as err:
+        ensure_annotations(coco, server.url, need_test_info=True, **FAST)
+    assert str(err.value).startswith(
+        f"data.coco_root = {coco} exists (has train2017/, val2017/) but has no "
+        "annotations/instances_train2017.json, annotations/instances_val2017.json, "
+        "annotations/image_info_test2017.json: "
+    )
+    assert "annotations_trainval2017.zip, image_info_test2017.zip" in str(err.value)
+    assert server.requests == []
+    assert leftovers(coco) == ["annotations", "train2017", "val2017"]
+
+
+def test_coco_copy_with_some_annotations_fetches_the_rest(
+    server: FileServer, tmp_path: Path, synthetic_root: Path
+) -> None:
+    coco = tmp_path / "coco"
+    (coco / "val2017").mkdir(parents=True)
+    shutil.copytree(synthetic_root / "annotations", coco / "annotations")
+    (coco / "annotations" / "image_info_test2017.json").unlink()
+    ensure_annotations(coco, server.url, need_test_info=True, **FAST)
+    assert [r.path for r in server.requests] == [TESTINFO]
+    assert (coco / "annotations" / "image_info_test2017.json").exists()
+
+
 def test_valid_json_with_unbalanced_braces_in_strings_is_accepted(tmp_path: Path) -> None:
     path = tmp_path / "odd.json"
     path.write_text(json.dumps({"info": {"description": "a { and a ["}, "images": []}))
@@ -362,6 +441,36 @@ def test_stage_script_reports_a_failure_in_one_line(server: FileServer, tmp_path
     assert f"error: {url}/annotations/annotations_trainval2017.zip: HTTP 404" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "data" / "download.json").exists()
+
+
+def test_stage_offline_fails_within_seconds_in_one_line(tmp_path: Path) -> None:
+    # params.yaml's retries (5) with 1 s backoff: retrying the lookup would take over 15 s.
+    params = write_params(tmp_path / "p.yaml", coco_root="coco", base_url=UNRESOLVABLE)
+    start = time.monotonic()
+    proc = run_stage(tmp_path, params)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 2
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
+    assert "host name coco.invalid does not resolve" in line
+    assert "set data.coco_root (now coco) to an existing COCO copy" in line
+    assert "retrying" not in proc.stderr and "Traceback" not in proc.stderr
+    assert elapsed < 10  # generous: a behaviour check (no backoff), not a benchmark
+    assert not (tmp_path / "data" / "download.json").exists()
+
+
+def test_stage_names_a_coco_copy_without_annotations_in_one_line(
+    server: FileServer, tmp_path: Path
+) -> None:
+    (tmp_path / "coco" / "train2017").mkdir(parents=True)
+    params = write_params(tmp_path / "p.yaml", coco_root="coco", base_url=server.url)
+    proc = run_stage(tmp_path, params)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(
+        "error: data.coco_root = coco exists (has train2017/) but has no "
+        "annotations/instances_train2017.json, annotations/instances_val2017.json: "
+    )
+    assert len(proc.stderr.splitlines()) == 1
+    assert server.requests == []
 
 
 @pytest.mark.slow
