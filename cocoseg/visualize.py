@@ -50,6 +50,18 @@ UNKNOWN_COLOR: Color = (128, 128, 128)
 MASK_ALPHA = 0.45
 CROWD_ALPHA = 0.25
 FIG_DPI = 120
+# A fixed colour per outcome of the error analysis (cocoseg.error_analysis), for every figure.
+OUTCOME_COLORS: dict[str, Color] = {
+    "true positive": (0, 158, 115),
+    "localisation": (230, 159, 0),
+    "classification": (86, 180, 233),
+    "duplicate": (204, 121, 167),
+    "background": (240, 228, 66),
+    "missed": (213, 94, 0),
+    "ignored (crowd)": (128, 128, 128),
+}
+# Missed ground truths by size in bar charts: the missed colour, paler for smaller objects.
+MISSED_SHADES = {"missed_small": 0.55, "missed_medium": 0.3, "missed_large": 0.0}
 
 
 def class_colors(names: Sequence[str]) -> dict[str, Color]:
@@ -270,11 +282,17 @@ def comparison_grid(
     *,
     titles: tuple[str, str] = ("ground truth", "prediction"),
     row_labels: Sequence[str] | None = None,
+    colors: Mapping[str, Color] | None = None,
+    legend: Mapping[str, Color] | None = None,
 ) -> None:
-    """PNG with one row per image: its ground truth beside its prediction, and a class legend."""
+    """PNG with one row per image: its ground truth beside its prediction, and a legend.
+
+    By default each class has its `class_colors` colour and the legend lists the classes;
+    `colors` (by category name) and `legend` (label -> colour) override both.
+    """
     if not rows:
         raise ValueError("comparison_grid needs at least one row")
-    colors = class_colors(list(categories.values()))
+    colors = dict(colors) if colors is not None else class_colors(list(categories.values()))
     panel_w = 4.5
     heights = [panel_w * img.shape[0] / img.shape[1] + 0.3 for img, _, _ in rows]
     fig = Figure(figsize=(2 * panel_w, sum(heights) + 0.6))
@@ -286,7 +304,7 @@ def comparison_grid(
     fig.subplots_adjust(
         left=0.01, right=0.99, bottom=0.01, top=1 - 0.6 / fig.get_figheight(), hspace=0.12
     )
-    _add_class_legend(fig, colors)
+    _add_class_legend(fig, colors if legend is None else legend)
     save_figure(fig, path)
 
 
@@ -339,4 +357,81 @@ def contact_sheet(
             bbox_to_anchor=(0.5, 1 - (0.5 if title else 0) / fig.get_figheight()),
             fontsize=10,
         )
+    save_figure(fig, path)
+
+
+def _outcome_name(class_name: str, outcome: str) -> str:
+    """The label an outcome is drawn under: the class alone for a TP, else 'class: outcome'."""
+    if outcome == "true positive":
+        return class_name
+    return f"{class_name}: {outcome.removesuffix(' (crowd)')}"
+
+
+def _by_outcome(anns: list[dict], names: dict[tuple[int, str], int]) -> list[dict]:
+    """Annotation copies whose category id stands for (class, outcome), ids taken from names."""
+    return [
+        {**a, "category_id": names.setdefault((a["category_id"], a["outcome"]), len(names) + 1)}
+        for a in anns
+    ]
+
+
+def error_grid(
+    rows: list[tuple[np.ndarray, list[dict], list[dict]]],
+    categories: dict[int, str],
+    path: str | Path,
+    *,
+    row_labels: Sequence[str] | None = None,
+) -> None:
+    """`comparison_grid` of ground truth beside predictions, coloured by error outcome.
+
+    Each annotation carries an `outcome` (a key of OUTCOME_COLORS, as
+    `error_analysis.image_outcomes` gives them); the legend lists the outcomes.
+    """
+    names: dict[tuple[int, str], int] = {}
+    recoded = [
+        (image, _by_outcome(gts, names), _by_outcome(preds, names)) for image, gts, preds in rows
+    ]
+    labels = {
+        new_id: _outcome_name(categories.get(cat_id, f"id {cat_id}"), outcome)
+        for (cat_id, outcome), new_id in names.items()
+    }
+    colors = {
+        labels[new_id]: OUTCOME_COLORS.get(outcome, UNKNOWN_COLOR)
+        for (_, outcome), new_id in names.items()
+    }
+    comparison_grid(
+        recoded, labels, path, row_labels=row_labels, colors=colors, legend=OUTCOME_COLORS
+    )
+
+
+def _shade(color: Color, towards_white: float) -> tuple[float, float, float]:
+    """An 8-bit colour blended towards white by the given fraction, as matplotlib floats."""
+    r, g, b = (c + (1 - c) * towards_white for c in mpl_color(color))
+    return (r, g, b)
+
+
+def error_type_color(error_type: str) -> tuple[float, float, float]:
+    """The matplotlib colour of an error type (missed_<size> as shades of missed)."""
+    if error_type in MISSED_SHADES:
+        return _shade(OUTCOME_COLORS["missed"], MISSED_SHADES[error_type])
+    return mpl_color(OUTCOME_COLORS.get(error_type, UNKNOWN_COLOR))
+
+
+def error_bars(
+    rows: Sequence[Mapping[str, Any]], error_types: Sequence[str], path: str | Path
+) -> None:
+    """PNG of one horizontal bar per class ('class' key), stacked by error type counts."""
+    if not rows:
+        raise ValueError("error_bars needs at least one class row")
+    fig = Figure(figsize=(8, 1.2 + 0.45 * len(rows)))
+    ax = fig.subplots()
+    labels = [str(r["class"]) for r in rows]
+    left = np.zeros(len(rows))
+    for error_type in error_types:
+        counts = np.array([float(r.get(error_type) or 0) for r in rows])
+        ax.barh(labels, counts, left=left, color=error_type_color(error_type), label=error_type)
+        left += counts
+    ax.invert_yaxis()
+    ax.set_xlabel("errors")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
     save_figure(fig, path)
