@@ -137,10 +137,15 @@ def fetch_state_dict(weights: WeightsEnum, param_value: str) -> dict[str, torch.
 
 
 def freeze_bn(module: nn.Module, eps: float) -> nn.Module:
-    """Swap every BatchNorm2d under module for a FrozenBatchNorm2d with the same statistics."""
+    """Swap every BatchNorm2d under module for a FrozenBatchNorm2d with the same statistics.
+
+    Each replacement takes the device and dtype of the batch norm it replaces, so a layout
+    applied after `model.to(device)` leaves no tensor behind on the CPU.
+    """
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d):
-            frozen = FrozenBatchNorm2d(child.num_features, eps=eps)
+            like = child.running_mean if child.running_mean is not None else child.weight
+            frozen = FrozenBatchNorm2d(child.num_features, eps=eps).to(like.device, like.dtype)
             for key in ("weight", "bias", "running_mean", "running_var"):
                 getattr(frozen, key).copy_(getattr(child, key).detach())
             setattr(module, name, frozen)
