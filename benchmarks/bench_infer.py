@@ -1,0 +1,199 @@
+"""Benchmark: the project's inference path beside a plain loop and the model alone.
+
+On the same images, model (Mask R-CNN R50-FPN, random weights: nothing is downloaded) and
+batch size, per device:
+
+- ours: `cocoseg.inference.predict_images` (DataLoader decoding in workers, masks thresholded
+  on the device, RLE encoding in a thread beside the loop, AMP on CUDA);
+- plain: serial PIL decode, `model(images)`, threshold, `pycocotools.mask.encode`, in turn;
+- model only: the images already decoded and on the device, `model(images)` alone.
+
+With no argument it takes the first 16 val images of the real COCO sample beside the
+checkout (synthetic images where it is absent) at a small size on the CPU; on a GPU:
+
+    python benchmarks/bench_infer.py --device cuda --images 100 --min-size 800 \\
+        --max-size 1333 --batch-size 8 --workers 8 --coco-root /path/to/coco
+
+It ends by printing one JSON object (images/s of each, detections, device, torch, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
+from torchvision.transforms.v2 import functional as F
+
+from cocoseg.inference import predict_images
+from cocoseg.model import build_model
+
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "coco-sample"
+
+
+def sample_images(coco_root: Path, n: int) -> list[Path]:
+    """The first n val2017 images of a COCO copy, by file name."""
+    return sorted((coco_root / "val2017").glob("*.jpg"))[:n]
+
+
+def synthetic_images(folder: Path, n: int, size: tuple[int, int] = (640, 480)) -> list[Path]:
+    """n JPEGs of noise with a few filled shapes, for machines without a COCO copy."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for k in range(n):
+        pixels = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+        image = Image.fromarray(pixels)
+        draw = ImageDraw.Draw(image)
+        for _ in range(3):
+            x, y = rng.integers(0, size[0] - 100), rng.integers(0, size[1] - 100)
+            draw.ellipse([x, y, x + 90, y + 70], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+        paths.append(folder / f"{k:03d}.jpg")
+        image.save(paths[-1], quality=90)
+    return paths
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so wall time covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def batches(items: list[Any], size: int) -> list[list[Any]]:
+    """Consecutive slices of `size` items."""
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def run_ours(model, items, device, args) -> list[dict]:
+    """The project's path, as the infer and predict stages call it."""
+    return predict_images(
+        model, items, device=device, batch_size=args.batch_size, num_workers=args.workers,
+        mask_threshold=0.5, progress=False,
+    )  # fmt: skip
+
+
+def run_plain(model, items, device, args) -> list[dict]:
+    """Decode, predict, threshold and encode one batch after another in the main thread."""
+    results = []
+    for batch in batches(items, args.batch_size):
+        images = []
+        for _, path in batch:
+            with Image.open(path) as image:
+                tensor = F.pil_to_tensor(image.convert("RGB"))
+            images.append(F.to_dtype(tensor, torch.float32, scale=True).to(device))
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, enabled=device.type == "cuda"),
+        ):
+            outputs = model(images)
+        for (image_id, _), out in zip(batch, outputs, strict=True):
+            masks = (out["masks"][:, 0] > 0.5).cpu().numpy().astype(np.uint8)
+            rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+            for box, label, score, rle in zip(
+                out["boxes"].tolist(), out["labels"].tolist(), out["scores"].tolist(), rles,
+                strict=True,
+            ):  # fmt: skip
+                rle["counts"] = rle["counts"].decode("ascii")
+                x0, y0, x1, y1 = box
+                results.append({"image_id": image_id, "category_id": label, "score": score,
+                                "bbox": [x0, y0, x1 - x0, y1 - y0], "segmentation": rle})  # fmt: skip
+    return results
+
+
+def run_model_only(model, tensors: list[torch.Tensor], device, args) -> int:
+    """model(images) on images already on the device; returns the detection count."""
+    count = 0
+    with torch.inference_mode(), torch.autocast(device.type, enabled=device.type == "cuda"):
+        for batch in batches(tensors, args.batch_size):
+            count += sum(len(out["scores"]) for out in model(batch))
+    return count
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """Seconds one call takes, device work included, and what it returned."""
+    synchronize(device)
+    start = time.perf_counter()
+    value = fn()
+    synchronize(device)
+    return time.perf_counter() - start, value
+
+
+def bench(device: torch.device, paths: list[Path], args: argparse.Namespace) -> dict[str, Any]:
+    """images/s of ours, plain and model-only on one device; detections of each."""
+    torch.manual_seed(0)
+    model = build_model("maskrcnn_resnet50_fpn", 5, min_size=args.min_size, max_size=args.max_size)
+    model.to(device).eval()
+    items = list(enumerate(paths, start=1))
+    warm = items[: args.batch_size]
+    run_ours(model, warm, device, args), run_plain(model, warm, device, args)  # warm-up
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    ours_s, ours = timed(lambda: run_ours(model, items, device, args), device)
+    plain_s, plain = timed(lambda: run_plain(model, items, device, args), device)
+    tensors = []
+    for path in paths:
+        with Image.open(path) as image:
+            tensor = F.pil_to_tensor(image.convert("RGB"))
+        tensors.append(F.to_dtype(tensor, torch.float32, scale=True).to(device))
+    model_s, model_detections = timed(lambda: run_model_only(model, tensors, device, args), device)
+    n = len(paths)
+    out = {
+        "device": str(device),
+        "ours_images_per_s": round(n / ours_s, 3),
+        "plain_images_per_s": round(n / plain_s, 3),
+        "model_only_images_per_s": round(n / model_s, 3),
+        "ours_vs_plain": round(plain_s / ours_s, 3),
+        "ours_vs_model_only": round(model_s / ours_s, 3),
+        "detections": len(ours),
+        "plain_detections": len(plain),
+        "model_only_detections": model_detections,
+    }
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+        out["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
+    return out
+
+
+def main() -> None:
+    """Parse args, run on each requested device, print one JSON object."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", action="append", help="cpu, cuda (default: cpu)")
+    parser.add_argument("--images", type=int, default=16, help="val images to predict")
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="our DataLoader processes")
+    parser.add_argument("--min-size", type=int, default=320)
+    parser.add_argument("--max-size", type=int, default=512)
+    parser.add_argument("--coco-root", type=Path, default=SAMPLE, help="a COCO copy with val2017/")
+    args = parser.parse_args()
+    report: dict[str, Any] = {
+        "torch": torch.__version__, "images": args.images, "batch_size": args.batch_size,
+        "workers": args.workers, "min_size": args.min_size, "max_size": args.max_size,
+        "cpu_model": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = sample_images(args.coco_root, args.images)
+        report["source"] = str(args.coco_root / "val2017") if paths else "synthetic 640x480"
+        paths = paths or synthetic_images(Path(tmp), args.images)
+        report["images"] = len(paths)
+        runs = []
+        for name in args.device or ["cpu"]:
+            if name.startswith("cuda") and not torch.cuda.is_available():
+                runs.append({"device": name, "skipped": "CUDA is not available here"})
+                continue
+            runs.append(bench(torch.device(name), paths, args))
+            print(json.dumps(runs[-1]), flush=True)
+    report.update(runs[0] if len(runs) == 1 else {"runs": runs})
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
