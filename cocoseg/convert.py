@@ -4,7 +4,8 @@ msgspec says *where* a value failed (`Expected float > 0.0 - at $.train.lr`); th
 follows that path through the raw data and the Struct's type info to say it in our terms:
 `train.lr = -1 is out of range: must be > 0`, `unknown key 'train.lrr' (did you mean
 'train.lr'?)`, `train.epochs = 'six' must be an integer`, `... is not allowed; choose one of`.
-Messages are derived from the types, never from msgspec's wording, which may change.
+Only the path and an unknown key's name are read from msgspec's text; the rest comes from
+the types, so a change in msgspec's wording cannot change ours.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import msgspec.inspect as mi
 
 T = TypeVar("T")
 
-_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$")
+_AT = re.compile(r"^(?P<what>.*?)(?: - at (?P<in_key>`key` in )?`\$(?P<path>[^`]*)`)?$")
 _STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 _UNKNOWN = re.compile(r"unknown field `(?P<key>[^`]*)`")
 _NUMBERS = {mi.IntType: (int, "an integer"), mi.FloatType: ((int, float), "a number")}
@@ -61,6 +62,9 @@ def explain(err: msgspec.ValidationError, raw: Any, cls: type, prefix: str = "")
     unknown = _UNKNOWN.search(match["what"])
     if unknown:
         return unknown_key_message(name, unknown["key"], [f.name for f in _bare(info).fields])
+    if match["in_key"]:
+        bad = next(k for k in value if not isinstance(k, str))
+        return f"{name or 'the top level'} has the key {bad!r}; keys must be names (text)"
     return _describe(name, value, info) or str(err)
 
 
@@ -73,8 +77,8 @@ def _describe(name: str, value: Any, info: mi.Type) -> str | None:
     """What is wrong with value for a key of type info; None when nothing is found."""
     doc = info.extra_json_schema.get("description") if isinstance(info, mi.Metadata) else None
     info, shown = _bare(info), f"{name} = {value!r}"
-    if isinstance(info, mi.StructType):
-        return None if isinstance(value, dict) else f"{name} must be a mapping, got {value!r}"
+    if isinstance(info, mi.StructType) and not isinstance(value, dict):
+        return f"{name} must be a mapping of keys to values, got {value!r}"
     if isinstance(info, mi.LiteralType):
         return f"{shown} is not allowed; choose one of {list(info.values)}"
     if isinstance(info, mi.BoolType):
@@ -83,6 +87,8 @@ def _describe(name: str, value: Any, info: mi.Type) -> str | None:
         return f"{shown} must be a non-empty string"
     if isinstance(info, mi.ListType):
         return _describe_list(shown, value, info, doc)
+    if type(info) not in _NUMBERS:
+        return None  # a type this module does not word: msgspec's own message is used
     kind, noun = _NUMBERS[type(info)]
     if isinstance(value, bool) or not isinstance(value, kind):
         return f"{shown} must be {noun}"

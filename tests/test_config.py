@@ -66,6 +66,8 @@ def test_params_file_restates_every_struct_default():
         ({"subset": {"n_train": 0}}, r"subset.n_train = 0 is out of range"),
         ({"train": {"lr_milestones": [5, 3]}}, r"train.lr_milestones = \[5, 3\] must be"),
         ({"data": "here"}, r"data must be a mapping"),
+        ({"train": [1, 2]}, r"train must be a mapping of keys to values, got \[1, 2\]"),
+        ({"train": {1: 2}}, r"train has the key 1; keys must be names"),
         ({"evalute": {}}, r"^params.yaml: unknown key 'evalute' \(did you mean 'evaluate'\?\)"),
         (
             {"train": {"lrr": 1}},
