@@ -57,7 +57,7 @@ def explain(err: msgspec.ValidationError, raw: Any, cls: type, prefix: str = "")
             value, names = value[key], [*names, key]
         else:
             info, value = _bare(info).item_type, value[int(index)]
-            names[-1] += f"[{index}]"
+            names[-1:] = [f"{''.join(names[-1:])}[{index}]"]  # raw itself may be the list
     name = ".".join(names)
     unknown = _UNKNOWN.search(match["what"])
     if unknown:
