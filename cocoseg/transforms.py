@@ -31,8 +31,8 @@ def boxes_from_masks(image: Any, target: dict[str, Any]) -> tuple[Any, dict[str,
     return image, target
 
 
-def _seed(min_size: int, max_size: int) -> list[Any]:
-    """The seed project's recipe: flip, mild rotation, brightness/contrast."""
+def _flip_rotate_color(min_size: int, max_size: int) -> list[Any]:
+    """Horizontal flip, mild rotation (boxes re-fit to the masks), brightness/contrast."""
     return [
         T.RandomHorizontalFlip(0.5),
         T.RandomRotation(degrees=10),
@@ -63,7 +63,7 @@ def _none(min_size: int, max_size: int) -> list[Any]:
 
 
 PRESETS: dict[str, Callable[[int, int], list[Any]]] = {
-    "seed": _seed,
+    "flip_rotate_color": _flip_rotate_color,
     "multiscale": _multiscale,
     "scale_jitter": _scale_jitter,
     "none": _none,

@@ -9,8 +9,9 @@ see cocoseg/predict.py for the layout. Settings come from params.yaml's predict 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
+
+import msgspec
 
 from cocoseg.cli import log, run_stage, stage_parser
 from cocoseg.config import Params
@@ -42,7 +43,7 @@ def main(args: argparse.Namespace, params: Params) -> None:
     if args.score_threshold is not None:
         if not 0 <= args.score_threshold <= 1:
             raise DataError(f"--score-threshold {args.score_threshold} must be within 0..1")
-        settings = dataclasses.replace(settings, score_threshold=args.score_threshold)
+        settings = msgspec.structs.replace(settings, score_threshold=args.score_threshold)
     if args.images is None:
         out = args.out or Path(DVC_OUT)
         images, classes = subset_images(args.subset, "test")

@@ -6,10 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 import yaml
 
-from cocoseg.config import Params, load_params, parse_params
+from cocoseg.config import Params, PredictParams, load_params, parse_params, to_dict
 from cocoseg.errors import ParamError
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -24,10 +25,23 @@ def test_project_params_file_is_valid_and_holds_the_seed_recipe():
     assert (t.min_size, t.max_size) == (800, 1333)
 
 
-def test_every_params_key_matches_a_dataclass_default():
-    """params.yaml and the dataclass defaults agree, so a missing key changes nothing."""
+def test_every_params_key_matches_a_struct_default():
+    """params.yaml and the Struct defaults agree, so a missing key changes nothing."""
     raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
     assert parse_params(raw) == Params()
+
+
+def test_params_file_restates_every_struct_default():
+    """Every key the Structs define is in params.yaml with the same value: they cannot drift."""
+    raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    defaults = to_dict(Params())
+    assert {s: sorted(keys) for s, keys in raw.items()} == {
+        s: sorted(keys) for s, keys in defaults.items()
+    }
+    for section, keys in defaults.items():
+        for key, default in keys.items():
+            assert raw[section][key] == default, f"{section}.{key}"
+            assert type(raw[section][key]) is type(default), f"{section}.{key}"
 
 
 @pytest.mark.parametrize(
@@ -52,6 +66,43 @@ def test_every_params_key_matches_a_dataclass_default():
         ({"subset": {"n_train": 0}}, r"subset.n_train = 0 is out of range"),
         ({"train": {"lr_milestones": [5, 3]}}, r"train.lr_milestones = \[5, 3\] must be"),
         ({"data": "here"}, r"data must be a mapping"),
+        ({"train": [1, 2]}, r"train must be a mapping of keys to values, got \[1, 2\]"),
+        ({"train": {1: 2}}, r"train has the key 1; keys must be names"),
+        ({"evalute": {}}, r"^params.yaml: unknown key 'evalute' \(did you mean 'evaluate'\?\)"),
+        (
+            {"train": {"lrr": 1}},
+            r"unknown key 'train.lrr' \(did you mean 'train.lr'\?\); allowed: ",
+        ),
+        ({"train": {"epochs": "six"}}, r"^params.yaml: train.epochs = 'six' must be an integer$"),
+        ({"train": {"lr": -1}}, r"^params.yaml: train.lr = -1 is out of range: must be > 0$"),
+        ({"train": {"lr": True}}, r"train.lr = True must be a number"),
+        ({"train": {"device": ""}}, r"train.device = '' must be a non-empty string"),
+        ({"train": {"keep_checkpoints": -1}}, r"train.keep_checkpoints = -1 .* must be >= 0$"),
+        ({"train": {"keep_checkpoints": 1.5}}, r"train.keep_checkpoints = 1.5 must be an integer"),
+        (
+            {"train": {"anchor_sizes": [32, 64, 128, 256]}},
+            r"train.anchor_sizes = \[32, 64, 128, 256\] must have exactly 5 entries: "
+            r"one size per FPN level \(5 levels\)",
+        ),
+        ({"train": {"anchor_sizes": [16, *range(32, 1024, 128)]}}, r"must have exactly 5 entries"),
+        ({"train": {"anchor_sizes": 32}}, r"train.anchor_sizes = 32 must be a list of int"),
+        ({"train": {"anchor_sizes": [32, 64, 0, 256, 512]}}, r"anchor_sizes\[2\] = 0 .* >= 1"),
+        (
+            {"train": {"anchor_sizes": [32, 64, 64.5, 128, 256]}},
+            r"sizes\[2\] = 64.5 must be an int",
+        ),
+        ({"train": {"anchor_sizes": [64, 32, 128, 256, 512]}}, r"must be strictly increasing"),
+        ({"train": {"anchor_sizes": [32, 64, 64, 256, 512]}}, r"must be strictly increasing"),
+        (
+            {"train": {"anchor_ratios": []}},
+            r"train.anchor_ratios = \[\] must have at least 1 entry$",
+        ),
+        ({"train": {"anchor_ratios": [1.0, -2]}}, r"anchor_ratios\[1\] = -2 .*: must be > 0$"),
+        ({"train": {"anchor_ratios": ["1:2"]}}, r"anchor_ratios\[0\] = '1:2' must be a number"),
+        (
+            {"train": {"augment": "seed"}},
+            r"train.augment = 'seed' is not allowed; choose one of \[.*'flip_rotate_color'.*\]",
+        ),
     ],
 )
 def test_bad_params_are_rejected_by_name(raw, expected):
@@ -61,6 +112,31 @@ def test_bad_params_are_rejected_by_name(raw, expected):
 
 def test_an_int_is_accepted_where_a_float_is_expected():
     assert parse_params({"train": {"lr": 1}}).train.lr == 1.0
+    assert parse_params({"train": {"anchor_ratios": [1, 2]}}).train.anchor_ratios == [1.0, 2.0]
+
+
+def test_new_train_params_are_exposed_as_given():
+    raw = {"keep_checkpoints": 3, "anchor_sizes": [16, 32, 64, 128, 256], "anchor_ratios": [1.0]}
+    train = parse_params({"train": raw}).train
+    assert (train.keep_checkpoints, train.anchor_sizes, train.anchor_ratios) == (
+        3,
+        [16, 32, 64, 128, 256],
+        [1.0],
+    )
+    assert to_dict(train)["anchor_sizes"] == [16, 32, 64, 128, 256]
+
+
+def test_an_empty_section_means_its_defaults():
+    assert parse_params({"eda": None, "train": {}}) == Params()
+    assert parse_params(None) == Params()
+
+
+def test_params_are_frozen_and_replace_makes_a_changed_copy():
+    settings = PredictParams(device="cpu")
+    with pytest.raises(AttributeError):
+        settings.score_threshold = 0.9
+    changed = msgspec.structs.replace(settings, score_threshold=0.9)
+    assert (changed.score_threshold, changed.device, settings.score_threshold) == (0.9, "cpu", 0.5)
 
 
 def test_invalid_yaml_and_missing_file_name_the_file(tmp_path):

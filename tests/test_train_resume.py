@@ -79,8 +79,8 @@ def test_fresh_start_clears_old_checkpoints_and_killed_temp_files(tmp_path):
 
 TRAIN = {
     "weights": "none", "epochs": 2, "batch_size": 2, "num_workers": 0, "min_size": 64,
-    "max_size": 64, "augment": "seed", "warmup_iters": 2, "schedule": "cosine", "amp": False,
-    "device": "cpu", "deterministic": True, "seed": 7,
+    "max_size": 64, "augment": "flip_rotate_color", "warmup_iters": 2, "schedule": "cosine",
+    "amp": False, "device": "cpu", "deterministic": True, "seed": 7,
 }  # fmt: skip
 
 
