@@ -55,7 +55,9 @@ def synthetic_images(folder: Path, n: int, size: tuple[int, int] = (640, 480)) -
         draw = ImageDraw.Draw(image)
         for _ in range(3):
             x, y = rng.integers(0, size[0] - 100), rng.integers(0, size[1] - 100)
-            draw.ellipse([x, y, x + 90, y + 70], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+            draw.ellipse(
+                [x, y, x + 90, y + 70], fill=tuple(int(c) for c in rng.integers(0, 255, 3))
+            )
         paths.append(folder / f"{k:03d}.jpg")
         image.save(paths[-1], quality=90)
     return paths
@@ -103,8 +105,9 @@ def run_plain(model, items, device, args) -> list[dict]:
             ):  # fmt: skip
                 rle["counts"] = rle["counts"].decode("ascii")
                 x0, y0, x1, y1 = box
+                bbox = [x0, y0, x1 - x0, y1 - y0]
                 results.append({"image_id": image_id, "category_id": label, "score": score,
-                                "bbox": [x0, y0, x1 - x0, y1 - y0], "segmentation": rle})  # fmt: skip
+                                "bbox": bbox, "segmentation": rle})  # fmt: skip
     return results
 
 
