@@ -108,6 +108,7 @@ class EvaluateParams(_Section):
     batch_size: PositiveInt = 2
     num_workers: NonNegInt = 2
     n_samples: PositiveInt = 6
+    n_worst: NonNegInt = 6  # val images with the most errors in worst_images.png
     device: Text = "auto"
 
 

@@ -275,6 +275,22 @@ def _show(ax: Any, image: np.ndarray, title: str | None = None) -> None:
         ax.set_title(title, fontsize=10)
 
 
+def _note(ax: Any, text: str) -> None:
+    """A boxed note in the middle of a panel."""
+    ax.text(
+        0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=11,
+        bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none", "pad": 4},
+    )  # fmt: skip
+
+
+def note_figure(text: str, path: str | Path) -> None:
+    """A small PNG that only says `text` (a declared figure with nothing to show)."""
+    fig = Figure(figsize=(6, 1.2))
+    _note(fig.subplots(), text)
+    fig.axes[0].set_axis_off()
+    save_figure(fig, path)
+
+
 def comparison_grid(
     rows: list[tuple[np.ndarray, list[dict], list[dict]]],
     categories: dict[int, str],
@@ -284,11 +300,13 @@ def comparison_grid(
     row_labels: Sequence[str] | None = None,
     colors: Mapping[str, Color] | None = None,
     legend: Mapping[str, Color] | None = None,
+    no_prediction: str = "no detection",
 ) -> None:
     """PNG with one row per image: its ground truth beside its prediction, and a legend.
 
     By default each class has its `class_colors` colour and the legend lists the classes;
-    `colors` (by category name) and `legend` (label -> colour) override both.
+    `colors` (by category name) and `legend` (label -> colour) override both. A prediction
+    panel with nothing to draw says `no_prediction`, so it is not mistaken for a glitch.
     """
     if not rows:
         raise ValueError("comparison_grid needs at least one row")
@@ -301,6 +319,8 @@ def comparison_grid(
         prefix = f"{row_labels[r]}: " if row_labels else ""
         _show(axes[r][0], overlay(image, gt, categories, colors=colors), prefix + titles[0])
         _show(axes[r][1], overlay(image, pred, categories, colors=colors), prefix + titles[1])
+        if not pred:
+            _note(axes[r][1], no_prediction)
     fig.subplots_adjust(
         left=0.01, right=0.99, bottom=0.01, top=1 - 0.6 / fig.get_figheight(), hspace=0.12
     )

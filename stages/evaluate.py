@@ -2,8 +2,10 @@
 
 Reads reports/eval/predictions.json and writes reports/metrics.json (COCO mAP for segm and
 bbox, greedy IoU, Dice, P/R/F1; a DVC metrics file), reports/eval/per_class.csv,
-reports/eval/pr_iou50.csv and pr_iou50_95.csv (mask precision-recall per class) and
-reports/eval/samples.png. No model is needed, so a score-threshold experiment takes seconds.
+reports/eval/pr_iou50.csv and pr_iou50_95.csv (mask precision-recall per class), the error
+breakdown (errors.csv, errors_per_class.csv, errors.png, confusion.json/.csv,
+worst_images.png) and reports/eval/samples.png, all under reports/eval. No model is needed,
+so a score-threshold experiment takes seconds.
 
 With --predictions FILE any COCO results file is scored: only --out is written (and the
 tables, curves and figure when --eval-dir is given).
@@ -52,11 +54,8 @@ def main(args: argparse.Namespace, params: Params) -> None:
     preds = metrics.load_predictions(args.predictions or DEFAULT_PREDICTIONS, gt)
     eval_dir = args.eval_dir or (None if args.predictions else DEFAULT_EVAL_DIR)
     eval_dir = Path(eval_dir) if eval_dir else None
-    scores = metrics.evaluate(gt, preds, p.score_threshold)
     out = args.out or DEFAULT_OUT
-    metrics.write_reports(scores, out, eval_dir)
-    if eval_dir is not None:
-        evaluation.draw_samples(gt, preds, images_dir, p, eval_dir / "samples.png")
+    scores = evaluation.write_reports(gt, preds, p, out, eval_dir, images_dir)
     m = scores.metrics
     log.info(
         "evaluate: %d predictions on %d images: segm AP %s, bbox AP %s, IoU %s, Dice %s -> %s",

@@ -219,7 +219,8 @@ def test_worst_images_order_by_error_count_then_id():
 def test_metrics_and_files(mixed, tmp_path):
     _, report = mixed
     found = ea.error_metrics(report)["errors"]
-    assert found["a"]["duplicate"] == 1 and found["all"]["missed_large"] == 1
+    assert set(found) == {"all", "delta_ap"}  # per class: errors.csv, not metrics
+    assert found["all"]["duplicate"] == 1 and found["all"]["missed_large"] == 1
     assert set(found["delta_ap"]) == set(ea.DELTA_TYPES)
     assert found["delta_ap"]["missed"] == round(1 - 85 / 202, 6)
 

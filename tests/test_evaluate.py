@@ -189,7 +189,7 @@ def test_stages_predict_score_and_write_every_report(subset, params_file, tmp_pa
     gt = COCO(str(subset / "annotations" / "val.json"))
     assert len(gt.loadRes(str(preds_file)).anns) == len(json.loads(preds_file.read_text())) > 0
     written = json.loads(out.read_text())
-    assert set(written) == {"segm", "bbox", "iou", "dice", "match", "per_class"}
+    assert set(written) == {"segm", "bbox", "iou", "dice", "match", "per_class", "errors"}
     assert list(written["per_class"]) == CLASSES
 
     # The same predictions scored from the file alone give the same metrics, no model needed.
@@ -204,6 +204,13 @@ def test_stages_predict_score_and_write_every_report(subset, params_file, tmp_pa
         assert lines[0] == "recall," + ",".join(CLASSES) and len(lines) == 102
     with Image.open(eval_dir / "samples.png") as png:
         assert png.format == "PNG" and png.height > png.width  # two rows of GT | prediction
+    for name in ("errors.png", "worst_images.png"):
+        with Image.open(eval_dir / name) as png:
+            assert png.format == "PNG"
+    confusion = json.loads((eval_dir / "confusion.json").read_text())
+    counts = written["errors"]["all"]
+    false_positives = sum(counts[k] for k in ("localisation", "duplicate", "background"))
+    assert sum(r["actual"] == "background" for r in confusion) == false_positives
 
 
 def test_a_model_that_detects_nothing_still_gets_a_report(subset, params_file, tmp_path):
