@@ -1,14 +1,9 @@
 """The subset stage: pick images by seed, keep the chosen classes as ids 1..K, write COCO json.
 
-Each source file is read once and checked in one pass over its annotations: duplicate
-ids and unknown categories stop the stage naming the id; orphan annotations, degenerate
-boxes, short polygons and broken RLE are dropped and counted in stats.json. Images are
-then selected by seed, put in place (cocoseg.images) and the json written.
-
-COCO's train file is ~450 MB: parsing it whole (json or orjson) peaks at 3-4 GB. So a
-labelled file is indexed instead (numpy finds each annotation's byte span), annotations
-are parsed in batches and reduced to what selection needs, and only the chosen images'
-annotations are parsed again to be written (`AnnotationFile`).
+Each source file is read and checked by cocoseg.cocofile (wrong types, duplicate ids and
+unknown categories stop; orphan annotations, degenerate boxes, short polygons and broken
+RLE are dropped and counted in stats.json). Images are then selected by seed, put in
+place (cocoseg.images) and only the chosen images' annotations decoded and written.
 """
 
 from __future__ import annotations
@@ -22,29 +17,22 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import numpy as np
-import orjson
-
 from cocoseg import io
+from cocoseg.cocofile import (
+    ANNOTATION_FILES,
+    Category,
+    CocoFile,
+    Kept,
+    check_annotations,
+    read_coco,
+)
 from cocoseg.config import DataParams, SubsetParams
 from cocoseg.errors import DataError, ParamError
 from cocoseg.images import ImageJob, place_images
 
 log = logging.getLogger("cocoseg.subset")
 
-ANNOTATION_FILES = {
-    "train2017": "instances_train2017.json",
-    "val2017": "instances_val2017.json",
-    "test2017": "image_info_test2017.json",
-}
 SPLITS = ("train", "val", "test")
-DROP_REASONS = (
-    "orphan_annotations",  # image_id not among the file's images: cannot be used
-    "degenerate_boxes",  # bbox missing, or zero/negative width or height
-    "short_polygons",  # polygons of < 3 points (or odd length), removed from their annotation
-    "empty_segmentations",  # annotations with no usable polygon left
-    "invalid_rle",  # RLE whose size or run lengths disagree with the image
-)
 
 
 @dataclass
@@ -60,179 +48,23 @@ class Split:
     modes: dict[int, str] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
-class Kept:
-    """What selection needs of a usable annotation of a chosen class (not the annotation)."""
-
-    index: int  # position in the file's annotations array
-    category: int  # new id, 1..K
-    crowd: bool
-
-
 @dataclass
 class Source:
-    """A labelled source file after checking and filtering to the chosen classes."""
+    """A labelled source file after checking, with its usable annotations of the classes."""
 
     name: str
-    file: AnnotationFile
-    images: dict[int, dict[str, Any]]
-    remap: dict[int, int]
+    file: CocoFile
+    remap: dict[int, int]  # the file's category id -> 1..K
     by_image: dict[int, list[Kept]]
     dropped: Counter[str]
-
-
-# --------------------------------------------------------------------------- big files
-
-BATCH = 20_000  # annotations parsed at a time
-
-
-def not_json(path: Path, detail: object) -> DataError:
-    """The error for a file that does not parse (same wording as cocoseg.io.read_json)."""
-    return DataError(f"{path}: not valid JSON (truncated or corrupt?): {detail}")
-
-
-def unescaped(a: np.ndarray, quotes: np.ndarray) -> np.ndarray:
-    """Drop the quote positions that are escaped (an odd run of backslashes before them)."""
-    suspects = quotes[(quotes > 0) & (a[np.maximum(quotes - 1, 0)] == ord("\\"))]
-    escaped = []
-    for q in suspects.tolist():
-        run = 0
-        while q - run - 1 >= 0 and a[q - run - 1] == ord("\\"):
-            run += 1
-        if run % 2:
-            escaped.append(q)
-    return np.setdiff1d(quotes, escaped, assume_unique=True) if escaped else quotes
-
-
-def json_structure(data: bytes, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Positions of every bracket and brace outside strings, +1/-1 for each, depth after each.
-
-    Vectorised over the whole file; unbalanced brackets (a truncated file) stop the stage.
-    """
-    a = np.frombuffer(data, np.uint8)
-    quotes = unescaped(a, np.flatnonzero(a == ord('"')))
-    if len(quotes) % 2:
-        raise not_json(path, "a string never ends")
-    found = [np.flatnonzero(a == ord(c)) for c in "{[}]"]
-    n_open = len(found[0]) + len(found[1])
-    events = np.concatenate(found)
-    del found
-    steps = np.ones(len(events), np.int8)
-    steps[n_open:] = -1
-    outside = np.searchsorted(quotes, events) % 2 == 0  # an even count of quotes before
-    events, steps = events[outside], steps[outside]
-    order = np.argsort(events, kind="stable")
-    events, steps = events[order], steps[order]
-    depth = np.cumsum(steps, dtype=np.int64)
-    if len(depth) == 0 or depth.min() < 0 or depth[-1] != 0:
-        raise not_json(path, "brackets do not balance")
-    return events, steps, depth
-
-
-def top_level_array(data: bytes, key: str, structure: tuple, path: Path) -> tuple[int, int]:
-    """Indexes (into the structure arrays) of the '[' and ']' of a top-level key's array."""
-    events, _, depth = structure
-    needle = f'"{key}"'.encode()
-    pos = data.find(needle)
-    while pos >= 0:
-        i = int(np.searchsorted(events, pos))
-        if i > 0 and depth[i - 1] == 1 and i < len(events):
-            between = data[pos + len(needle) : events[i]].strip()
-            if between == b":" and data[events[i]] == ord("["):
-                close = i + int(np.flatnonzero(depth[i:] == 1)[0])
-                return i, close
-        pos = data.find(needle, pos + 1)
-    raise DataError(f"{path}: '{key}' is missing or not a list; is this a COCO file?")
-
-
-class AnnotationFile:
-    """A labelled COCO file held as bytes: all but the annotations parsed, those on demand."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            self.data = path.read_bytes()
-        except FileNotFoundError:
-            raise DataError(f"{path}: file not found") from None
-        structure = json_structure(self.data, path)
-        open_i, close_i = top_level_array(self.data, "annotations", structure, path)
-        events, steps, depth = structure
-        inner = slice(open_i + 1, close_i)
-        self.starts = events[inner][(depth[inner] == 3) & (steps[inner] == 1)]
-        self.ends = events[inner][(depth[inner] == 2) & (steps[inner] == -1)] + 1
-        if len(self.starts) != len(self.ends):
-            raise DataError(f"{path}: 'annotations' holds something other than objects")
-        head, tail = self.data[: events[open_i] + 1], self.data[events[close_i] :]
-        try:
-            self.doc = orjson.loads(head + tail)  # everything, with "annotations": []
-        except orjson.JSONDecodeError as err:
-            raise not_json(path, err) from None
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-    def batches(self, size: int | None = None) -> Iterable[tuple[int, list[Any]]]:
-        """(index of the first, parsed annotations) for consecutive runs of `size` (BATCH)."""
-        size = size or BATCH
-        for first in range(0, len(self), size):
-            last = min(first + size, len(self)) - 1
-            chunk = self.data[self.starts[first] : self.ends[last]]
-            try:
-                if first and self.data[self.ends[first - 1] : self.starts[first]].strip() != b",":
-                    raise ValueError(f"no comma before annotations[{first}]")
-                anns = orjson.loads(b"[" + chunk + b"]")
-            except (orjson.JSONDecodeError, ValueError) as err:
-                raise not_json(self.path, f"in annotations[{first}:{last + 1}]: {err}") from None
-            if len(anns) != last - first + 1:
-                raise DataError(f"{self.path}: annotations[{first}:{last + 1}] is not all objects")
-            yield first, anns
-
-    def annotation(self, index: int) -> dict[str, Any]:
-        """Parse one annotation again, by its position in the array."""
-        return orjson.loads(self.data[self.starts[index] : self.ends[index]])
 
 
 # --------------------------------------------------------------------------- loading
 
 
-def check_shape(doc: Any, path: Path) -> dict[str, Any]:
-    """Check a COCO file's top level: an object with 'images' and 'categories' lists."""
-    if not isinstance(doc, dict):
-        raise DataError(f"{path}: expected a JSON object with 'images' and 'categories'")
-    for key in ("images", "categories"):
-        if not isinstance(doc.get(key), list):
-            raise DataError(f"{path}: '{key}' is missing or not a list; is this a COCO file?")
-    return doc
-
-
-def index_images(doc: dict[str, Any], path: Path) -> dict[int, dict[str, Any]]:
-    """Map image id -> record; a duplicate id stops the stage naming it."""
-    images: dict[int, dict[str, Any]] = {}
-    for i, image in enumerate(doc["images"]):
-        try:
-            image_id = image["id"]
-            duplicate = image_id in images
-        except (KeyError, TypeError):
-            raise DataError(f"{path}: images[{i}] has no usable 'id'") from None
-        if duplicate:
-            raise DataError(f"{path}: duplicate image id {image_id}")
-        images[image_id] = image
-    return images
-
-
-def category_remap(categories: list[Any], classes: list[str], path: Path) -> dict[int, int]:
+def category_remap(categories: list[Category], classes: list[str], path: Path) -> dict[int, int]:
     """Map the file's category ids of `classes` to 1..K in classes order; unknown names stop."""
-    by_name: dict[str, int] = {}
-    seen: set[int] = set()
-    for i, cat in enumerate(categories):
-        try:
-            cat_id, name = cat["id"], cat["name"]
-        except (KeyError, TypeError):
-            raise DataError(f"{path}: categories[{i}] lacks 'id' or 'name'") from None
-        if cat_id in seen:
-            raise DataError(f"{path}: duplicate category id {cat_id}")
-        seen.add(cat_id)
-        by_name[name] = cat_id
+    by_name = {cat.name: cat.id for cat in categories}
     for name in classes:
         if name not in by_name:
             close = difflib.get_close_matches(name, list(by_name), n=1)
@@ -244,144 +76,25 @@ def category_remap(categories: list[Any], classes: list[str], path: Path) -> dic
     return {by_name[name]: new_id for new_id, name in enumerate(classes, start=1)}
 
 
-def output_categories(categories: list[dict[str, Any]], classes: list[str]) -> list[dict]:
+def output_categories(categories: list[Category], classes: list[str]) -> list[dict]:
     """The K output categories, ids 1..K in classes order, COCO names and supercategories."""
-    by_name = {c["name"]: c for c in categories}
+    by_name = {cat.name: cat for cat in categories}
     return [
-        {"id": new_id, "name": name, "supercategory": by_name[name].get("supercategory", "")}
+        {"id": new_id, "name": name, "supercategory": by_name[name].supercategory}
         for new_id, name in enumerate(classes, start=1)
     ]
-
-
-# --------------------------------------------------------------------------- checking
-
-
-def box_ok(bbox: Any) -> bool:
-    """True for an [x, y, w, h] box with positive width and height."""
-    try:
-        return len(bbox) == 4 and bbox[2] > 0 and bbox[3] > 0
-    except TypeError:
-        return False
-
-
-def rle_string_total(counts: str) -> int | None:
-    """Sum of the run lengths in COCO's compressed RLE string; None when it is malformed."""
-    runs: list[int] = []
-    pos = 0
-    while pos < len(counts):
-        value, shift, more = 0, 0, True
-        while more:
-            if pos >= len(counts):
-                return None
-            c = ord(counts[pos]) - 48
-            if not 0 <= c < 64:
-                return None
-            value |= (c & 0x1F) << (5 * shift)
-            more = bool(c & 0x20)
-            pos += 1
-            shift += 1
-            if not more and c & 0x10:
-                value |= -1 << (5 * shift)
-        if len(runs) > 2:
-            value += runs[-2]
-        if value < 0:
-            return None
-        runs.append(value)
-    return sum(runs)
-
-
-def rle_ok(rle: dict[str, Any], image: dict[str, Any]) -> bool:
-    """True when an RLE (list or string counts) has the image's size and covers it exactly."""
-    if rle.get("size") != [image.get("height"), image.get("width")]:
-        return False
-    counts = rle.get("counts")
-    if isinstance(counts, str):
-        total = rle_string_total(counts)
-    elif isinstance(counts, list) and counts:
-        try:  # sum and min run in C: crowd RLE lists hold thousands of runs
-            total = sum(counts) if min(counts) >= 0 else None
-        except TypeError:
-            return False
-        if not isinstance(total, int):
-            return False
-    else:
-        return False
-    return total == image["height"] * image["width"]
-
-
-def clean_annotation(
-    ann: dict[str, Any], image: dict[str, Any], dropped: Counter[str]
-) -> dict[str, Any] | None:
-    """Return the annotation fit to keep (short polygons removed), or None; count what went."""
-    if not box_ok(ann.get("bbox")):
-        dropped["degenerate_boxes"] += 1
-        return None
-    seg = ann.get("segmentation")
-    if isinstance(seg, dict):
-        if rle_ok(seg, image):
-            return ann
-        dropped["invalid_rle"] += 1
-        return None
-    polygons = seg if isinstance(seg, list) else []
-    good = [p for p in polygons if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
-    dropped["short_polygons"] += len(polygons) - len(good)
-    if not good:
-        dropped["empty_segmentations"] += 1
-        return None
-    return ann if len(good) == len(polygons) else {**ann, "segmentation": good}
-
-
-def filter_annotations(
-    file: AnnotationFile, images: dict[int, dict[str, Any]], remap: dict[int, int]
-) -> tuple[dict[int, list[Kept]], Counter[str]]:
-    """One pass over all annotations: check ids, note the chosen classes' usable ones by image.
-
-    A duplicate annotation id or an unknown category id stops the stage (the file is wrong
-    in a way we cannot guess around). An annotation whose image is missing is skipped and
-    counted: it cannot touch any image we output, and hand-trimmed files often leave them.
-    """
-    path = file.path
-    known = {c["id"] for c in file.doc["categories"]}
-    seen: set[int] = set()
-    by_image: dict[int, list[Kept]] = defaultdict(list)
-    dropped: Counter[str] = Counter({reason: 0 for reason in DROP_REASONS})
-    for first, batch in file.batches():
-        for i, ann in enumerate(batch, start=first):
-            try:
-                ann_id, image_id, cat_id = ann["id"], ann["image_id"], ann["category_id"]
-                duplicate = ann_id in seen
-            except (KeyError, TypeError):
-                raise DataError(
-                    f"{path}: annotations[{i}] lacks a usable 'id', 'image_id' or 'category_id'"
-                ) from None
-            if duplicate:
-                raise DataError(f"{path}: duplicate annotation id {ann_id}")
-            seen.add(ann_id)
-            if cat_id not in known:
-                raise DataError(
-                    f"{path}: annotation id {ann_id} has category_id {cat_id!r}, "
-                    "which is not in the file's categories"
-                )
-            image = images.get(image_id)
-            if image is None:
-                dropped["orphan_annotations"] += 1
-            elif cat_id in remap and clean_annotation(ann, image, dropped) is not None:
-                by_image[image_id].append(Kept(i, remap[cat_id], bool(ann.get("iscrowd"))))
-    return by_image, dropped
 
 
 def load_labelled(root: Path, name: str, classes: list[str]) -> Source:
     """Load, check and filter one labelled source file (train2017 or val2017)."""
     path = root / "annotations" / ANNOTATION_FILES[name]
-    file = AnnotationFile(path)
-    check_shape(file.doc, path)
-    images = index_images(file.doc, path)
-    remap = category_remap(file.doc["categories"], classes, path)
-    by_image, dropped = filter_annotations(file, images, remap)
+    file = read_coco(path, labelled=True)
+    remap = category_remap(file.categories, classes, path)
+    by_image, dropped = check_annotations(file, remap)
     for reason, count in dropped.items():
         if count:
             log.warning("%s: dropped %d (%s)", path.name, count, reason.replace("_", " "))
-    return Source(name, file, images, remap, dict(by_image), dropped)
+    return Source(name, file, remap, by_image, dropped)
 
 
 # --------------------------------------------------------------------------- selecting
@@ -396,7 +109,7 @@ def eligible_by_class(source: Source) -> dict[int, list[int]]:
     """New category id -> sorted ids of images holding a kept non-crowd instance of it."""
     by_class: dict[int, list[int]] = {new_id: [] for new_id in source.remap.values()}
     for image_id in sorted(source.by_image):
-        cats = {kept.category for kept in source.by_image[image_id] if not kept.crowd}
+        cats = {source.remap[k.category] for k in source.by_image[image_id] if not k.crowd}
         for cat in cats:
             by_class[cat].append(image_id)
     return by_class
@@ -478,28 +191,27 @@ def remapped(ann: dict[str, Any], remap: dict[int, int]) -> dict[str, Any]:
 
 
 def chosen_annotations(source: Source, ids: list[int]) -> list[dict[str, Any]]:
-    """The output annotations of the chosen images, parsed again and cleaned, sorted by id."""
-    anns = []
-    for image_id in ids:
-        for kept in source.by_image.get(image_id, []):
-            ann = source.file.annotation(kept.index)
-            clean = clean_annotation(ann, source.images[image_id], Counter())  # counted already
-            anns.append(remapped(clean, source.remap))
+    """The output annotations of the chosen images, decoded and cleaned, sorted by id."""
+    anns = [
+        remapped(source.file.clean_annotation(kept.index), source.remap)
+        for image_id in ids
+        for kept in source.by_image.get(image_id, [])
+    ]
     return sorted(anns, key=lambda a: a["id"])
 
 
 def labelled_split(source: Source, split: str, ids: list[int]) -> Split:
     """The output split for the chosen image ids of a labelled source."""
-    doc = source.file.doc
-    images = [source.images[i] for i in ids]
+    file = source.file
+    images = [file.record(i) for i in ids]
     anns = chosen_annotations(source, ids)
-    return Split(split, source.name, images, anns, doc.get("info"), doc.get("licenses"))
+    return Split(split, source.name, images, anns, file.info, file.licenses)
 
 
 def select_subset(root: Path, sp: SubsetParams) -> tuple[dict[str, Split], dict, list[dict]]:
     """Select all three splits (no writing); return splits, drop counts and categories."""
     train_src = load_labelled(root, "train2017", sp.classes)
-    categories = output_categories(train_src.file.doc["categories"], sp.classes)
+    categories = output_categories(train_src.file.categories, sp.classes)
     train = labelled_split(train_src, "train", select_labelled(train_src, "train", sp))
     dropped = {"train2017": dict(train_src.dropped)}
     del train_src  # frees the train file before the val file is read
@@ -509,9 +221,9 @@ def select_subset(root: Path, sp: SubsetParams) -> tuple[dict[str, Split], dict,
     dropped["val2017"] = dict(val_src.dropped)
     if sp.test_from == "val2017":
         used = {image["id"] for image in val.images}
-        pool = sorted(i for i in val_src.images if i not in used)
+        pool = sorted(i for i in val_src.file.images if i not in used)
         ids = select_test(pool, sp, "val2017 (outside the val subset)")
-        test = Split("test", "val2017", [val_src.images[i] for i in ids], None)
+        test = Split("test", "val2017", [val_src.file.record(i) for i in ids], None)
         test.info, test.licenses = val.info, val.licenses
     else:
         test = test2017_split(root, sp)
@@ -521,12 +233,10 @@ def select_subset(root: Path, sp: SubsetParams) -> tuple[dict[str, Split], dict,
 def test2017_split(root: Path, sp: SubsetParams) -> Split:
     """The test split drawn from image_info_test2017.json (images only)."""
     path = root / "annotations" / ANNOTATION_FILES["test2017"]
-    doc = check_shape(io.read_json(path), path)
-    images = index_images(doc, path)
-    ids = select_test(sorted(images), sp, f"test2017 ({path.name})")
-    return Split(
-        "test", "test2017", [images[i] for i in ids], None, doc.get("info"), doc.get("licenses")
-    )
+    file = read_coco(path, labelled=False)
+    ids = select_test(sorted(file.images), sp, f"test2017 ({path.name})")
+    images = [file.record(i) for i in ids]
+    return Split("test", "test2017", images, None, file.info, file.licenses)
 
 
 # --------------------------------------------------------------------------- writing
@@ -541,10 +251,8 @@ def image_jobs(split: Split, root: Path, out: Path) -> list[ImageJob]:
     """Where each image of a split comes from and goes; hostile or clashing names stop."""
     jobs, names = [], {}
     for image in split.images:
-        image_id, file_name = image["id"], image.get("file_name")
+        image_id, file_name = image["id"], image["file_name"]  # a str: checked on reading
         try:
-            if not isinstance(file_name, str):
-                raise DataError(f"file_name {file_name!r} is not a string")
             src = io.safe_join(root / split.source, file_name)
         except DataError as err:
             raise DataError(f"{split.source} image id {image_id}: {err}") from None

@@ -28,7 +28,6 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from cocoseg import subset
 from cocoseg.config import DataParams, SubsetParams, validate_section
 from cocoseg.errors import DataError, DownloadError
 from cocoseg.subset import make_subset
@@ -128,11 +127,7 @@ def test_json_cut_anywhere_stops_naming_the_file(root, tmp_path, fraction):
         (b'"bbox": [', b'"bbox": [,'),
     ],
 )
-@pytest.mark.parametrize("batch", [7, 20_000])  # 7: the fault may sit between two batches
-def test_corrupt_bytes_inside_the_annotations_stop_naming_the_file(
-    root, tmp_path, find, replace, batch, monkeypatch
-):
-    monkeypatch.setattr(subset, "BATCH", batch)
+def test_corrupt_bytes_inside_the_annotations_stop_naming_the_file(root, tmp_path, find, replace):
     path = root / "annotations" / TRAIN
     doc = json.loads(path.read_text())
     doc["annotations"] = [{"id": a.pop("id"), **a} for a in doc["annotations"]]  # id first
@@ -144,9 +139,7 @@ def test_corrupt_bytes_inside_the_annotations_stop_naming_the_file(
         run(root, tmp_path / "out")
 
 
-@pytest.mark.parametrize("batch", [5, 20_000])
-def test_any_valid_json_layout_gives_the_same_subset(root, tmp_path, batch, monkeypatch):
-    monkeypatch.setattr(subset, "BATCH", batch)
+def test_any_valid_json_layout_gives_the_same_subset(root, tmp_path):
     out = tmp_path / "compact"
     run(root, out)
 
@@ -212,6 +205,80 @@ def test_unknown_category_id_stops_naming_the_annotation(root, tmp_path):
 
     edit(root, TRAIN, bad_category)
     with pytest.raises(DataError, match=rf"annotation id {bad['id']} has category_id 999,"):
+        run(root, tmp_path / "out")
+
+
+def set_field(section: str, index: int, key: str, value: object) -> Callable[[dict], None]:
+    """A change that sets (value given) or removes (value None) one field of one record."""
+
+    def change(doc: dict) -> None:
+        record = doc[section][index]
+        if value is None:
+            record.pop(key)
+        else:
+            record[key] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("section", "index", "key", "value", "expected"),
+    [
+        ("images", 4, "id", None, "images[4] has no usable 'id' ("),
+        ("images", 4, "id", "1005", "images[4] has no usable 'id' (Expected `int`, got `str`)"),
+        ("images", 3, "width", None, "image id {id} (images[3]): Object missing required field"),
+        ("images", 3, "file_name", 7, "image id {id} (images[3]): Expected `str`, got `int` in"),
+        (
+            "annotations", 5, "image_id", None,
+            "annotations[5] lacks a usable 'id', 'image_id' or 'category_id' (Object missing",
+        ),
+        (
+            "annotations", 5, "category_id", "1",
+            "annotations[5] lacks a usable 'id', 'image_id' or 'category_id' (Expected `int`",
+        ),
+        ("annotations", 6, "bbox", "1,2,3,4", "annotation id {id} (annotations[6]): Expected `arr"),
+        ("annotations", 6, "iscrowd", [0], "annotation id {id} (annotations[6]): Expected `bool"),
+        ("categories", 2, "name", None, "categories[2] lacks 'id' or 'name' (Object missing"),
+        ("categories", 2, "id", 1.5, "categories[2] lacks 'id' or 'name' (Expected `int`"),
+    ],
+)  # fmt: skip
+def test_wrongly_typed_field_stops_naming_file_record_and_field(
+    root, tmp_path, section, index, key, value, expected
+):
+    record_id = json.loads((root / "annotations" / TRAIN).read_text())[section][index]["id"]
+    edit(root, TRAIN, set_field(section, index, key, value))
+    with pytest.raises(DataError) as err:
+        run(root, tmp_path / "out")
+    message = str(err.value)
+    assert message.startswith(f"{root / 'annotations' / TRAIN}: ")
+    assert expected.format(id=record_id) in message and key in message.split(": ", 1)[1]
+    assert "\n" not in message and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda d: d.update(categories={}), "'categories' is missing or not a list"),
+        (lambda d: d.pop("images"), "'images' is missing or not a list"),
+        (lambda d: d.update(annotations=None), "'annotations' is missing or not a list"),
+    ],
+)
+def test_top_level_list_missing_or_wrong_stops_naming_file_and_key(
+    root, tmp_path, change, expected
+):
+    edit(root, TRAIN, change)
+    with pytest.raises(DataError, match=rf"instances_train2017\.json: {expected}"):
+        run(root, tmp_path / "out")
+
+
+def test_json_array_instead_of_object_and_cut_file_name_what_was_found(root, tmp_path):
+    path = root / "annotations" / TRAIN
+    whole = path.read_bytes()
+    path.write_bytes(b"[" + whole + b"]")
+    with pytest.raises(DataError, match=r"\.json: expected a JSON object with 'images' and"):
+        run(root, tmp_path / "out")
+    path.write_bytes(whole[:5000])
+    with pytest.raises(DataError, match=r"\.json: not valid JSON \(truncated or corrupt\?; 5,000 "):
         run(root, tmp_path / "out")
 
 
