@@ -26,8 +26,10 @@ from torchvision.models.detection import (
     maskrcnn_resnet50_fpn,
     maskrcnn_resnet50_fpn_v2,
 )
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import FrozenBatchNorm2d
 
 from cocoseg.errors import DataError, ParamError
@@ -46,6 +48,8 @@ IMAGENET_WEIGHTS = ResNet50_Weights.IMAGENET1K_V1
 COCO_CATEGORIES: list[str] = MaskRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"]
 PREDICTOR_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
 TRAINABLE_LAYERS = ("layer2", "layer3", "layer4")  # torchvision's default of 3 when pretrained
+DEFAULT_ANCHOR_SIZES = (32, 64, 128, 256, 512)  # torchvision's: one size per FPN level
+DEFAULT_ANCHOR_RATIOS = (0.5, 1.0, 2.0)
 
 
 def replace_heads(model: MaskRCNN, num_classes: int) -> MaskRCNN:
@@ -58,8 +62,37 @@ def replace_heads(model: MaskRCNN, num_classes: int) -> MaskRCNN:
     return model
 
 
+def set_anchors(model: MaskRCNN, sizes: Sequence[int], ratios: Sequence[float]) -> MaskRCNN:
+    """One anchor size per FPN level, every ratio at each; a new RPN head only if its shape changes.
+
+    The RPN head's shape depends only on the number of ratios, so with torchvision's three
+    ratios COCO weights still load whatever the sizes.
+    """
+    levels = len(model.rpn.anchor_generator.sizes)
+    if len(sizes) != levels:
+        raise ParamError(
+            f"train.anchor_sizes = {list(sizes)} needs {levels} sizes: one per FPN level"
+        )
+    generator = AnchorGenerator(tuple((s,) for s in sizes), (tuple(ratios),) * levels)
+    model.rpn.anchor_generator = generator
+    head = model.rpn.head
+    anchors = generator.num_anchors_per_location()[0]
+    if head.cls_logits.out_channels != anchors:
+        like = head.cls_logits.weight
+        fresh = RPNHead(head.cls_logits.in_channels, anchors, conv_depth=len(head.conv))
+        model.rpn.head = fresh.to(like.device, like.dtype)
+    return model
+
+
 def build_model(
-    arch: str, num_classes: int, *, min_size: int = 800, max_size: int = 1333, **kwargs: Any
+    arch: str,
+    num_classes: int,
+    *,
+    min_size: int = 800,
+    max_size: int = 1333,
+    anchor_sizes: Sequence[int] = DEFAULT_ANCHOR_SIZES,
+    anchor_ratios: Sequence[float] = DEFAULT_ANCHOR_RATIOS,
+    **kwargs: Any,
 ) -> MaskRCNN:
     """A randomly initialised Mask R-CNN with heads for `num_classes` (background included).
 
@@ -69,7 +102,8 @@ def build_model(
         raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
     kwargs.setdefault("weights", None)
     kwargs.setdefault("weights_backbone", None)
-    return ARCHS[arch](num_classes=num_classes, min_size=min_size, max_size=max_size, **kwargs)
+    model = ARCHS[arch](num_classes=num_classes, min_size=min_size, max_size=max_size, **kwargs)
+    return set_anchors(model, anchor_sizes, anchor_ratios)
 
 
 def model_record(
@@ -196,6 +230,7 @@ def _load_backbone_and_heads(
 ) -> None:
     """Load everything but the class predictors from `state`, and the predictors from `heads`."""
     body = {k: v for k, v in state.items() if not k.startswith(PREDICTOR_PREFIXES)}
+    _check_rpn_fits(model, state, source)
     try:
         missing, unexpected = model.load_state_dict({**body, **heads}, strict=False)
     except RuntimeError as err:
@@ -205,6 +240,19 @@ def _load_backbone_and_heads(
         raise DataError(
             f"{source}: weights do not fit this train.arch (missing {missing[:5]}, "
             f"unexpected {unexpected[:5]})"
+        )
+
+
+def _check_rpn_fits(model: MaskRCNN, state: dict[str, torch.Tensor], source: str) -> None:
+    """Start weights whose RPN head has another anchor count are a params error, not a crash."""
+    saved = state.get("rpn.head.cls_logits.weight")
+    ours = model.rpn.head.cls_logits.out_channels
+    if saved is not None and saved.shape[0] != ours:
+        ratios = [float(r) for r in model.rpn.anchor_generator.aspect_ratios[0]]
+        raise ParamError(
+            f"train.anchor_ratios = {ratios} gives {ours} anchors per location, but the RPN "
+            f"head of train.weights = {source} has {saved.shape[0]}: use {saved.shape[0]} "
+            "ratios to start from these weights, or train.weights = none"
         )
 
 
@@ -302,13 +350,16 @@ def load_trained_model(
             f"{path}: trained for classes {list(record['classes'])} but the subset has "
             f"{list(expect_classes)}; retrain (dvc repro train)"
         )
+    params = record.get("params") or {}
     model = build_model(
         record["arch"],
         len(record["classes"]) + 1,
         min_size=record["min_size"],
         max_size=record["max_size"],
+        anchor_sizes=params.get("anchor_sizes", DEFAULT_ANCHOR_SIZES),
+        anchor_ratios=params.get("anchor_ratios", DEFAULT_ANCHOR_RATIOS),
     )
-    weights = (record.get("params") or {}).get("weights", "none")
+    weights = params.get("weights", "none")
     pretrained_layout(model, record["arch"], weights)
     model.load_state_dict(record["model"])
     return model.to(device).eval(), list(record["classes"])
