@@ -48,6 +48,7 @@ IOU_TYPES = ("segm", "bbox")
 MATCH_IOU = 0.5
 MAX_DETS = 100
 DECIMALS = 6
+PER_CLASS_METRICS = ("segm_AP", "bbox_AP")  # the per-class numbers metrics.json keeps
 
 Number = float | None
 
@@ -429,11 +430,27 @@ def curve_rows(
     ]
 
 
+def headline(m: dict[str, Any]) -> dict[str, Any]:
+    """What metrics.json keeps: the numbers compared across experiments (`dvc exp show`).
+
+    Per class only segm_AP and bbox_AP; greedy IoU and Dice only their means. Everything
+    per class is in per_class.csv.
+    """
+    return {
+        **m,
+        "iou": {"mean": m["iou"]["mean"]},
+        "dice": {"mean": m["dice"]["mean"]},
+        "per_class": {
+            name: {k: row[k] for k in PER_CLASS_METRICS} for name, row in m["per_class"].items()
+        },
+    }
+
+
 def write_reports(
     evaluation: Evaluation, metrics_path: str | Path, eval_dir: str | Path | None
 ) -> None:
-    """The metrics JSON and, with an eval_dir, per_class.csv and pr_<iou>.csv; all atomic."""
-    write_json(metrics_path, evaluation.metrics)
+    """The metrics JSON (headline numbers) and, with an eval_dir, per_class.csv and pr_<iou>.csv."""
+    write_json(metrics_path, headline(evaluation.metrics))
     if eval_dir is None:
         return
     eval_dir = Path(eval_dir)

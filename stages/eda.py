@@ -1,6 +1,6 @@
 """Stage eda: class counts, object and image sizes, and sample overlays of data/subset.
 
-Writes reports/eda/summary.json (the counts, a DVC metrics file) and the PNGs in
+Writes reports/eda/summary.json (the counts, plain JSON) and the PNGs in
 reports/eda/figures/.
 """
 
@@ -10,7 +10,6 @@ import argparse
 
 from cocoseg.cli import log, run_stage, stage_parser
 from cocoseg.config import Params
-from cocoseg.eda import run_eda
 
 
 def parser() -> argparse.ArgumentParser:
@@ -23,6 +22,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace, params: Params) -> None:
     """Analyse the subset and report what was found and where it went."""
+    from cocoseg.eda import run_eda  # matplotlib: imported once arguments are parsed
+
     summary = run_eda(args.subset, args.out, params.eda)
     for split, s in summary.items():
         extra = f", {s['instances']} instances, {s['crowd']} crowd" if "instances" in s else ""

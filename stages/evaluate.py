@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cocoseg import evaluation, metrics
 from cocoseg.cli import log, run_stage, stage_parser
 from cocoseg.config import Params
-from cocoseg.data import split_paths
 from cocoseg.errors import CocosegError
 
 DEFAULT_PREDICTIONS = "reports/eval/predictions.json"
@@ -46,6 +44,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace, params: Params) -> None:
     """Read the predictions, score them, write the reports."""
+    from cocoseg import evaluation, metrics  # heavy: imported once arguments are parsed
+    from cocoseg.data import split_paths
+
     if args.predictions and not args.out:
         raise CocosegError("--predictions needs --out FILE (so reports/metrics.json stays as is)")
     p = params.evaluate

@@ -11,8 +11,6 @@ import argparse
 
 from cocoseg.cli import log, run_stage, stage_parser
 from cocoseg.config import Params
-from cocoseg.inference import run_trained_model
-from cocoseg.inputs import subset_images
 from cocoseg.io import write_json
 
 DEFAULT_OUT = "reports/eval/predictions.json"
@@ -29,6 +27,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace, params: Params) -> None:
     """Predict every val image (in id order) and write the results."""
+    from cocoseg.inference import run_trained_model  # torch: once arguments are parsed
+    from cocoseg.inputs import subset_images
+
     images, classes = subset_images(args.subset, "val")
     items = sorted((image.id, image.path) for image in images)
     results, _ = run_trained_model(args.model, items, params.evaluate, expect_classes=classes)

@@ -16,8 +16,6 @@ import msgspec
 from cocoseg.cli import log, run_stage, stage_parser
 from cocoseg.config import Params
 from cocoseg.errors import DataError
-from cocoseg.inputs import folder_images, subset_images
-from cocoseg.predict import predict
 
 DVC_OUT = "reports/predictions"
 
@@ -39,6 +37,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace, params: Params) -> None:
     """Pick the inputs for the mode, predict, and say where the outputs are."""
+    from cocoseg.inputs import folder_images, subset_images
+    from cocoseg.predict import predict  # torch: imported once arguments are parsed
+
     settings = params.predict
     if args.score_threshold is not None:
         if not 0 <= args.score_threshold <= 1:

@@ -275,7 +275,7 @@ def test_a_model_for_other_classes_is_refused(subset, params_file, tmp_path, cap
 
 # --- through DVC ------------------------------------------------------------------------------
 
-MATCH_KEYS = ("iou.", "dice.", "match.")
+MATCH_KEYS = ("iou.", "dice.", "match.", "errors.all.")
 MATCH_PER_CLASS = {"iou", "dice", "precision", "recall", "f1", "tp", "fp", "fn"}
 
 
