@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from pycocotools.coco import COCO
 
 pytestmark = pytest.mark.slow
 
-ALL_STAGES = {"download", "subset", "eda", "train", "evaluate", "predict"}
+ALL_STAGES = {"check_params", "download", "subset", "eda", "train", "infer", "evaluate", "predict"}
+CHECK = {"check_params"}  # runs whenever params.yaml changes; cheap, and changes nothing else
 
 
 def tiny_params(coco_root: Path, n_train: int, n_val: int, n_test: int) -> dict:
@@ -40,8 +42,8 @@ def tiny_params(coco_root: Path, n_train: int, n_val: int, n_test: int) -> dict:
             "amp": False,
             "device": "cpu",
         },
-        "evaluate": {"n_samples": 2, "device": "cpu", "score_threshold": 0.05},
-        "predict": {"device": "cpu", "score_threshold": 0.05},
+        "evaluate": {"n_samples": 2, "device": "cpu", "score_threshold": 0.05, "num_workers": 0},
+        "predict": {"device": "cpu", "score_threshold": 0.05, "num_workers": 0},
     }
 
 
@@ -86,23 +88,61 @@ def check_outputs(repo: Path) -> None:
     assert (repo / "reports" / "predictions" / "contact_sheet.png").exists()
 
 
+def check_exp_show_is_readable(repo: Path) -> None:
+    """No EDA numbers and at most two metrics per class in `dvc exp show`."""
+    shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+    metrics = {}
+    for rev in shown:
+        for path, data in (rev.get("data", {}).get("metrics") or {}).items():
+            metrics[path] = data["data"]
+    assert set(metrics) == {"reports/metrics.json", "reports/train/metrics.json"}, set(metrics)
+    per_class = metrics["reports/metrics.json"]["per_class"]
+    assert per_class and all(len(numbers) <= 2 for numbers in per_class.values()), per_class
+
+
 def test_full_pipeline_on_synthetic_data(tmp_path):
     coco_root = synthcoco.make_coco_root(
         tmp_path / "coco", n_train=12, n_val=8, n_test=0, size=(96, 128)
     )
-    repo = make_dvc_repo(tmp_path / "repo", tiny_params(coco_root, 8, 5, 2))
+    params = tiny_params(coco_root, 8, 5, 2)
+    params["train"].update(epochs=2, keep_checkpoints=1)
+    repo = make_dvc_repo(tmp_path / "repo", params)
 
     first = dvc(repo, "repro")
     assert stages_ran(first.stdout) == ALL_STAGES
     check_outputs(repo)
     assert "not in cache" not in first.stdout.lower()
+    # Two epochs, keep_checkpoints 1: one checkpoint is left, and DVC's cache holds none.
+    (kept,) = (repo / "models" / "checkpoints").glob("epoch_*.pt")
+    assert kept.name == "epoch_02.pt"
+    digest = hashlib.md5(kept.read_bytes()).hexdigest()
+    assert not (repo / ".dvc" / "cache" / "files" / "md5" / digest[:2] / digest[2:]).exists()
+    assert "checkpoints" not in (repo / "dvc.lock").read_text()
 
     again = dvc(repo, "repro")
     assert stages_ran(again.stdout) == set(), again.stdout
     commit_all(repo, "baseline run")
+    check_exp_show_is_readable(repo)
+
+    # A bad value stops at check_params, before DVC removes any output.
+    model_bytes = (repo / "models" / "model.pt").read_bytes()
+    bad = dvc(repo, "exp", "run", "-S", "train.lr=-1", check=False)
+    assert bad.returncode != 0
+    assert "train.lr = -1 is out of range: must be > 0" in bad.stdout + bad.stderr
+    assert (repo / "models" / "model.pt").read_bytes() == model_bytes
+    assert (repo / "data" / "subset" / "annotations" / "train.json").exists()
+    run(repo, "git", "checkout", "params.yaml")
+
+    # A misspelt section is named, though no stage reads it.
+    params = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(params + "evalute:\n  n_samples: 3\n")
+    misspelt = dvc(repo, "repro", check=False)
+    assert misspelt.returncode != 0
+    assert "unknown key 'evalute' (did you mean 'evaluate'?)" in misspelt.stdout + misspelt.stderr
+    (repo / "params.yaml").write_text(params)
 
     exp = dvc(repo, "exp", "run", "-S", "train.lr=0.01")
-    assert stages_ran(exp.stdout) == {"train", "evaluate", "predict"}, exp.stdout
+    assert stages_ran(exp.stdout) == CHECK | {"train", "infer", "evaluate", "predict"}, exp.stdout
 
     diff = dvc(repo, "metrics", "diff", "HEAD", "--all", "--json")
     changed = json.loads(diff.stdout)

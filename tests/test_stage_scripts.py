@@ -74,3 +74,22 @@ def test_help_parses_arguments_before_loading_torch(stage):
         [sys.executable, "-c", probe], cwd=PROJECT, capture_output=True, text=True, check=True
     )
     assert "usage:" in proc.stdout and "HEAVY []" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_no_file_is_both_a_stage_plot_and_a_top_level_plot():
+    dvc_yaml = yaml.safe_load((PROJECT / "dvc.yaml").read_text())
+    stage_plots = {
+        next(iter(p)) if isinstance(p, dict) else p
+        for stage in dvc_yaml["stages"].values()
+        for p in stage.get("plots", [])
+    }
+    top_level = set()
+    for plot in dvc_yaml["plots"]:
+        if isinstance(plot, str):
+            top_level.add(plot)
+            continue
+        (config,) = plot.values()
+        y = config.get("y") if isinstance(config, dict) else None
+        top_level |= set(y) if isinstance(y, dict) else set(plot)
+    assert stage_plots and top_level
+    assert not stage_plots & top_level
