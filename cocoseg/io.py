@@ -1,11 +1,13 @@
-"""The one place files are written: atomic writes, JSON helpers and safe path joins."""
+"""The one place files are written: atomic writes, JSON and CSV helpers, safe path joins."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -45,6 +47,21 @@ def write_json(path: str | Path, obj: Any, *, indent: bool = True) -> None:
     """Write JSON atomically; numpy scalars and arrays are serialised natively."""
     option = orjson.OPT_SERIALIZE_NUMPY | (orjson.OPT_INDENT_2 if indent else 0)
     write_bytes(path, orjson.dumps(obj, option=option) + b"\n")
+
+
+def write_csv(
+    path: str | Path, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None
+) -> None:
+    """Rows of dicts as CSV, written atomically; None is an empty cell.
+
+    The header is `columns` (keys outside them are left out), else the first row's keys.
+    """
+    buf = io.StringIO()
+    fieldnames = list(columns if columns is not None else rows[0] if rows else ())
+    writer = csv.DictWriter(buf, fieldnames, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_bytes(path, buf.getvalue().encode())
 
 
 def read_json(path: str | Path) -> Any:
