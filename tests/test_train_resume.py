@@ -16,13 +16,13 @@ import synthcoco
 import torch
 import yaml
 
-from cocoseg.config import TrainParams, to_dict
-from cocoseg.engine import (
+from cocoseg.checkpoints import (
     checkpoint_path,
     clear_checkpoints,
     find_resume,
     save_torch,
 )
+from cocoseg.config import TrainParams, to_dict
 from cocoseg.io import write_bytes
 
 PROJECT = Path(__file__).resolve().parents[1]
