@@ -1,12 +1,12 @@
-"""Checkpoints: find, save, pick the one to resume from, clear.
+"""Checkpoints: find, save, pick the one to resume from, clear and thin out.
 
 Each finished epoch writes `checkpoints/epoch_NN.pt` atomically. A new run resumes from the
 newest readable checkpoint with epoch <= `train.epochs` when its train params, class names
 and train json all equal this run's; `epochs` itself may differ (raising it continues
 training, lowering it finishes from that epoch's checkpoint) except with the `cosine`
-schedule, whose curve depends on it. Otherwise the old checkpoints are removed and training
-starts fresh. Delete `models/checkpoints` to force a fresh start. Every .pt file is read by
-`cocoseg.model.load_record` (weights only).
+schedule, whose curve depends on it. `train.keep_checkpoints` also never counts. Otherwise
+the old checkpoints are removed and training starts fresh. Delete `models/checkpoints` to
+force a fresh start. Every .pt file is read by `cocoseg.model.load_record` (weights only).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from cocoseg.model import load_record
 log = logging.getLogger("cocoseg")
 
 CHECKPOINT_FORMAT = 1
+NOT_IN_RESUME_KEY = ("keep_checkpoints",)  # how many files are kept does not change training
 
 
 def checkpoint_path(folder: Path, epoch: int) -> Path:
@@ -72,7 +73,11 @@ def data_digest(path: Path) -> str:
 
 def resume_key(params: dict[str, Any]) -> dict[str, Any]:
     """The params a resumed run must share with its checkpoint (see the module docstring)."""
-    return {k: v for k, v in params.items() if k != "epochs" or params["schedule"] == "cosine"}
+    return {
+        k: v
+        for k, v in params.items()
+        if k not in NOT_IN_RESUME_KEY and (k != "epochs" or params["schedule"] == "cosine")
+    }
 
 
 def _differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
@@ -118,3 +123,12 @@ def clear_checkpoints(folder: Path) -> None:
         path.unlink(missing_ok=True)
     if stale:
         log.info("removed %d old checkpoint file(s) from %s", len(stale), folder)
+
+
+def remove_older_checkpoints(folder: Path, epoch: int, keep: int) -> None:
+    """Once epoch `epoch` is saved, keep it and the `keep` - 1 before it (`keep` 0: keep all)."""
+    if keep == 0:
+        return
+    for older, path in checkpoints(folder):
+        if older <= epoch - keep:
+            path.unlink(missing_ok=True)

@@ -96,6 +96,7 @@ class TrainParams:
     device: str = _param("auto", doc="auto | cpu | cuda | cuda:N | mps")
     seed: int = 42
     deterministic: bool = False
+    keep_checkpoints: int = _param(0, ge=0, doc="newest epoch checkpoints kept; 0 keeps all")
 
 
 @dataclass(frozen=True)

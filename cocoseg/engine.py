@@ -26,6 +26,7 @@ from cocoseg.checkpoints import (
     clear_checkpoints,
     data_digest,
     find_resume,
+    remove_older_checkpoints,
     restore,
     save_checkpoint,
     save_torch,
@@ -233,6 +234,7 @@ def train(
             history["epochs"].append(summary)
             if ctx.main:
                 save_checkpoint(folder, epoch, {"model": model, **parts}, identity, history)
+                remove_older_checkpoints(folder, epoch, p.keep_checkpoints)
                 write_reports(reports, history, peak_gpu_mb(ctx))
                 log.info("epoch %d: loss %.4f, %.1f s", epoch, summary["loss"], summary["seconds"])
             barrier(ctx)
