@@ -1,11 +1,10 @@
 """The train loop, top to bottom: set up, build, resume, train epochs, save, report.
 
-`train` reads in order: join the torchrun process group when there is one (cocoseg.runtime),
-load the train split, pick a checkpoint to resume from (cocoseg.checkpoints), build the model,
-the batches (cocoseg.sampler) and SGD with its schedule (cocoseg.optim), then train epoch by
-epoch with AMP and clipping, saving a checkpoint and the loss logs after each. Under
-`torchrun`, each process trains on its share through DistributedDataParallel, and rank 0
-alone writes files.
+`train` reads in order: join the torchrun process group if any (cocoseg.runtime), load the
+train split, pick a checkpoint to resume from (cocoseg.checkpoints), build the model, batches
+(cocoseg.sampler) and SGD with its schedule (cocoseg.optim), then train epoch by epoch with
+AMP and clipping, saving a checkpoint and the logs (cocoseg.trainlog) after each. Under
+`torchrun`, each process trains its share through DistributedDataParallel; rank 0 writes.
 """
 
 from __future__ import annotations
@@ -78,7 +77,9 @@ def _to_device(images: tuple, targets: tuple, device: torch.device) -> tuple[lis
 
 
 def reduce_losses(loss_dict: dict[str, torch.Tensor], world_size: int) -> dict[str, float]:
-    """Total and parts as floats, averaged over ranks so every rank sees the same numbers."""
+    """Total and parts as floats, averaged over ranks so every rank sees the same numbers.
+
+    One stacked tensor, read once: the one host sync the non-finite check needs per step."""
     names = [n for n in LOSS_PARTS if n in loss_dict]
     values = torch.stack([loss_dict[n].detach().float() for n in names])
     if world_size > 1:
