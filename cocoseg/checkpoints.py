@@ -52,7 +52,10 @@ def save_torch(path: Path, obj: Any) -> None:
 def save_checkpoint(
     folder: Path, epoch: int, parts: dict[str, Any], identity: dict[str, Any], history: dict
 ) -> Path:
-    """epoch_NN.pt: the state of each part (model, optimizer, ...), this run's identity, logs."""
+    """epoch_NN.pt: the state of each part (model, optimizer, ...), this run's identity, logs.
+
+    A DistributedDataParallel model is saved as the model it wraps (its `.module`).
+    """
     states = {name: getattr(obj, "module", obj).state_dict() for name, obj in parts.items()}
     path = checkpoint_path(folder, epoch)
     save_torch(path, {"format": CHECKPOINT_FORMAT, **states, "epoch": epoch, **identity,
