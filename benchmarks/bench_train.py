@@ -21,8 +21,9 @@ from collections.abc import Callable
 
 import torch
 
-from cocoseg.engine import Context, train_step
+from cocoseg.engine import train_step
 from cocoseg.model import build_for_training, pretrained_layout
+from cocoseg.runtime import Context
 
 CLASSES = ["person", "cat", "sports ball", "book"]
 

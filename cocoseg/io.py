@@ -1,17 +1,30 @@
-"""The one place files are written: atomic writes, JSON helpers and safe path joins."""
+"""The one place files are written: atomic writes, JSON and CSV helpers, safe path joins."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 import orjson
 
 from cocoseg.errors import DataError
+
+
+def _read_umask() -> int:
+    """The process umask; os.umask can only read it by setting it, so set it straight back."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files 0600; outputs get the mode any new file gets (0644 under umask 022).
+FILE_MODE = 0o666 & ~_read_umask()
 
 
 @contextlib.contextmanager
@@ -24,6 +37,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
@@ -45,6 +59,21 @@ def write_json(path: str | Path, obj: Any, *, indent: bool = True) -> None:
     """Write JSON atomically; numpy scalars and arrays are serialised natively."""
     option = orjson.OPT_SERIALIZE_NUMPY | (orjson.OPT_INDENT_2 if indent else 0)
     write_bytes(path, orjson.dumps(obj, option=option) + b"\n")
+
+
+def write_csv(
+    path: str | Path, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None
+) -> None:
+    """Rows of dicts as CSV, written atomically; None is an empty cell.
+
+    The header is `columns` (keys outside them are left out), else the first row's keys.
+    """
+    buf = io.StringIO()
+    fieldnames = list(columns if columns is not None else rows[0] if rows else ())
+    writer = csv.DictWriter(buf, fieldnames, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_bytes(path, buf.getvalue().encode())
 
 
 def read_json(path: str | Path) -> Any:

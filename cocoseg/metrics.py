@@ -13,7 +13,6 @@ Conventions shared by every number here:
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
 import math
 from collections import defaultdict
@@ -28,7 +27,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from cocoseg.errors import DataError
-from cocoseg.io import read_json, write_bytes, write_json
+from cocoseg.io import read_json, write_csv, write_json
 
 SUMMARY_NAMES = (
     "AP",
@@ -411,15 +410,6 @@ def evaluate(gt: COCO, preds: Sequence[dict[str, Any]], score_threshold: float) 
     )
 
 
-def csv_text(rows: Sequence[dict[str, Any]], decimals: int = DECIMALS) -> str:
-    """Rows of dicts as CSV (header from the first row); None and NaN as empty cells."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rounded(list(rows), decimals))
-    return buf.getvalue()
-
-
 def curve_rows(
     recalls: np.ndarray, curve: np.ndarray, class_names: Sequence[str]
 ) -> list[dict[str, Any]]:
@@ -454,7 +444,7 @@ def write_reports(
     if eval_dir is None:
         return
     eval_dir = Path(eval_dir)
-    write_bytes(eval_dir / "per_class.csv", csv_text(evaluation.rows).encode())
+    write_csv(eval_dir / "per_class.csv", rounded(evaluation.rows))
     for key, curve in evaluation.curves.items():
         rows = curve_rows(evaluation.recall, curve, evaluation.class_names)
-        write_bytes(eval_dir / f"pr_{key}.csv", csv_text(rows).encode())
+        write_csv(eval_dir / f"pr_{key}.csv", rounded(rows))

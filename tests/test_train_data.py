@@ -15,8 +15,9 @@ from torch.utils.data import DistributedSampler
 
 from cocoseg.config import TrainParams
 from cocoseg.data import class_names, coco_dataset
-from cocoseg.engine import GroupedBatchSampler, aspect_groups, lr_factor
 from cocoseg.errors import DataError
+from cocoseg.optim import lr_factor
+from cocoseg.sampler import GroupedBatchSampler, aspect_groups
 from cocoseg.transforms import PRESETS, build_transforms
 
 

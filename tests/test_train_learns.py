@@ -17,9 +17,12 @@ from PIL import Image
 from cocoseg import engine
 from cocoseg.config import TrainParams, to_dict
 from cocoseg.data import class_names, coco_dataset
-from cocoseg.engine import Context, NonFiniteLossError, make_trainer, train
+from cocoseg.engine import NonFiniteLossError, train, train_one_epoch, training_model
 from cocoseg.io import atomic_write
-from cocoseg.model import load_trained_model, model_record
+from cocoseg.model import load_record, load_trained_model, model_record
+from cocoseg.optim import make_optimizer
+from cocoseg.runtime import Context
+from cocoseg.sampler import train_loader
 from cocoseg.transforms import build_transforms
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -60,17 +63,22 @@ def test_from_random_weights_the_loss_falls_and_the_shapes_are_found(tmp_path):
     )  # fmt: skip
     dataset = coco_dataset(subset, "train", build_transforms("none"))
     classes = class_names(subset / "annotations" / "train.json")
-    trainer = make_trainer(
-        p, dataset, classes, Context(torch.device("cpu")), tmp_path, model_kwargs=FEW_ROIS_TRAIN
-    )
-    losses = [row["loss"] for epoch in range(1, steps + 1) for row in trainer.epoch(epoch)[0]]
+    ctx = Context(torch.device("cpu"))
+    model = training_model(p, classes, ctx.device, model_kwargs=FEW_ROIS_TRAIN)
+    loader = train_loader(dataset, p)
+    optimizer, scheduler, scaler = make_optimizer(model, p, len(loader), ctx.device)
+    losses = [
+        row["loss"]
+        for epoch in range(1, steps + 1)
+        for row in train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch, p, ctx)[0]
+    ]
     first, last = np.mean(losses[:5]), np.mean(losses[-5:])
     print(f"loss {first:.3f} -> {last:.3f} ({1 - last / first:.0%} lower)")
     assert last <= (1 - LOSS_DROP) * first
 
     path = tmp_path / "model.pt"
     with atomic_write(path) as f:  # through the saved file, as evaluate and predict load it
-        torch.save(model_record(trainer.model, classes, p.arch, 64, 64, to_dict(p)), f)
+        torch.save(model_record(model, classes, p.arch, 64, 64, to_dict(p)), f)
     model, _ = load_trained_model(path)
     ious = best_mask_ious(model, dataset)
     print("mask IoU per shape:", np.round(ious, 2))
@@ -115,7 +123,7 @@ def test_a_non_finite_loss_stops_the_run_naming_iteration_parts_and_images(tmp_p
     assert "image ids [1, 2]" in message or "image ids [2, 1]" in message
     kept = out / "checkpoints" / "epoch_01.pt"
     assert f"{kept} is kept" in message
-    assert engine.load_checkpoint(kept)["epoch"] == 1
+    assert load_record(kept)["epoch"] == 1
     assert not (out / "checkpoints" / "epoch_02.pt").exists() and not (out / "model.pt").exists()
     assert len((reports / "iterations.csv").read_text().splitlines()) == 2  # header + iteration 1
 

@@ -12,7 +12,7 @@ import torch
 from torchvision.ops import FrozenBatchNorm2d
 
 from cocoseg import model as model_mod
-from cocoseg.engine import find_resume, load_checkpoint
+from cocoseg.checkpoints import find_resume
 from cocoseg.errors import DataError, ParamError
 from cocoseg.io import atomic_write
 from cocoseg.model import (
@@ -198,8 +198,6 @@ def test_a_pickle_that_runs_code_is_refused_everywhere(tmp_path, fmt, caplog):
         torch.save(evil, f) if fmt == "torch.save" else pickle.dump(evil, f, protocol=2)
     with pytest.raises(DataError, match="weights-only"):
         load_record(path)
-    with pytest.raises(DataError, match="weights-only"):
-        load_checkpoint(path)
     with pytest.raises(DataError, match="weights-only"):
         build_for_training(ARCH, CLASSES, weights=str(path), init_heads=False, **SMALL)
     with caplog.at_level(logging.WARNING, logger="cocoseg"):

@@ -16,17 +16,20 @@ import synthcoco
 import torch
 import yaml
 
-from cocoseg.config import TrainParams, to_dict
-from cocoseg.engine import (
+from cocoseg.checkpoints import (
     checkpoint_path,
     clear_checkpoints,
     find_resume,
     save_torch,
 )
+from cocoseg.config import TrainParams, to_dict
+from cocoseg.engine import train
 from cocoseg.io import write_bytes
+from cocoseg.model import load_record
 
 PROJECT = Path(__file__).resolve().parents[1]
 CLASSES = ["person", "cat", "sports ball", "book"]
+FEW_ROIS = {"box_batch_size_per_image": 64, "rpn_batch_size_per_image": 64}  # a third of the time
 
 
 def identity(**changes) -> dict:
@@ -65,6 +68,26 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, c
     with caplog.at_level(logging.WARNING, logger="cocoseg"):
         assert find_resume(tmp_path, identity(), 6)["epoch"] == 1
     assert "epoch_02.pt" in caplog.text
+
+
+def test_keep_checkpoints_is_no_reason_to_start_fresh(tmp_path):
+    fake_checkpoint(tmp_path, 1, keep_checkpoints=0)
+    assert find_resume(tmp_path, identity(keep_checkpoints=2), 6)["epoch"] == 1
+
+
+@pytest.mark.parametrize(
+    ("keep", "left"), [(1, ["epoch_02.pt"]), (0, ["epoch_01.pt", "epoch_02.pt"])]
+)
+def test_keep_checkpoints_leaves_the_newest_n_after_each_epoch(tmp_path, keep, left):
+    subset = synthcoco.make_subset(tmp_path / "subset", n_train=2, size=(64, 64))
+    p = TrainParams(
+        weights="none", epochs=2, num_workers=0, min_size=64, max_size=64, augment="none",
+        warmup_iters=1, amp=False, device="cpu", keep_checkpoints=keep,
+    )  # fmt: skip
+    out = tmp_path / "models"
+    train(p, subset, out, tmp_path / "reports", model_kwargs=FEW_ROIS)
+    assert sorted(path.name for path in (out / "checkpoints").iterdir()) == left
+    assert load_record(out / "checkpoints" / "epoch_02.pt")["epoch"] == 2
 
 
 def test_fresh_start_clears_old_checkpoints_and_killed_temp_files(tmp_path):

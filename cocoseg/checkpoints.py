@@ -1,0 +1,137 @@
+"""Checkpoints: find, save, pick the one to resume from, clear and thin out.
+
+Each finished epoch writes `checkpoints/epoch_NN.pt` atomically. A new run resumes from the
+newest readable checkpoint with epoch <= `train.epochs` when its train params, class names
+and train json all equal this run's; `epochs` itself may differ (raising it continues
+training, lowering it finishes from that epoch's checkpoint) except with the `cosine`
+schedule, whose curve depends on it. `train.keep_checkpoints` also never counts. Otherwise
+the old checkpoints are removed and training starts fresh. Delete `models/checkpoints` to
+force a fresh start. Every .pt file is read by `cocoseg.model.load_record` (weights only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cocoseg.errors import DataError
+from cocoseg.io import atomic_write
+from cocoseg.model import load_record
+
+log = logging.getLogger("cocoseg")
+
+CHECKPOINT_FORMAT = 1
+NOT_IN_RESUME_KEY = ("keep_checkpoints",)  # how many files are kept does not change training
+
+
+def checkpoint_path(folder: Path, epoch: int) -> Path:
+    """models/checkpoints/epoch_NN.pt."""
+    return folder / f"epoch_{epoch:02d}.pt"
+
+
+def checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """(epoch, path) of the checkpoint files in folder, newest first."""
+    found = []
+    for path in folder.glob("epoch_*.pt"):
+        suffix = path.stem.removeprefix("epoch_")
+        if suffix.isdigit():
+            found.append((int(suffix), path))
+    return sorted(found, reverse=True)
+
+
+def save_torch(path: Path, obj: Any) -> None:
+    """torch.save through a temp file renamed into place."""
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def save_checkpoint(
+    folder: Path, epoch: int, parts: dict[str, Any], identity: dict[str, Any], history: dict
+) -> Path:
+    """epoch_NN.pt: the state of each part (model, optimizer, ...), this run's identity, logs.
+
+    A DistributedDataParallel model is saved as the model it wraps (its `.module`).
+    """
+    states = {name: getattr(obj, "module", obj).state_dict() for name, obj in parts.items()}
+    path = checkpoint_path(folder, epoch)
+    save_torch(path, {"format": CHECKPOINT_FORMAT, **states, "epoch": epoch, **identity,
+                      "history": history})  # fmt: skip
+    return path
+
+
+def restore(state: dict[str, Any], **parts: Any) -> None:
+    """Load each part (optimizer=..., scheduler=..., ...) from the checkpoint `state`."""
+    for name, obj in parts.items():
+        obj.load_state_dict(state[name])
+
+
+def data_digest(path: Path) -> str:
+    """sha256 of the train json: a checkpoint of other data is not resumed."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def resume_key(params: dict[str, Any]) -> dict[str, Any]:
+    """The params a resumed run must share with its checkpoint (see the module docstring)."""
+    return {
+        k: v
+        for k, v in params.items()
+        if k not in NOT_IN_RESUME_KEY and (k != "epochs" or params["schedule"] == "cosine")
+    }
+
+
+def _differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """'key: old -> new' for each difference, nested dicts flattened to dotted keys."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += _differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            shown = [v if len(repr(v)) < 40 else "..." for v in (old, new)]
+            out.append(f"{prefix}{key}: {shown[0]!r} -> {shown[1]!r}")
+    return out
+
+
+def find_resume(folder: Path, identity: dict[str, Any], epochs: int) -> dict[str, Any] | None:
+    """The newest readable checkpoint (epoch <= epochs) made by this same run, or None.
+
+    `identity` holds this run's "params", "classes" and "data" digest.
+    """
+    for epoch, path in checkpoints(folder):
+        if epoch > epochs:
+            continue
+        try:
+            state = load_record(path)
+        except DataError as err:
+            log.warning("skipping unreadable checkpoint: %s", err)
+            continue
+        saved = {k: state.get(k) for k in identity}
+        saved["params"] = resume_key(saved["params"] or {})
+        diff = _differences(saved, {**identity, "params": resume_key(identity["params"])})
+        if diff:
+            log.info("checkpoints in %s come from another run (%s): starting fresh", folder, diff)
+            return None
+        return state
+    return None
+
+
+def clear_checkpoints(folder: Path) -> None:
+    """Remove old checkpoints and temp files a killed write left behind."""
+    stale = [p for _, p in checkpoints(folder)] + list(folder.glob(".epoch_*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d old checkpoint file(s) from %s", len(stale), folder)
+
+
+def remove_older_checkpoints(folder: Path, epoch: int, keep: int) -> None:
+    """Once epoch `epoch` is saved, keep it and the `keep` - 1 before it (`keep` 0: keep all)."""
+    if keep == 0:
+        return
+    for older, path in checkpoints(folder):
+        if older <= epoch - keep:
+            path.unlink(missing_ok=True)
