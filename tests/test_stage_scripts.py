@@ -46,7 +46,9 @@ def transitive_imports(script: Path) -> set[str]:
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_deps_list_exactly_the_cocoseg_modules_the_stage_imports(stage):
     script = f"stages/{stage}.py"
-    assert STAGES[stage]["cmd"] == f"python {script}"
+    # -m: the stage imports the cocoseg beside it (a queued experiment's own copy), not
+    # whichever one is installed.
+    assert STAGES[stage]["cmd"] == f"python -m stages.{stage}"
     listed = {d for d in STAGES[stage]["deps"] if isinstance(d, str) and d.startswith("cocoseg/")}
     needed = transitive_imports(PROJECT / script)
     assert script in STAGES[stage]["deps"]
