@@ -41,13 +41,12 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from cocoseg.io import write_bytes, write_json
+from cocoseg.io import write_csv, write_json
 from cocoseg.metrics import (
     MATCH_IOU,
     MAX_DETS,
     Number,
     coco_from_dataset,
-    csv_text,
     per_class_ap,
     rounded,
     run_cocoeval,
@@ -325,8 +324,7 @@ def delta_rows(report: ErrorReport) -> list[dict[str, Any]]:
 def write_error_reports(report: ErrorReport, eval_dir: str | Path) -> None:
     """errors.csv, errors_per_class.csv, confusion.json and confusion.csv under eval_dir."""
     eval_dir = Path(eval_dir)
-    write_bytes(eval_dir / "errors.csv", csv_text(count_rows(report)).encode())
-    write_bytes(eval_dir / "errors_per_class.csv", csv_text(delta_rows(report)).encode())
+    write_csv(eval_dir / "errors.csv", rounded(count_rows(report)))
+    write_csv(eval_dir / "errors_per_class.csv", rounded(delta_rows(report)))
     write_json(eval_dir / "confusion.json", report.confusion)
-    body = csv_text(report.confusion) if report.confusion else "actual,predicted\n"
-    write_bytes(eval_dir / "confusion.csv", body.encode())
+    write_csv(eval_dir / "confusion.csv", report.confusion, columns=("actual", "predicted"))

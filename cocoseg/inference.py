@@ -9,6 +9,7 @@ many images there are. Results come back in input order whatever `num_workers` i
 from __future__ import annotations
 
 import logging
+import os
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -60,15 +61,34 @@ def _as_list(batch: list[Any]) -> list[Any]:
     return batch
 
 
+def decode_workers(num_workers: int, device: torch.device) -> int:
+    """Decoding processes that run beside the model, not against it.
+
+    On a GPU, all of `num_workers`. On the CPU the model's threads already use the cores:
+    workers there only take the cores those threads leave free (measured: 2 workers on a
+    2-core machine made inference ~10% slower than decoding in the main process).
+    """
+    if device.type != "cpu":
+        return num_workers
+    free = (os.cpu_count() or 1) - torch.get_num_threads()
+    return max(0, min(num_workers, free))
+
+
 def image_loader(
     items: Sequence[tuple[int, Path]], batch_size: int, num_workers: int, device: torch.device
 ) -> DataLoader:
-    """Batches of decoded images in input order, decoded by `num_workers` processes."""
+    """Batches of decoded images in input order, decoded by up to `num_workers` processes."""
+    workers = decode_workers(num_workers, device)
+    if workers < num_workers:
+        log.info(
+            "inference: decoding with %d of %d workers: the model's %d threads use the other "
+            "cores", workers, num_workers, torch.get_num_threads(),
+        )  # fmt: skip
     return DataLoader(
         ImageFiles(items),
         batch_size=batch_size,
         shuffle=False,
-        num_workers=num_workers,
+        num_workers=workers,
         collate_fn=_as_list,
         pin_memory=device.type == "cuda",
     )

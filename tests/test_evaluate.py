@@ -18,7 +18,7 @@ from pycocotools.coco import COCO
 from cocoseg.cli import run_stage
 from cocoseg.errors import DataError
 from cocoseg.images import read_rgb
-from cocoseg.inference import ImageFiles, predict_images, to_coco_results
+from cocoseg.inference import ImageFiles, decode_workers, predict_images, to_coco_results
 from cocoseg.model import build_model, model_record
 from stages import evaluate as evaluate_stage
 from stages import infer as infer_stage
@@ -107,7 +107,26 @@ def test_images_are_read_as_rgb_and_bad_files_named(synthetic_subset, tmp_path):
     assert isinstance(ImageFiles([(8, tmp_path / "bad.jpg")])[0][1], DataError)
 
 
-def test_a_corrupt_image_is_named_with_workers_too(synthetic_subset, tmp_path):
+@pytest.fixture
+def one_model_thread():
+    """The model on one thread, so a 2-core machine leaves a core to a decoding worker."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_cpu_workers_take_only_the_cores_the_model_leaves(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 6)
+    assert decode_workers(4, torch.device("cpu")) == 2
+    assert decode_workers(1, torch.device("cpu")) == 1
+    assert decode_workers(4, torch.device("cuda")) == 4
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert decode_workers(4, torch.device("cpu")) == 0
+
+
+def test_a_corrupt_image_is_named_with_workers_too(synthetic_subset, tmp_path, one_model_thread):
     items = val_items(synthetic_subset, 2)
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     items.insert(1, (999, tmp_path / "bad.jpg"))
@@ -115,7 +134,8 @@ def test_a_corrupt_image_is_named_with_workers_too(synthetic_subset, tmp_path):
         predict_images(tiny_model(), items, device="cpu", num_workers=2, progress=False)
 
 
-def test_workers_give_the_same_results_as_the_main_process(synthetic_subset):
+def test_workers_give_the_same_results_as_the_main_process(synthetic_subset, one_model_thread):
+    assert decode_workers(2, torch.device("cpu")) >= 1  # the worker path really runs
     model = tiny_model()
     model.roi_heads.detections_per_img = 8
     items = val_items(synthetic_subset, 5)
