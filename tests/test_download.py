@@ -484,7 +484,7 @@ def test_dvc_repro_download_then_nothing_to_do(server: FileServer, tmp_path: Pat
         },
     )
     first = dvc(repo, "repro", "download")
-    assert stages_ran(first.stdout) == {"download"}
+    assert stages_ran(first.stdout) == {"check_params", "download"}
     manifest = json.loads((repo / "data" / "download.json").read_text())
     assert sorted(manifest["files"]) == sorted(ALL)
     for name in ALL:

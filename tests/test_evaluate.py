@@ -335,7 +335,7 @@ def test_dvc_repro_then_exp_run_changes_only_the_matching_numbers(tmp_path):
     run(repo, "git", "commit", "-q", "-m", "baseline")
 
     exp = dvc(repo, "exp", "run", "-S", "evaluate.score_threshold=0.3", "evaluate")
-    assert stages_ran(exp.stdout) == {"evaluate"}, exp.stdout
+    assert stages_ran(exp.stdout) == {"check_params", "evaluate"}, exp.stdout
     diff = dvc(repo, "metrics", "diff", "HEAD", "--json")
     changed = json.loads(diff.stdout)["reports/metrics.json"]
     assert changed["match.fp"]["new"] > 0, diff.stdout
@@ -347,7 +347,7 @@ def test_dvc_repro_then_exp_run_changes_only_the_matching_numbers(tmp_path):
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-q", "-m", "score threshold 0.3")
     exp = dvc(repo, "exp", "run", "-S", "evaluate.mask_threshold=0.8", "evaluate")
-    assert stages_ran(exp.stdout) == {"infer", "evaluate"}, exp.stdout
+    assert stages_ran(exp.stdout) == {"check_params", "infer", "evaluate"}, exp.stdout
     changed = json.loads(dvc(repo, "metrics", "diff", "HEAD", "--json").stdout)
     changed = changed["reports/metrics.json"]
     assert any(key.startswith(("iou.", "dice.", "segm.")) for key in changed), changed

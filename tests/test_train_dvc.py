@@ -26,7 +26,7 @@ def test_dvc_repro_train_then_exp_run_lr_reruns_train_not_subset(tmp_path):
     repo = make_dvc_repo(tmp_path / "repo", params)
 
     first = dvc(repo, "repro", "train")
-    assert stages_ran(first.stdout) == {"download", "subset", "train"}, first.stdout
+    assert stages_ran(first.stdout) == {"check_params", "download", "subset", "train"}, first.stdout
     assert (repo / "models" / "model.pt").exists()
     assert (repo / "models" / "checkpoints" / "epoch_01.pt").exists()
     metrics = json.loads(dvc(repo, "metrics", "show", "--json").stdout)
@@ -37,7 +37,7 @@ def test_dvc_repro_train_then_exp_run_lr_reruns_train_not_subset(tmp_path):
     run(repo, "git", "commit", "-q", "-m", "baseline")
 
     exp = dvc(repo, "exp", "run", "-S", "train.lr=0.01", "train")
-    assert stages_ran(exp.stdout) == {"train"}, exp.stdout
+    assert stages_ran(exp.stdout) == {"check_params", "train"}, exp.stdout
     log = exp.stdout + exp.stderr
     assert "params.lr: 0.005 -> 0.01" in log and "starting fresh" in log  # no stale resume
 
