@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
 
+import maskcases
 import numpy as np
 import pytest
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from cocoseg import error_analysis as ea
 from cocoseg import metrics
@@ -21,51 +22,9 @@ CATS = {1: "a", 2: "b"}
 A, B = 1, 2
 
 
-def box(x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-    """A H x W uint8 mask with the rectangle [x0, x1) x [y0, y1) set."""
-    m = np.zeros((H, W), dtype=np.uint8)
-    m[y0:y1, x0:x1] = 1
-    return m
-
-
-def rle(mask: np.ndarray) -> dict:
-    r = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": r["size"], "counts": r["counts"].decode("ascii")}
-
-
-def gt_coco(objects: dict[int, list[tuple]]):
-    """Ground truth from {image_id: [(category_id, mask[, iscrowd]), ...]}; ann ids from 1."""
-    anns = []
-    for image_id, objs in objects.items():
-        for cat, mask, *crowd in objs:
-            r = rle(mask)
-            anns.append(
-                {
-                    "id": len(anns) + 1,
-                    "image_id": image_id,
-                    "category_id": cat,
-                    "segmentation": r,
-                    "area": float(mask.sum()),
-                    "bbox": mask_utils.toBbox(r).tolist(),
-                    "iscrowd": int(bool(crowd and crowd[0])),
-                }
-            )
-    images = [{"id": i, "height": H, "width": W, "file_name": f"{i}.jpg"} for i in objects]
-    categories = [{"id": c, "name": n} for c, n in CATS.items()]
-    return metrics.coco_from_dataset(
-        {"images": images, "annotations": anns, "categories": categories}
-    )
-
-
-def pred(image_id: int, cat: int, mask: np.ndarray, score: float) -> dict:
-    r = rle(mask)
-    return {
-        "image_id": image_id,
-        "category_id": cat,
-        "bbox": mask_utils.toBbox(r).tolist(),
-        "score": score,
-        "segmentation": r,
-    }
+box = functools.partial(maskcases.box, size=(H, W))
+gt_coco = functools.partial(maskcases.gt_coco, cats=CATS, size=(H, W))
+rle, pred = maskcases.rle, maskcases.pred
 
 
 def checked(gt, preds):

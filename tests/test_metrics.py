@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import functools
 import io
 import json
 from pathlib import Path
 
+import maskcases
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
@@ -22,56 +24,9 @@ H = W = 20
 CATS = {1: "a", 2: "b"}
 
 
-def box(x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-    """A H x W uint8 mask with the rectangle [x0, x1) x [y0, y1) set."""
-    m = np.zeros((H, W), dtype=np.uint8)
-    m[y0:y1, x0:x1] = 1
-    return m
-
-
-def rle(mask: np.ndarray) -> dict:
-    """Compressed RLE with str counts, as COCO results files hold it."""
-    r = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": r["size"], "counts": r["counts"].decode("ascii")}
-
-
-def gt_coco(objects: dict[int, list[tuple]]) -> COCO:
-    """Ground truth from {image_id: [(category_id, mask[, iscrowd]), ...]}."""
-    anns = []
-    for image_id, objs in objects.items():
-        for cat, mask, *crowd in objs:
-            r = rle(mask)
-            anns.append(
-                {
-                    "id": len(anns) + 1,
-                    "image_id": image_id,
-                    "category_id": cat,
-                    "segmentation": r,
-                    "area": float(mask.sum()),
-                    "bbox": mask_utils.toBbox(r).tolist(),
-                    "iscrowd": int(bool(crowd and crowd[0])),
-                }
-            )
-    return metrics.coco_from_dataset(
-        {
-            "images": [
-                {"id": i, "height": H, "width": W, "file_name": f"{i}.jpg"} for i in objects
-            ],
-            "annotations": anns,
-            "categories": [{"id": c, "name": n} for c, n in CATS.items()],
-        }
-    )
-
-
-def pred(image_id: int, cat: int, mask: np.ndarray, score: float = 0.9) -> dict:
-    r = rle(mask)
-    return {
-        "image_id": image_id,
-        "category_id": cat,
-        "bbox": mask_utils.toBbox(r).tolist(),
-        "score": score,
-        "segmentation": r,
-    }
+box = functools.partial(maskcases.box, size=(H, W))
+gt_coco = functools.partial(maskcases.gt_coco, cats=CATS, size=(H, W))
+rle, pred = maskcases.rle, maskcases.pred
 
 
 def score(objects: dict, preds: list[dict], threshold: float = 0.5) -> dict:
