@@ -13,10 +13,20 @@ from cocoseg.errors import CocosegError
 log = logging.getLogger("cocoseg")
 
 
-def stage_parser(description: str) -> argparse.ArgumentParser:
-    """An argument parser with the options every stage shares."""
+def stage_parser(
+    description: str, *, subset: bool = False, model: bool = False
+) -> argparse.ArgumentParser:
+    """An argument parser with the options every stage shares, and --subset / --model if asked."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default=PARAMS_FILE, help="params file (default: %(default)s)")
+    if model:
+        parser.add_argument(
+            "--model", default="models/model.pt", help="model file (default: %(default)s)"
+        )
+    if subset:
+        parser.add_argument(
+            "--subset", default="data/subset", help="subset folder (default: %(default)s)"
+        )
     return parser
 
 

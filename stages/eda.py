@@ -14,8 +14,7 @@ from cocoseg.config import Params
 
 def parser() -> argparse.ArgumentParser:
     """The shared stage options plus input and output folders (defaults: the DVC layout)."""
-    p = stage_parser(__doc__)
-    p.add_argument("--subset", default="data/subset", help="subset folder (default: %(default)s)")
+    p = stage_parser(__doc__, subset=True)
     p.add_argument("--out", default="reports/eda", help="report folder (default: %(default)s)")
     return p
 

@@ -27,8 +27,7 @@ DEFAULT_EVAL_DIR = "reports/eval"
 
 def parser() -> argparse.ArgumentParser:
     """The shared stage options plus inputs and outputs (defaults: the DVC layout)."""
-    p = stage_parser(__doc__)
-    p.add_argument("--subset", default="data/subset", help="subset folder (default: %(default)s)")
+    p = stage_parser(__doc__, subset=True)
     p.add_argument(
         "--predictions", help=f"COCO results file to score (default: {DEFAULT_PREDICTIONS})"
     )

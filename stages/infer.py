@@ -18,9 +18,7 @@ DEFAULT_OUT = "reports/eval/predictions.json"
 
 def parser() -> argparse.ArgumentParser:
     """The shared stage options plus model, subset and output file."""
-    p = stage_parser(__doc__)
-    p.add_argument("--model", default="models/model.pt", help="model file (default: %(default)s)")
-    p.add_argument("--subset", default="data/subset", help="subset folder (default: %(default)s)")
+    p = stage_parser(__doc__, subset=True, model=True)
     p.add_argument("--out", default=DEFAULT_OUT, help="predictions file (default: %(default)s)")
     return p
 

@@ -22,9 +22,7 @@ DVC_OUT = "reports/predictions"
 
 def parser() -> argparse.ArgumentParser:
     """The shared stage options plus model, inputs and output folder."""
-    p = stage_parser(__doc__)
-    p.add_argument("--model", default="models/model.pt", help="model file (default: %(default)s)")
-    p.add_argument("--subset", default="data/subset", help="DVC mode input (default: %(default)s)")
+    p = stage_parser(__doc__, subset=True, model=True)
     p.add_argument("--images", type=Path, help="folder mode: predict on the images in this folder")
     p.add_argument("--out", type=Path, help=f"output folder (DVC mode default: {DVC_OUT})")
     p.add_argument(

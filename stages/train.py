@@ -19,8 +19,7 @@ def main(args: argparse.Namespace, params: Params) -> None:
 
 def parser() -> argparse.ArgumentParser:
     """The stage's arguments: where the subset is and where outputs go."""
-    p = stage_parser(__doc__ or "train")
-    p.add_argument("--subset", default="data/subset", help="subset folder (default: %(default)s)")
+    p = stage_parser(__doc__ or "train", subset=True)
     p.add_argument("--out", default="models", help="model folder (default: %(default)s)")
     p.add_argument("--reports", default="reports/train", help="log folder (default: %(default)s)")
     return p
