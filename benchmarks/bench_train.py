@@ -40,8 +40,9 @@ from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
 from torchvision.transforms import v2 as T
 
 from cocoseg.config import DataParams, SubsetParams, TrainParams
-from cocoseg.data import coco_dataset, collate, split_paths
+from cocoseg.data import coco_dataset, collate
 from cocoseg.engine import train_one_epoch, train_step
+from cocoseg.inputs import split_paths
 from cocoseg.model import build_for_training, pretrained_layout
 from cocoseg.optim import lr_factor, make_optimizer
 from cocoseg.runtime import Context

@@ -18,15 +18,10 @@ from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
 from torchvision.transforms import v2 as T
 
 from cocoseg.errors import DataError
+from cocoseg.inputs import split_paths
 from cocoseg.io import read_json, safe_join
 
 TARGET_KEYS = {"boxes", "masks", "labels", "image_id", "iscrowd"}
-
-
-def split_paths(subset_dir: str | Path, split: str) -> tuple[Path, Path]:
-    """(images folder, annotation json) of one split of data/subset."""
-    subset_dir = Path(subset_dir)
-    return subset_dir / "images" / split, subset_dir / "annotations" / f"{split}.json"
 
 
 def class_names(ann_file: str | Path) -> list[str]:

@@ -20,6 +20,7 @@ from matplotlib.ticker import MaxNLocator
 from cocoseg.config import EdaParams
 from cocoseg.errors import DataError
 from cocoseg.images import read_rgb
+from cocoseg.inputs import split_paths
 from cocoseg.io import read_json, safe_join, write_json
 from cocoseg.visualize import (
     class_colors,
@@ -56,10 +57,9 @@ FIGURES = (
 
 def load_subset(subset: str | Path) -> dict[str, dict[str, Any]]:
     """The split jsons of data/subset by split name; train and val required, test optional."""
-    subset = Path(subset)
     cocos = {}
     for split in SPLITS:
-        path = subset / "annotations" / f"{split}.json"
+        _, path = split_paths(subset, split)
         if not path.exists():
             if split in REQUIRED_SPLITS:
                 raise DataError(f"{path}: annotation file not found (run `dvc repro subset`)")
@@ -379,7 +379,7 @@ def run_eda(subset: str | Path, out_dir: str | Path, params: EdaParams) -> dict[
     plot_object_sizes(summary, names, figures / "object_sizes.png")
     plot_image_sizes(cocos, figures / "image_sizes.png")
     plot_samples(
-        cocos["train"], subset / "images" / "train", categories, params, figures / "samples.png"
+        cocos["train"], split_paths(subset, "train")[0], categories, params, figures / "samples.png"
     )
     write_json(out_dir / "summary.json", summary)
     log.info("eda: wrote %s and %d figures in %s", out_dir / "summary.json", len(FIGURES), figures)

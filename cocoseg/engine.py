@@ -31,8 +31,9 @@ from cocoseg.checkpoints import (
     save_torch,
 )
 from cocoseg.config import TrainParams, to_dict
-from cocoseg.data import class_names, coco_dataset, split_paths
+from cocoseg.data import class_names, coco_dataset
 from cocoseg.errors import CocosegError, DataError
+from cocoseg.inputs import split_paths
 from cocoseg.model import build_for_training, model_record
 from cocoseg.optim import make_optimizer
 from cocoseg.runtime import Context, barrier, peak_gpu_mb, seed_all, session

@@ -41,16 +41,15 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from cocoseg import metrics
 from cocoseg.io import write_csv, write_json
 from cocoseg.metrics import (
     MATCH_IOU,
     MAX_DETS,
     Number,
     coco_from_dataset,
-    per_class_ap,
     rounded,
     run_cocoeval,
-    summary,
     top_predictions,
 )
 
@@ -245,10 +244,7 @@ def fixed_inputs(
 
 def mask_ap(gt: COCO, preds: Sequence[dict[str, Any]]) -> dict[str, Number]:
     """COCOeval segm AP@[.5:.95]: overall under 'all' and per class name."""
-    evaluator = run_cocoeval(gt, preds, "segm")
-    per_class = per_class_ap(evaluator)
-    names = {c: gt.cats[c]["name"] for c in per_class}
-    return {"all": summary(evaluator)["AP"], **{names[c]: v["AP"] for c, v in per_class.items()}}
+    return metrics.mask_ap(gt, run_cocoeval(gt, preds, "segm"))
 
 
 def _difference(fixed: Number, base: Number) -> Number:
@@ -261,13 +257,16 @@ def _occurs(breakdown: Breakdown, error_type: str) -> bool:
     return any(v.outcome == error_type for v in breakdown.verdicts)
 
 
-def delta_ap(gt: COCO, breakdown: Breakdown) -> dict[str, dict[str, Number]]:
+def delta_ap(
+    gt: COCO, breakdown: Breakdown, base: dict[str, Number] | None = None
+) -> dict[str, dict[str, Number]]:
     """ΔAP per type, {'all' | class name: {type: AP(fixed) - AP(base)}}; 0 where none occur.
 
     The base is COCOeval over the breakdown's predictions, so pass a breakdown of every
-    prediction (`classify(gt, preds, -math.inf)`) to explain the report's segm AP.
+    prediction (`classify(gt, preds, -math.inf)`) to explain the report's segm AP; `base`,
+    when given, is that AP already computed (`metrics.Evaluation.mask_ap`), not recomputed.
     """
-    base = mask_ap(*fixed_inputs(gt, breakdown, ()))
+    base = base or mask_ap(*fixed_inputs(gt, breakdown, ()))
     result: dict[str, dict[str, Number]] = {key: {} for key in base}
     for error_type in DELTA_TYPES:
         occurs = _occurs(breakdown, error_type)
@@ -290,14 +289,22 @@ class ErrorReport:
     confusion: list[dict[str, str]]
 
 
-def analyse(gt: COCO, preds: Sequence[dict[str, Any]], score_threshold: float) -> ErrorReport:
-    """The whole breakdown of checked predictions (see the module docstring)."""
+def analyse(
+    gt: COCO,
+    preds: Sequence[dict[str, Any]],
+    score_threshold: float,
+    base_ap: dict[str, Number] | None = None,
+) -> ErrorReport:
+    """The whole breakdown of checked predictions (see the module docstring).
+
+    `base_ap`: the mask AP of all predictions when the caller has it (metrics.evaluate's).
+    """
     breakdown = classify(gt, preds, score_threshold)
     everything = breakdown if score_threshold == -math.inf else classify(gt, preds, -math.inf)
     return ErrorReport(
         breakdown=breakdown,
         counts=error_counts(breakdown),
-        delta_ap=delta_ap(gt, everything),
+        delta_ap=delta_ap(gt, everything, base_ap),
         confusion=confusion_rows(breakdown),
     )
 

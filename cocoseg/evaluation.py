@@ -23,7 +23,7 @@ def score(
 ) -> tuple[metrics.Evaluation, error_analysis.ErrorReport]:
     """Every metric of the report plus the error breakdown, merged into one metrics dict."""
     evaluation = metrics.evaluate(gt, preds, p.score_threshold)
-    errors = error_analysis.analyse(gt, preds, p.score_threshold)
+    errors = error_analysis.analyse(gt, preds, p.score_threshold, evaluation.mask_ap)
     evaluation.metrics.update(error_analysis.error_metrics(errors))
     return evaluation, errors
 

@@ -100,23 +100,21 @@ def to_model_input(image: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def threshold_masks(probabilities: torch.Tensor, mask_threshold: float) -> torch.Tensor:
-    """(N, 1, H, W) mask probabilities as (N, H, W) uint8: 1 where > threshold.
+    """(N, 1, H, W) mask probabilities as a dense (N, W, H) uint8 block: 1 where > threshold.
 
-    Computed on the model's device and laid out column-major per mask (an (N, W, H) block,
-    viewed as (N, H, W)): that is pycocotools' layout, so the host encodes without a copy.
+    Computed on the model's device. Each mask is stored column-major, pycocotools' layout,
+    so once on the host and viewed as (N, H, W) it is encoded without a copy.
     """
-    binary = (probabilities[:, 0] > mask_threshold).transpose(1, 2).to(torch.uint8)
-    return binary.contiguous().transpose(1, 2)
+    return (probabilities[:, 0] > mask_threshold).transpose(1, 2).to(torch.uint8).contiguous()
 
 
 def host_output(output: dict[str, torch.Tensor], mask_threshold: float) -> dict[str, Any]:
     """One image's detections moved to the host: boxes, labels, scores and thresholded masks."""
-    masks = threshold_masks(output["masks"], mask_threshold)
     return {
         "boxes": output["boxes"].float().cpu(),
         "labels": output["labels"].cpu(),
         "scores": output["scores"].float().cpu(),
-        "masks": masks.transpose(1, 2).cpu().transpose(1, 2),  # dense (N, W, H) copy, as viewed
+        "masks": threshold_masks(output["masks"], mask_threshold).cpu().transpose(1, 2),
     }
 
 

@@ -1,5 +1,8 @@
 """Which images to predict on: a split of data/subset, or every image file in a folder.
 
+`split_paths` is the subset's layout (images/<split>/, annotations/<split>.json), for every
+stage that reads it.
+
 In a folder, every .jpg/.jpeg/.png file (top level, sorted by name) gets id 1..N. Other files
 are skipped and counted in the log (a folder often holds notes or sidecars); a file with an
 image suffix that does not decode stops the run before the model loads, naming the file,
@@ -51,16 +54,22 @@ def folder_images(folder: str | Path) -> list[InputImage]:
     return out
 
 
+def split_paths(subset_dir: str | Path, split: str) -> tuple[Path, Path]:
+    """(images folder, annotation json) of one split of data/subset."""
+    subset_dir = Path(subset_dir)
+    return subset_dir / "images" / split, subset_dir / "annotations" / f"{split}.json"
+
+
 def subset_images(subset: str | Path, split: str = "test") -> tuple[list[InputImage], list[str]]:
     """The split's images as listed in data/subset/annotations/<split>.json, plus class names."""
-    subset = Path(subset)
-    coco = read_json(subset / "annotations" / f"{split}.json")
+    images_dir, ann_file = split_paths(subset, split)
+    coco = read_json(ann_file)
     if not isinstance(coco, dict) or "images" not in coco:
-        raise DataError(f"{subset}/annotations/{split}.json: no 'images' list")
+        raise DataError(f"{ann_file}: no 'images' list")
     names = [c["name"] for c in sorted(coco.get("categories", []), key=lambda c: c["id"])]
     images = []
     for img in coco["images"]:
-        path = safe_join(subset / "images" / split, img["file_name"])
+        path = safe_join(images_dir, img["file_name"])
         if not path.is_file():
             raise DataError(f"{path}: image id {img['id']} listed in {split}.json is missing")
         images.append(InputImage(img["id"], path, img["file_name"], img["width"], img["height"]))

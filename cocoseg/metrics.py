@@ -366,6 +366,14 @@ class Evaluation:
     curves: dict[str, np.ndarray]
     recall: np.ndarray
     class_names: list[str]
+    mask_ap: dict[str, Number]  # segm AP unrounded: 'all' and per class (error analysis's base)
+
+
+def mask_ap(gt: COCO, evaluator: COCOeval) -> dict[str, Number]:
+    """A segm COCOeval's AP@[.5:.95]: overall under 'all' and per class name."""
+    per_class = per_class_ap(evaluator)
+    names = {c: gt.cats[c]["name"] for c in per_class}
+    return {"all": summary(evaluator)["AP"], **{names[c]: v["AP"] for c, v in per_class.items()}}
 
 
 def _class_row(name: str, aps: dict[str, dict[str, Number]], found: ClassMatch) -> dict[str, Any]:
@@ -407,6 +415,7 @@ def evaluate(gt: COCO, preds: Sequence[dict[str, Any]], score_threshold: float) 
         curves=pr_curves(evaluators["segm"]),
         recall=evaluators["segm"].params.recThrs,
         class_names=[names[c] for c in matches],
+        mask_ap=mask_ap(gt, evaluators["segm"]),
     )
 
 

@@ -44,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace, params: Params) -> None:
     """Read the predictions, score them, write the reports."""
     from cocoseg import evaluation, metrics  # heavy: imported once arguments are parsed
-    from cocoseg.data import split_paths
+    from cocoseg.inputs import split_paths
 
     if args.predictions and not args.out:
         raise CocosegError("--predictions needs --out FILE (so reports/metrics.json stays as is)")

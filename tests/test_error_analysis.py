@@ -165,6 +165,12 @@ def test_delta_ap_base_is_the_reports_segm_ap(mixed):
     everything = ea.classify(gt, checked(gt, MIXED_PREDS), -math.inf)
     base = ea.mask_ap(*ea.fixed_inputs(gt, everything, ()))
     assert round(base["all"], 6) == evaluation.metrics["segm"]["AP"]
+    assert base == evaluation.mask_ap  # so the scoring stage hands it over, not recomputes
+    preds = checked(gt, MIXED_PREDS)
+    assert (
+        ea.analyse(gt, preds, 0.3, evaluation.mask_ap).delta_ap
+        == ea.analyse(gt, preds, 0.3).delta_ap
+    )
 
 
 def test_worst_images_order_by_error_count_then_id():
