@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 from msgspec import Raw, Struct
 
+from cocoseg import io
 from cocoseg.errors import DataError
 
 ANNOTATION_FILES = {
@@ -168,10 +169,7 @@ def read_coco(path: Path, *, labelled: bool) -> CocoFile:
     A missing, truncated or corrupt file, a wrong type, a duplicate image or category id
     stops the stage naming the file (and the id).
     """
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
+    data = io.read_file(path)
     try:
         layout = msgspec.json.decode(data, type=Layout)
     except msgspec.ValidationError as err:  # a subclass of DecodeError: first

@@ -76,13 +76,17 @@ def write_csv(
     write_bytes(path, buf.getvalue().encode())
 
 
-def read_json(path: str | Path) -> Any:
-    """Read a JSON file; a missing, truncated or invalid file raises DataError naming it."""
-    path = Path(path)
+def read_file(path: str | Path) -> bytes:
+    """A file's bytes; a missing file raises DataError naming it."""
     try:
-        data = path.read_bytes()
+        return Path(path).read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file; a missing, truncated or invalid file raises DataError naming it."""
+    data = read_file(path)
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as err:
