@@ -27,8 +27,6 @@ from torchvision.models.detection import (
     maskrcnn_resnet50_fpn_v2,
 )
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import FrozenBatchNorm2d
 
@@ -50,16 +48,6 @@ PREDICTOR_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask
 TRAINABLE_LAYERS = ("layer2", "layer3", "layer4")  # torchvision's default of 3 when pretrained
 DEFAULT_ANCHOR_SIZES = (32, 64, 128, 256, 512)  # torchvision's: one size per FPN level
 DEFAULT_ANCHOR_RATIOS = (0.5, 1.0, 2.0)
-
-
-def replace_heads(model: MaskRCNN, num_classes: int) -> MaskRCNN:
-    """Swap the box and mask predictors for ones with `num_classes` outputs (incl. background)."""
-    box_in = model.roi_heads.box_predictor.cls_score.in_features
-    model.roi_heads.box_predictor = FastRCNNPredictor(box_in, num_classes)
-    mask_in = model.roi_heads.mask_predictor.conv5_mask.in_channels
-    hidden = model.roi_heads.mask_predictor.conv5_mask.out_channels
-    model.roi_heads.mask_predictor = MaskRCNNPredictor(mask_in, hidden, num_classes)
-    return model
 
 
 def set_anchors(model: MaskRCNN, sizes: Sequence[int], ratios: Sequence[float]) -> MaskRCNN:
