@@ -8,17 +8,19 @@ The Structs hold the defaults; params.yaml restates them for users (a test keeps
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
-import yaml
 from msgspec import Meta
+from ruamel.yaml import YAML, YAMLError
 
 from cocoseg.convert import convert
 from cocoseg.errors import ParamError
 
 PARAMS_FILE = "params.yaml"
+T = TypeVar("T")
 
 NonNegInt = Annotated[int, Meta(ge=0)]
 PositiveInt = Annotated[int, Meta(ge=1)]
@@ -133,14 +135,6 @@ class Params(_Section):
     predict: PredictParams = msgspec.field(default_factory=PredictParams)
 
 
-SECTIONS: dict[str, type] = {f.name: f.type for f in msgspec.structs.fields(Params)}
-
-
-def validate_section(section: str, raw: Any, cls: type) -> Any:
-    """One section's Struct from its raw mapping (None: all defaults), rejecting anything off."""
-    return convert({} if raw is None else raw, cls, error=ParamError, prefix=section)
-
-
 def _check_cross_fields(params: Params) -> None:
     """Rules the types cannot say: uniqueness, order, one key against another."""
     classes, train = params.subset.classes, params.train
@@ -164,17 +158,46 @@ def _check_cross_fields(params: Params) -> None:
         )
 
 
+def _check_finite(value: Any, name: str) -> None:
+    """Refuse .inf and .nan anywhere: no param of this pipeline means anything infinite."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ParamError(f"{name} = {value} must be a finite number")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, f"{name}.{key}" if name else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_finite(item, f"{name}[{index}]")
+
+
 def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
-    """Validate a whole params mapping (as read from YAML) into `Params`."""
-    if not isinstance(raw, dict | None):
-        raise ParamError(f"{source}: the top level must be a mapping of sections")
-    sections = {key: {} if value is None else value for key, value in (raw or {}).items()}
+    """Validate a whole params mapping (as read from YAML) into `Params`.
+
+    Sections left out (or empty) take their defaults; the file as a whole must be a mapping.
+    """
+    if not isinstance(raw, dict):
+        got = "an empty file" if raw is None else f"a {type(raw).__name__}"
+        raise ParamError(
+            f"{source}: must be a mapping of sections ({', '.join(Params.__struct_fields__)}), "
+            f"got {got}"
+        )
+    sections = {key: {} if value is None else value for key, value in raw.items()}
     try:
+        _check_finite(sections, "")
         params = convert(sections, Params, error=ParamError)
         _check_cross_fields(params)
     except ParamError as err:
         raise ParamError(f"{source}: {err}") from None
     return params
+
+
+def read_yaml(text: str) -> Any:
+    """YAML 1.2, as DVC writes params.yaml: `1e-5`, `1E-4`, `.5` are numbers, not strings.
+
+    PyYAML reads YAML 1.1, where a float needs a dot, so `dvc exp run -S train.lr=1e-5`
+    would arrive as the string '1e-05'; ruamel.yaml is the parser DVC itself uses.
+    """
+    return YAML(typ="safe", pure=True).load(text)
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
@@ -184,11 +207,21 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ParamError(f"{path}: params file not found (run from the project root)") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ParamError(f"{path}: cannot read the params file: {err}") from None
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ParamError(f"{path}: not valid YAML: {err}") from None
+        raw = read_yaml(text)
+    except YAMLError as err:
+        detail = " ".join(str(err).split())
+        raise ParamError(f"{path}: not valid YAML: {detail}") from None
     return parse_params(raw, str(path))
+
+
+def override(section: T, name: str, **changes: Any) -> T:
+    """A section with some keys changed (command-line overrides), validated like params.yaml."""
+    raw = {**to_dict(section), **changes}
+    _check_finite(raw, name)
+    return convert(raw, type(section), error=ParamError, prefix=name)
 
 
 def to_dict(section: Any) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import msgspec
 import pytest
 import yaml
 
-from cocoseg.config import Params, PredictParams, load_params, parse_params, to_dict
+from cocoseg.config import Params, PredictParams, load_params, override, parse_params, to_dict
 from cocoseg.errors import ParamError
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -128,7 +129,55 @@ def test_new_train_params_are_exposed_as_given():
 
 def test_an_empty_section_means_its_defaults():
     assert parse_params({"eda": None, "train": {}}) == Params()
-    assert parse_params(None) == Params()
+
+
+@pytest.mark.parametrize(
+    ("text", "got"),
+    [("", "an empty file"), ("# only a comment\n", "an empty file"), ("- train\n", "a list"),
+     ("lr\n", "a str")],
+)  # fmt: skip
+def test_an_empty_or_non_mapping_params_file_is_one_line_naming_the_file(tmp_path, text, got):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamError, match=rf"^{path}: must be a mapping of sections .*got {got}$"):
+        load_params(path)
+
+
+@pytest.mark.parametrize(
+    ("written", "value"),
+    [("1e-5", 1e-5), ("1e-05", 1e-5), ("1e+30", 1e30), ("1E-4", 1e-4), ("5.e-3", 5e-3),
+     (".5", 0.5), ("0.005", 0.005), ("2", 2.0)],
+)  # fmt: skip
+def test_every_yaml_1_2_float_form_is_a_number(tmp_path, written, value):
+    """DVC writes params as YAML 1.2 (`-S train.lr=1e-5` lands as `1e-05`)."""
+    path = tmp_path / "params.yaml"
+    path.write_text(f"train:\n  lr: {written}\n  weight_decay: {written}\n")
+    train = load_params(path).train
+    assert (train.lr, train.weight_decay) == (value, value)
+    assert type(train.lr) is float
+
+
+@pytest.mark.parametrize(
+    ("written", "named"),
+    [("train:\n  lr: .inf\n", "train.lr = inf"), ("train:\n  lr: -.inf\n", "train.lr = -inf"),
+     ("train:\n  clip_grad_norm: .nan\n", "train.clip_grad_norm = nan"),
+     ("data:\n  timeout: .inf\n", "data.timeout = inf"),
+     ("train:\n  anchor_ratios: [1.0, .nan]\n", "train.anchor_ratios[1] = nan")],
+)  # fmt: skip
+def test_non_finite_numbers_are_refused_naming_the_key(tmp_path, written, named):
+    path = tmp_path / "params.yaml"
+    path.write_text(written)
+    with pytest.raises(ParamError, match=rf"^{path}: {re.escape(named)} must be a finite number$"):
+        load_params(path)
+
+
+def test_override_validates_like_the_params_file():
+    changed = override(PredictParams(), "predict", score_threshold=0.25)
+    assert (changed.score_threshold, changed.mask_threshold) == (0.25, 0.5)
+    with pytest.raises(ParamError, match=r"predict.score_threshold = 1.5 is out of range"):
+        override(PredictParams(), "predict", score_threshold=1.5)
+    with pytest.raises(ParamError, match=r"predict.score_threshold = nan must be a finite"):
+        override(PredictParams(), "predict", score_threshold=float("nan"))
 
 
 def test_params_are_frozen_and_replace_makes_a_changed_copy():

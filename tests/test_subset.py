@@ -12,7 +12,7 @@ from dvcrepo import dvc, make_dvc_repo, stages_ran
 from httpserver import FileServer
 from PIL import Image
 
-from cocoseg.config import DataParams, SubsetParams, validate_section
+from cocoseg.config import DataParams, SubsetParams, parse_params
 from cocoseg.errors import ParamError
 from cocoseg.subset import make_subset
 
@@ -29,7 +29,7 @@ TARGET_IDS = list(synthcoco.TARGETS)  # COCO ids in classes order
 
 def subset_params(**overrides: object) -> SubsetParams:
     """Validated subset params: SMALL plus overrides."""
-    return validate_section("subset", {**SMALL, **overrides}, SubsetParams)
+    return parse_params({"subset": {**SMALL, **overrides}}).subset
 
 
 def run(root: Path, out: Path, **overrides: object) -> dict:

@@ -28,7 +28,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from cocoseg.config import DataParams, SubsetParams, validate_section
+from cocoseg.config import DataParams, parse_params
 from cocoseg.errors import DataError, DownloadError
 from cocoseg.subset import make_subset
 
@@ -76,7 +76,7 @@ TRAIN = "instances_train2017.json"
 
 def run(root: Path, out: Path, **overrides: object) -> dict:
     data = DataParams(coco_root=str(root), retries=0, timeout=10.0)
-    params = validate_section("subset", {**ALL, **overrides}, SubsetParams)
+    params = parse_params({"subset": {**ALL, **overrides}}).subset
     return make_subset(data, params, out)
 
 
