@@ -2,7 +2,9 @@
 
 Each finished epoch writes `checkpoints/epoch_NN.pt` atomically. A new run resumes from the
 newest readable checkpoint with epoch <= `train.epochs` when its train params, class names
-and train json all equal this run's; `epochs` itself may differ (raising it continues
+and training data (the train json and the bytes of every train image, `data_fingerprint`)
+all equal this run's: DVC does not hash a COCO copy's image folders, so the pixels of an
+image may change under the same annotation file. `epochs` itself may differ (raising it continues
 training, lowering it finishes from that epoch's checkpoint) except with the `cosine`
 schedule, whose curve depends on it. `train.keep_checkpoints` also never counts. Otherwise
 the old checkpoints are removed and training starts fresh. Delete `models/checkpoints` to
@@ -19,7 +21,7 @@ from typing import Any
 import torch
 
 from cocoseg.errors import DataError
-from cocoseg.io import atomic_write
+from cocoseg.io import atomic_write, read_json, safe_join
 from cocoseg.model import load_record
 
 log = logging.getLogger("cocoseg")
@@ -43,9 +45,20 @@ def checkpoints(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of all tensors in nested dicts/lists: about what torch.save will write."""
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
 def save_torch(path: Path, obj: Any) -> None:
-    """torch.save through a temp file renamed into place."""
-    with atomic_write(path, "wb") as f:
+    """torch.save through a temp file renamed into place (a full disk names the space needed)."""
+    with atomic_write(path, "wb", size_hint=tensor_bytes(obj)) as f:
         torch.save(obj, f)
 
 
@@ -69,9 +82,18 @@ def restore(state: dict[str, Any], **parts: Any) -> None:
         obj.load_state_dict(state[name])
 
 
-def data_digest(path: Path) -> str:
-    """sha256 of the train json: a checkpoint of other data is not resumed."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def data_fingerprint(images_dir: Path, ann_file: Path) -> str:
+    """sha256 over the train json and the content of every image it lists, in its order.
+
+    What training actually reads: a checkpoint made from other pixels is not resumed.
+    """
+    digest = hashlib.sha256(ann_file.read_bytes())
+    for image in read_json(ann_file).get("images", []):
+        path = safe_join(images_dir, image["file_name"])
+        with path.open("rb") as f:
+            digest.update(image["file_name"].encode() + b"\0")
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
 
 
 def resume_key(params: dict[str, Any]) -> dict[str, Any]:
@@ -96,10 +118,23 @@ def _differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "
     return out
 
 
+def why_not_resumed(saved: dict[str, Any], identity: dict[str, Any]) -> str | None:
+    """Why a checkpoint's identity is another run's ('training data changed', ...), or None."""
+    reasons = []
+    if saved.get("data") != identity["data"]:
+        reasons.append("training data changed")
+    if saved.get("classes") != identity["classes"]:
+        reasons.append(f"classes changed: {saved.get('classes')} -> {identity['classes']}")
+    diff = _differences(resume_key(saved.get("params") or {}), resume_key(identity["params"]))
+    if diff:
+        reasons.append("train params changed: " + ", ".join(diff))
+    return "; ".join(reasons) or None
+
+
 def find_resume(folder: Path, identity: dict[str, Any], epochs: int) -> dict[str, Any] | None:
     """The newest readable checkpoint (epoch <= epochs) made by this same run, or None.
 
-    `identity` holds this run's "params", "classes" and "data" digest.
+    `identity` holds this run's "params", "classes" and "data" fingerprint.
     """
     for epoch, path in checkpoints(folder):
         if epoch > epochs:
@@ -109,11 +144,9 @@ def find_resume(folder: Path, identity: dict[str, Any], epochs: int) -> dict[str
         except DataError as err:
             log.warning("skipping unreadable checkpoint: %s", err)
             continue
-        saved = {k: state.get(k) for k in identity}
-        saved["params"] = resume_key(saved["params"] or {})
-        diff = _differences(saved, {**identity, "params": resume_key(identity["params"])})
-        if diff:
-            log.info("checkpoints in %s come from another run (%s): starting fresh", folder, diff)
+        why = why_not_resumed(state, identity)
+        if why:
+            log.info("checkpoints in %s are from another run (%s): starting fresh", folder, why)
             return None
         return state
     return None

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from cocoseg.checkpoints import (
     checkpoints,
     clear_checkpoints,
-    data_digest,
+    data_fingerprint,
     find_resume,
     remove_older_checkpoints,
     restore,
@@ -34,6 +34,7 @@ from cocoseg.config import TrainParams, to_dict
 from cocoseg.data import class_names, coco_dataset
 from cocoseg.errors import CocosegError, DataError
 from cocoseg.inputs import split_paths
+from cocoseg.io import remove_stale_temps
 from cocoseg.model import build_for_training, model_record
 from cocoseg.optim import make_optimizer
 from cocoseg.runtime import Context, barrier, peak_gpu_mb, seed_all, session
@@ -192,16 +193,22 @@ def train(
     out_dir, reports = Path(out_dir), Path(reports)
     with session(p) as ctx:
         seed_all(p.seed)
-        _, ann_file = split_paths(subset_dir, "train")
+        images_dir, ann_file = split_paths(subset_dir, "train")
         transforms = build_transforms(p.augment, p.min_size, p.max_size)
         dataset = coco_dataset(subset_dir, "train", transforms)
         if len(dataset) == 0:
             raise DataError(f"{ann_file}: no training images")
         classes = class_names(ann_file)
         params = to_dict(p)
-        identity = {"params": params, "classes": classes, "data": data_digest(ann_file)}
+        identity = {
+            "params": params,
+            "classes": classes,
+            "data": data_fingerprint(images_dir, ann_file),
+        }
 
         folder = out_dir / "checkpoints"
+        if ctx.main:
+            remove_stale_temps(folder)  # a killed run's half-written checkpoint
         state = find_resume(folder, identity, p.epochs)
         barrier(ctx)  # every rank has read before rank 0 may clear
         if state is None and ctx.main:

@@ -11,14 +11,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import synthcoco
 import torch
 import yaml
+from PIL import Image
 
 from cocoseg.checkpoints import (
     checkpoint_path,
     clear_checkpoints,
+    data_fingerprint,
     find_resume,
     save_torch,
 )
@@ -55,11 +58,50 @@ def test_other_params_classes_or_data_start_fresh_and_say_why(tmp_path, caplog):
     fake_checkpoint(tmp_path, 1)
     with caplog.at_level(logging.INFO, logger="cocoseg"):
         assert find_resume(tmp_path, identity(lr=0.01), 6) is None
-    assert "params.lr: 0.005 -> 0.01" in caplog.text
+    assert "(train params changed: lr: 0.005 -> 0.01): starting fresh" in caplog.text
     assert find_resume(tmp_path, {**identity(), "classes": CLASSES[:3]}, 6) is None
-    assert find_resume(tmp_path, {**identity(), "data": "other"}, 6) is None
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="cocoseg"):
+        assert find_resume(tmp_path, {**identity(), "data": "other"}, 6) is None
+    expected = f"checkpoints in {tmp_path} are from another run (training data changed): starting"
+    assert f"{expected} fresh" in caplog.text
     fake_checkpoint(tmp_path, 2, schedule="cosine")
     assert find_resume(tmp_path, identity(schedule="cosine", epochs=8), 8) is None  # curve moved
+
+
+def test_the_data_fingerprint_sees_pixels_the_annotation_file_does_not(tmp_path):
+    subset = synthcoco.make_subset(tmp_path / "subset", n_train=2, size=(64, 64))
+    images, ann_file = subset / "images" / "train", subset / "annotations" / "train.json"
+    before = data_fingerprint(images, ann_file)
+    assert data_fingerprint(images, ann_file) == before
+    victim = sorted(images.glob("*.jpg"))[0]
+    with Image.open(victim) as im:
+        changed = np.asarray(im).copy()
+    changed[0, 0] = 255 - changed[0, 0]  # one pixel, same size, same annotation record
+    Image.fromarray(changed).save(victim, quality=100)
+    assert data_fingerprint(images, ann_file) != before
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_other_pixels_is_not_resumed(tmp_path, caplog):
+    """The fault probe: same params and json, one train image's pixels corrected."""
+    subset = synthcoco.make_subset(tmp_path / "subset", n_train=2, size=(64, 64))
+    p = TrainParams(
+        weights="none", epochs=1, num_workers=0, min_size=64, max_size=64, augment="none",
+        warmup_iters=1, amp=False, device="cpu",
+    )  # fmt: skip
+    out = tmp_path / "models"
+    train(p, subset, out, tmp_path / "reports", model_kwargs=FEW_ROIS)
+    first = weights(out / "model.pt")
+    victim = sorted((subset / "images" / "train").glob("*.jpg"))[0]
+    with Image.open(victim) as im:
+        Image.fromarray(255 - np.asarray(im)).save(victim)
+    with caplog.at_level(logging.INFO, logger="cocoseg"):
+        train(p, subset, out, tmp_path / "reports", model_kwargs=FEW_ROIS)
+    assert "(training data changed): starting fresh" in caplog.text
+    assert "resuming" not in caplog.text
+    second = weights(out / "model.pt")
+    assert any(not torch.equal(first[k], second[k]) for k in first)
 
 
 def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
