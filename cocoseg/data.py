@@ -1,7 +1,8 @@
 """The subset's COCO json as a detection dataset: torchvision's CocoDetection + the v2 wrapper.
 
 Crowd regions are left out of the targets, degenerate boxes dropped, images without any
-target kept as negatives (empty boxes/masks/labels), grayscale images come out RGB.
+target kept as negatives (empty boxes/masks/labels). Images are read by the project's one
+reader (cocoseg.images.read_rgb), so 16-bit, transparent and CMYK images train as they look.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision import tv_tensors
 from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
 from torchvision.transforms import v2 as T
 
 from cocoseg.errors import DataError
+from cocoseg.images import read_rgb
 from cocoseg.inputs import split_paths
 from cocoseg.io import read_json, safe_join
 
@@ -33,6 +36,18 @@ def class_names(ann_file: str | Path) -> list[str]:
             f"{ann_file}: category ids must be 1..K (got {ids}); re-run the subset stage"
         )
     return [c["name"] for c in categories]
+
+
+class CocoImages(CocoDetection):
+    """torchvision's CocoDetection reading images through `read_rgb` (every mode right).
+
+    `_load_image` is the hook torchvision's own subclasses override; CocoDetection has no
+    public loader argument.
+    """
+
+    def _load_image(self, id: int) -> Image.Image:
+        file_name = self.coco.loadImgs(id)[0]["file_name"]
+        return Image.fromarray(read_rgb(safe_join(self.root, file_name)))
 
 
 class PrepareSample:
@@ -82,7 +97,7 @@ def coco_dataset(subset_dir: str | Path, split: str, augment: T.Compose) -> Any:
     if not ann_file.exists():
         raise DataError(f"{ann_file}: annotation file not found (run `dvc repro subset` first)")
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
-        dataset = CocoDetection(str(images), str(ann_file), transforms=PrepareSample(augment))
+        dataset = CocoImages(str(images), str(ann_file), transforms=PrepareSample(augment))
     for info in dataset.coco.imgs.values():
         safe_join(images, info["file_name"])  # a hostile file_name must not read elsewhere
     return wrap_dataset_for_transforms_v2(dataset, target_keys=TARGET_KEYS)

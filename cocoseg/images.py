@@ -1,9 +1,11 @@
 """Image files: the one reader (whole decode, errors name the file), and placing the subset's.
 
-`read_rgb` and `decode_image` are how every stage opens an image. `place_images` copies the
-subset's images from the COCO copy or downloads them, verifying each: a JPEG that does not
-decode, or whose size disagrees with its annotation record, is caught here, naming the file
-and the image id, instead of an hour into training.
+`read_rgb` and `decode_image` are how every stage opens an image; `to_rgb` turns every PIL
+mode into 8-bit RGB correctly (PIL's own `convert("RGB")` clips 16-bit gray to white and
+drops transparency). `place_images` copies the subset's images from the COCO copy or
+downloads them, verifying each: a JPEG that does not decode, or whose size disagrees with
+its annotation record, is caught here, naming the file and the image id, instead of an hour
+into training.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -22,10 +24,15 @@ from PIL import Image
 from tqdm import tqdm
 
 from cocoseg import io
-from cocoseg.errors import CocosegError, DataError, DownloadError
+from cocoseg.errors import CocosegError, DataError, DownloadError, os_fault_message
 
-log = logging.getLogger("cocoseg.images")
+log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# Transparent pixels are composited onto white, as an image viewer or a browser shows them.
+BACKGROUND = (255, 255, 255)
+SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+WITH_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 
 
 @dataclass(frozen=True)
@@ -51,7 +58,13 @@ def _decoded(path: str | Path, what: str, use: Callable[[Image.Image], T]) -> T:
             return use(im)
     except FileNotFoundError:
         raise DataError(f"{path}: {what} file not found") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except OSError as err:
+        if err.errno is not None:  # the file system failed (permissions, I/O), not the data
+            raise DataError(os_fault_message(err, path)) from None
+        raise DataError(
+            f"{path}: {what} does not decode (cannot decode as an image: {err})"
+        ) from None
+    except (SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(
             f"{path}: {what} does not decode (cannot decode as an image: {err})"
         ) from None
@@ -63,8 +76,41 @@ def decode_image(path: str | Path, what: str = "image") -> tuple[str, tuple[int,
 
 
 def read_rgb(path: str | Path, what: str = "image") -> np.ndarray:
-    """The image as HxWx3 uint8 RGB (grayscale, CMYK, palette and alpha converted)."""
-    return _decoded(path, what, lambda im: np.asarray(im.convert("RGB")))
+    """The image as HxWx3 uint8 RGB, whatever its mode (see `to_rgb`)."""
+    return _decoded(path, what, to_rgb)
+
+
+def to_rgb(im: Image.Image) -> np.ndarray:
+    """HxWx3 uint8 RGB from any PIL mode.
+
+    16-bit gray (`I;16*`) is scaled by its bit depth (65535 -> 255); 32-bit integer gray
+    (`I`) the same when its values fit 16 bits, else by its real range; float gray (`F`)
+    by x255 when within [0, 1], else by its real range. Images with transparency (RGBA,
+    LA, palette with a transparent colour) are composited onto BACKGROUND (white).
+    CMYK, YCbCr, 1-bit and palette images use PIL's conversion.
+    """
+    if im.mode in SIXTEEN_BIT_MODES | {"I", "F"}:
+        gray = _gray_to_8bit(np.asarray(im), im.mode)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if im.mode in WITH_ALPHA_MODES or (im.mode in ("P", "L", "RGB") and "transparency" in im.info):
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32)
+        alpha = rgba[..., 3:] / 255.0
+        blended = rgba[..., :3] * alpha + np.asarray(BACKGROUND, np.float32) * (1 - alpha)
+        return np.round(blended).astype(np.uint8)
+    return np.asarray(im.convert("RGB"))
+
+
+def _gray_to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
+    """One channel of 16/32-bit integers or floats as uint8 (rule in `to_rgb`)."""
+    values = values.astype(np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if mode in SIXTEEN_BIT_MODES or (mode == "I" and low >= 0 and high <= 65535):
+        scaled = values / 65535.0
+    elif mode == "F" and low >= 0 and high <= 1:
+        scaled = values
+    else:
+        scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    return np.round(np.clip(scaled, 0, 1) * 255).astype(np.uint8)
 
 
 def verify_image(path: str | Path, image_id: int, width: int, height: int) -> str:
@@ -86,7 +132,7 @@ def copy_atomic(src: Path, dest: Path) -> None:
 
 def _download(job: ImageJob, retries: int, timeout: float) -> None:
     """Fetch job.url to job.dest; the download is verified before it takes the final name."""
-    from cocoseg.download import download_file  # imported late: only needed for missing images
+    from cocoseg.download import download_file
 
     if not job.url:
         raise DataError(f"image id {job.image_id}: not found at {job.src} and it has no coco_url")
@@ -129,30 +175,30 @@ def place_images(
 ) -> tuple[dict[int, str], Counter[str]]:
     """Place all images in parallel with a progress bar; return {image id: mode} and how-counts.
 
-    The first failure cancels what has not started and is raised as is (it names the image).
+    The first failure (or Ctrl-C / SIGTERM) cancels what has not started, waits for the
+    running ones, removes unfinished downloads and is raised as is (it names the image).
     """
     jobs = list(jobs)
     modes: dict[int, str] = {}
     how: Counter[str] = Counter()
-    with (
-        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="image") as pool,
-        tqdm(total=len(jobs), desc=desc, unit="img", leave=False) as bar,
-    ):
-        futures = {pool.submit(place, job, retries, timeout): job for job in jobs}
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for future in done:
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="image")
+    try:
+        with tqdm(total=len(jobs), desc=desc, unit="img", leave=False) as bar:
+            futures = {pool.submit(place, job, retries, timeout): job for job in jobs}
+            for future in as_completed(futures):
+                job = futures[future]
                 err = future.exception()
+                if isinstance(err, CocosegError):
+                    raise err
                 if err is not None:
-                    for other in pending:
-                        other.cancel()
-                    if isinstance(err, CocosegError):
-                        raise err
-                    job = futures[future]
                     raise DataError(f"image id {job.image_id} ({job.dest.name}): {err}") from err
-                how_placed, mode = future.result()
-                modes[futures[future].image_id] = mode
+                how_placed, modes[job.image_id] = future.result()
                 how[how_placed] += 1
                 bar.update()
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        for job in jobs:
+            io.part_path(job.dest).unlink(missing_ok=True)
+        raise
+    pool.shutdown()
     return modes, how
