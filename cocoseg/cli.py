@@ -1,16 +1,27 @@
-"""Shared plumbing for the thin `stages/*.py` entry points."""
+"""Shared plumbing for the thin `stages/*.py` entry points: arguments, params, one-line endings.
+
+Every way a stage can fail that a user can act on ends in one line on stderr: our own
+errors and OS faults (disk full, read-only, permissions, I/O; also wrapped by torch, PIL or
+a DataLoader worker) exit 2, Ctrl-C exits 130, SIGTERM exits 143. Anything else is a bug
+and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
+from cocoseg import signals
 from cocoseg.config import PARAMS_FILE, Params, load_params
-from cocoseg.errors import CocosegError
+from cocoseg.errors import CocosegError, os_fault, os_fault_message, worker_error_line
+from cocoseg.io import remove_stale_temps
 
 log = logging.getLogger("cocoseg")
+
+EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
 
 
 def stage_parser(
@@ -30,25 +41,54 @@ def stage_parser(
     return parser
 
 
+def failure_line(err: BaseException) -> tuple[str, int] | None:
+    """(one line to print, exit code) for an error a user can act on; None for a bug."""
+    if isinstance(err, KeyboardInterrupt) or signals.terminated():
+        if signals.terminated():
+            return "terminated (SIGTERM): " + _RESUMABLE, EXIT_TERMINATED
+        return "interrupted: " + _RESUMABLE, EXIT_INTERRUPTED
+    inner = worker_error_line(err)
+    if inner is not None:
+        return f"error: {inner}", EXIT_ERROR
+    if isinstance(err, CocosegError):
+        return f"error: {' '.join(str(err).split())}", EXIT_ERROR
+    fault = os_fault(err)
+    if fault is not None:
+        return f"error: {os_fault_message(fault)}", EXIT_ERROR
+    return None
+
+
+_RESUMABLE = "outputs written so far are complete; re-run to continue"
+
+
 def run_stage(
     main: Callable[[argparse.Namespace, Params], None],
     parser: argparse.ArgumentParser,
     argv: list[str] | None = None,
+    *,
+    outputs: Callable[[argparse.Namespace], Sequence[str | Path]] = lambda args: (),
 ) -> int:
-    """Parse args, validate params, run `main`; known errors print one line and exit 2."""
+    """Parse args, validate params, clear stale temp files from `outputs(args)`, run `main`.
+
+    Known failures print one line (see the module docstring) and return its exit code.
+    """
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
     )
     args = parser.parse_args(argv)
-    try:
-        params = load_params(args.params)
-        main(args, params)
-    except CocosegError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            "interrupted: outputs written so far are complete; re-run to continue", file=sys.stderr
-        )
-        return 130
+    with signals.sigterm_as_interrupt():
+        try:
+            params = load_params(args.params)
+            for path in outputs(args):
+                if removed := remove_stale_temps(path):
+                    log.info("removed %d temp file(s) a killed run left in %s", removed, path)
+            main(args, params)
+            signals.stop_raising()
+        except BaseException as err:
+            signals.stop_raising()
+            ending = failure_line(err)
+            if ending is None:
+                raise
+            print(ending[0], file=sys.stderr)
+            return ending[1]
     return 0

@@ -29,8 +29,9 @@ import orjson
 import requests
 from tqdm import tqdm
 
-from cocoseg.errors import DataError, DownloadError
-from cocoseg.io import atomic_write, safe_join
+from cocoseg.errors import DataError, DownloadError, OutputError, Terminated, os_fault_message
+from cocoseg.io import atomic_write, part_path, safe_join
+from cocoseg.signals import stop_requested
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +57,6 @@ class _Transient(Exception):
 
 class HostUnreachable(DownloadError):
     """The host does not resolve or refuses connections: retrying cannot help, so none is made."""
-
-
-def part_path(dest: Path) -> Path:
-    """Where an unfinished download of `dest` is kept (and resumed from)."""
-    return dest.with_name(dest.name + ".part")
 
 
 def _size(path: Path) -> int:
@@ -139,6 +135,8 @@ def _attempt(session: requests.Session, url: str, part: Path, timeout: float, ba
         bar.update(offset)
         with open(part, "ab" if offset else "wb") as f:
             for chunk in resp.iter_content(NET_CHUNK):
+                if stop_requested.is_set():  # SIGTERM: a download thread stops between chunks
+                    raise Terminated()
                 f.write(chunk)
                 bar.update(len(chunk))
     got = _size(part)
@@ -214,7 +212,7 @@ def _fetch(
         except requests.RequestException as err:
             raise DownloadError(f"{url}: {err}") from None
         except OSError as err:  # writing the .part failed (disk full, permissions)
-            raise DownloadError(f"{url}: cannot write {part}: {err}") from None
+            raise OutputError(os_fault_message(err, part, f"downloading {url}")) from None
 
 
 def _kept(part: Path) -> str:

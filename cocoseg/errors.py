@@ -1,4 +1,28 @@
-"""Errors a user can meet; each message names the file, key or id at fault."""
+"""Errors a user can meet; each message names the file, key or id at fault.
+
+Operating-system faults (disk full, read-only file system, permissions, I/O errors) reach us
+wrapped by the libraries that met them (`torch.save` raises a RuntimeError whose context is
+the OSError, DataLoader workers re-raise with the worker's traceback as the message):
+`os_fault` finds the OSError behind such wrappers and `os_fault_message` words it as one line.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+
+# What to do about each OS fault, appended to its one-line message.
+OS_HINTS = {
+    errno.ENOSPC: "free some space or point the output at a bigger disk",
+    errno.EDQUOT: "the disk quota is used up: free some space or raise the quota",
+    errno.EROFS: "the file system is read-only: remount it writable or write elsewhere",
+    errno.EACCES: "check the owner and permissions of the file and its folder",
+    errno.EPERM: "check the owner and permissions of the file and its folder",
+    errno.EIO: "the device reported an I/O error: check the disk or network mount (dmesg)",
+}
+# DataLoader re-raises a worker's error with this text and the worker's traceback.
+_WORKER_TRACEBACK = re.compile(r"Caught \w+ in DataLoader worker process \d+\.\nOriginal ")
+_ERRNO_LINE = re.compile(r"\[Errno (?P<errno>\d+)\] (?P<cause>[^:]+)(?:: '(?P<path>.*)')?$")
 
 
 class CocosegError(Exception):
@@ -15,3 +39,50 @@ class DataError(CocosegError):
 
 class DownloadError(CocosegError):
     """A download failed for good (after retries) or its content did not verify."""
+
+
+class OutputError(CocosegError):
+    """An output could not be written (disk full, read-only, permissions); nothing was replaced."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: unwound like Ctrl-C, so `finally` blocks and temp-file cleanup run."""
+
+
+def os_fault(err: BaseException | None) -> OSError | None:
+    """The OSError with an errno behind `err` (itself, its cause or its context), if any."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno is not None:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def os_fault_message(fault: OSError, path: object = None, detail: str = "") -> str:
+    """'<path>: <cause> (<detail>); <hint>' for an OS fault; `path` defaults to the error's."""
+    where = path if path is not None else fault.filename
+    cause = fault.strerror or str(fault)
+    extra = f" ({detail})" if detail else ""
+    hint = OS_HINTS.get(fault.errno, "")
+    text = f"{cause}{extra}" + (f"; {hint}" if hint else "")
+    return f"{where}: {text}" if where is not None else text
+
+
+def worker_error_line(err: BaseException) -> str | None:
+    """The original one-line error inside a DataLoader worker's re-raised exception, if it is one.
+
+    An OS fault there keeps only its text ('[Errno 13] Permission denied: path'), which is
+    worded here as `os_fault_message` would.
+    """
+    text = str(err)
+    if not _WORKER_TRACEBACK.search(text):
+        return None
+    last = text.strip().splitlines()[-1]
+    message = last.split(": ", 1)[1] if ": " in last else last
+    found = _ERRNO_LINE.search(message)
+    if found:
+        fault = OSError(int(found["errno"]), found["cause"], found["path"])
+        return os_fault_message(fault)
+    return message

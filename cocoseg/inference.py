@@ -28,6 +28,7 @@ from cocoseg.device import resolve_device
 from cocoseg.errors import DataError
 from cocoseg.images import read_rgb
 from cocoseg.model import load_trained_model
+from cocoseg.signals import worker_init
 
 log = logging.getLogger("cocoseg")
 
@@ -91,6 +92,7 @@ def image_loader(
         num_workers=workers,
         collate_fn=_as_list,
         pin_memory=device.type == "cuda",
+        worker_init_fn=worker_init,
     )
 
 
@@ -234,3 +236,14 @@ def run_trained_model(
         progress=progress,
     )
     return results, classes
+
+
+def add_category_names(results: Sequence[dict], classes: Sequence[str]) -> list[dict]:
+    """Each result with "category_name" added (category ids are 1..K over `classes`)."""
+    named = []
+    for r in results:
+        cid = r["category_id"]
+        if not 1 <= cid <= len(classes):
+            raise DataError(f"prediction has category_id {cid}; the model knows 1..{len(classes)}")
+        named.append({**r, "category_name": classes[cid - 1]})
+    return named

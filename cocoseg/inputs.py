@@ -54,6 +54,12 @@ def folder_images(folder: str | Path) -> list[InputImage]:
     return out
 
 
+def classes_path(predictions: str | Path) -> Path:
+    """Where the class names of a predictions file are recorded: `<stem>.classes.json` beside it."""
+    predictions = Path(predictions)
+    return predictions.with_name(f"{predictions.stem}.classes.json")
+
+
 def split_paths(subset_dir: str | Path, split: str) -> tuple[Path, Path]:
     """(images folder, annotation json) of one split of data/subset."""
     subset_dir = Path(subset_dir)

@@ -27,6 +27,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from cocoseg.errors import DataError
+from cocoseg.inputs import classes_path
 from cocoseg.io import read_json, write_csv, write_json
 
 SUMMARY_NAMES = (
@@ -131,6 +132,20 @@ def check_prediction(pred: Any, gt: COCO, where: str) -> dict[str, Any]:
     }
 
 
+def check_class_names(classes: list[str], gt: COCO, source: str) -> None:
+    """Predictions made for `classes` (ids 1..K) must be scored against the same class list.
+
+    Class ids mean nothing alone: predictions made before `subset.classes` was reordered
+    would be scored against the wrong classes.
+    """
+    truth = [gt.cats[c]["name"] for c in sorted(gt.cats)]
+    if list(classes) != truth:
+        raise DataError(
+            f"{source}: predictions were made for classes {list(classes)} but the ground "
+            f"truth's are {truth}; predict again (dvc repro infer)"
+        )
+
+
 def check_predictions(preds: Any, gt: COCO, source: str) -> list[dict[str, Any]]:
     """All results dicts checked; the error names the source, the entry and the bad id."""
     if not isinstance(preds, list):
@@ -139,7 +154,13 @@ def check_predictions(preds: Any, gt: COCO, source: str) -> list[dict[str, Any]]
 
 
 def load_predictions(path: str | Path, gt: COCO) -> list[dict[str, Any]]:
-    """A COCO results file, checked against the ground truth (see `check_predictions`)."""
+    """A COCO results file, checked against the ground truth (see `check_predictions`).
+
+    When stage infer's record of the class names lies beside it, those must be gt's.
+    """
+    recorded = classes_path(path)
+    if recorded.exists():
+        check_class_names(read_json(recorded).get("classes"), gt, str(path))
     return check_predictions(read_json(path), gt, str(path))
 
 

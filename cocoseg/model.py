@@ -30,7 +30,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import FrozenBatchNorm2d
 
-from cocoseg.errors import DataError, ParamError
+from cocoseg.errors import DataError, ParamError, os_fault, os_fault_message
 
 log = logging.getLogger("cocoseg")
 
@@ -122,6 +122,9 @@ def load_record(path: str | Path, map_location: str | torch.device = "cpu") -> d
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        fault = os_fault(err)
+        if fault is not None:  # the file system failed (permissions, I/O), not the file
+            raise DataError(os_fault_message(fault, path)) from None
         raise DataError(f"{path}: cannot load as a weights-only checkpoint: {err}") from None
 
 

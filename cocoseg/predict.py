@@ -16,6 +16,7 @@ which images each mode takes.
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,9 +26,9 @@ import numpy as np
 from PIL import Image
 
 from cocoseg.config import PredictParams
-from cocoseg.errors import DataError
+from cocoseg.errors import DataError, OutputError, os_fault_message
 from cocoseg.images import read_rgb
-from cocoseg.inference import run_trained_model
+from cocoseg.inference import add_category_names, run_trained_model
 from cocoseg.inputs import InputImage
 from cocoseg.io import write_json
 from cocoseg.visualize import class_colors, contact_sheet, overlay, save_png
@@ -41,20 +42,30 @@ THUMB_WIDTH = 480  # contact-sheet thumbnails are downsized to keep memory flat
 # ---------------------------------------------------------------- results
 
 
+def prepare_output(out: Path, *, inputs: Path | None = None) -> Path:
+    """Make the output folder, or say in one line why it cannot be, before any model loads.
+
+    Refused: an existing file, the input folder itself or a folder inside it, a folder that
+    cannot be created or written (read-only, permissions).
+    """
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out}: is an existing file; give a folder to write outputs into")
+    if inputs is not None and out.resolve().is_relative_to(inputs.resolve()):
+        raise DataError(
+            f"--out {out} is inside --images {inputs}: outputs are images too; write elsewhere"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise OutputError(os_fault_message(err, out)) from None
+    return out
+
+
 def keep_confident(results: Sequence[dict], threshold: float) -> list[dict]:
     """Detections with score >= threshold, in their original order."""
     return [r for r in results if r["score"] >= threshold]
-
-
-def add_category_names(results: Sequence[dict], classes: Sequence[str]) -> list[dict]:
-    """Each result with "category_name" added (category ids are 1..K over `classes`)."""
-    named = []
-    for r in results:
-        cid = r["category_id"]
-        if not 1 <= cid <= len(classes):
-            raise DataError(f"prediction has category_id {cid}; the model knows 1..{len(classes)}")
-        named.append({**r, "category_name": classes[cid - 1]})
-    return named
 
 
 def images_index(images: Sequence[InputImage], classes: Sequence[str]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from cocoseg.config import TrainParams
 from cocoseg.data import aspect_ratios, collate
+from cocoseg.signals import worker_init
 
 
 def aspect_groups(ratios: np.ndarray, k: int = 3) -> list[int]:
@@ -68,6 +69,7 @@ def train_loader(
         num_workers=p.num_workers,
         collate_fn=collate,
         pin_memory=pin_memory,
+        worker_init_fn=worker_init,
     )
 
 

@@ -371,7 +371,7 @@ def make_subset(
     jobs = {name: image_jobs(splits[name], root, out) for name in SPLITS}
     # Images of this selection (and their partial downloads) may stay: they are re-verified.
     dests = [job.dest for js in jobs.values() for job in js]
-    keep = dests + [dest.with_name(dest.name + ".part") for dest in dests]
+    keep = dests + [io.part_path(dest) for dest in dests]
     removed = clear_stale(out, keep)
     if removed:
         log.info("removed %d stale files of a previous run under %s", removed, out)

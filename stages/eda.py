@@ -30,4 +30,4 @@ def main(args: argparse.Namespace, params: Params) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_stage(main, parser()))
+    raise SystemExit(run_stage(main, parser(), outputs=lambda args: [args.out]))

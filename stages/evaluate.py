@@ -69,5 +69,11 @@ def main(args: argparse.Namespace, params: Params) -> None:
     )
 
 
+def outputs(args: argparse.Namespace) -> list[str]:
+    """The files and folder this run writes (for the stale temp-file sweep)."""
+    eval_dir = args.eval_dir or (None if args.predictions else DEFAULT_EVAL_DIR)
+    return [args.out or DEFAULT_OUT, *([eval_dir] if eval_dir else [])]
+
+
 if __name__ == "__main__":
-    raise SystemExit(run_stage(main, parser()))
+    raise SystemExit(run_stage(main, parser(), outputs=outputs))

@@ -1,8 +1,10 @@
 """Stage infer: run models/model.pt over the val subset and save every detection it keeps.
 
 Writes reports/eval/predictions.json (COCO results, RLE masks) for the evaluate stage to
-score. Settings: evaluate.mask_threshold, batch_size, num_workers, device. Scoring params
-(score_threshold, n_samples) are not read here, so changing them reruns scoring alone.
+score, and beside it predictions.classes.json (the class names of ids 1..K), so that
+evaluate refuses predictions made for another class list. Settings: evaluate.mask_threshold,
+batch_size, num_workers, device. Scoring params (score_threshold, n_samples) are not read
+here, so changing them reruns scoring alone.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 
 from cocoseg.cli import log, run_stage, stage_parser
 from cocoseg.config import Params
+from cocoseg.inputs import classes_path
 from cocoseg.io import write_json
 
 DEFAULT_OUT = "reports/eval/predictions.json"
@@ -31,9 +34,12 @@ def main(args: argparse.Namespace, params: Params) -> None:
     images, classes = subset_images(args.subset, "val")
     items = sorted((image.id, image.path) for image in images)
     results, _ = run_trained_model(args.model, items, params.evaluate, expect_classes=classes)
+    write_json(classes_path(args.out), {"classes": classes})
     write_json(args.out, results, indent=False)
     log.info("infer: %d detections on %d val images -> %s", len(results), len(items), args.out)
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_stage(main, parser()))
+    raise SystemExit(
+        run_stage(main, parser(), outputs=lambda args: [args.out, classes_path(args.out)])
+    )

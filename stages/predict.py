@@ -11,10 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import msgspec
-
 from cocoseg.cli import log, run_stage, stage_parser
-from cocoseg.config import Params
+from cocoseg.config import Params, override
 from cocoseg.errors import DataError
 
 DVC_OUT = "reports/predictions"
@@ -36,24 +34,20 @@ def parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace, params: Params) -> None:
     """Pick the inputs for the mode, predict, and say where the outputs are."""
     from cocoseg.inputs import folder_images, subset_images
-    from cocoseg.predict import predict  # torch: imported once arguments are parsed
+    from cocoseg.predict import predict, prepare_output  # torch: once arguments are parsed
 
     settings = params.predict
     if args.score_threshold is not None:
-        if not 0 <= args.score_threshold <= 1:
-            raise DataError(f"--score-threshold {args.score_threshold} must be within 0..1")
-        settings = msgspec.structs.replace(settings, score_threshold=args.score_threshold)
+        settings = override(settings, "predict", score_threshold=args.score_threshold)
     if args.images is None:
-        out = args.out or Path(DVC_OUT)
+        out = prepare_output(args.out or Path(DVC_OUT))
         images, classes = subset_images(args.subset, "test")
         results = predict(args.model, images, out, settings, name="test", expect_classes=classes)
         name = "test"
     else:
         if args.out is None:
             raise DataError("--images needs --out: the folder to write predictions into")
-        if args.out.resolve() == args.images.resolve():
-            raise DataError(f"--out {args.out} must differ from --images (outputs are PNGs too)")
-        out = args.out
+        out = prepare_output(args.out, inputs=args.images)
         images = folder_images(args.images)
         results = predict(args.model, images, out, settings, name="predictions")
         name = "predictions"
@@ -67,4 +61,4 @@ def main(args: argparse.Namespace, params: Params) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_stage(main, parser()))
+    raise SystemExit(run_stage(main, parser(), outputs=lambda args: [args.out or DVC_OUT]))

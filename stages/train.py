@@ -26,4 +26,4 @@ def parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    sys.exit(run_stage(main, parser()))
+    sys.exit(run_stage(main, parser(), outputs=lambda args: [args.out, args.reports]))

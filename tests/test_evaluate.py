@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -283,6 +284,31 @@ def test_a_bad_predictions_file_stops_naming_the_file_and_the_id(
     assert stage(params_file, subset, "--predictions", preds_file, "--out", out) == 2
     err = capsys.readouterr().err
     assert f"error: {preds_file}: " in err and message in err
+    assert not out.exists()
+
+
+def test_predictions_made_for_a_reordered_class_list_are_refused(
+    subset, params_file, tmp_path, capsys
+):
+    """Stage infer records the class names; evaluate checks them against the subset's."""
+    model_file = save_model(tiny_model(), tmp_path / "model.pt")
+    assert infer_then_evaluate(params_file, subset, model_file, tmp_path) == 0
+    preds_file = tmp_path / "eval" / "predictions.json"
+    recorded = json.loads((tmp_path / "eval" / "predictions.classes.json").read_text())
+    assert recorded == {"classes": CLASSES}
+    # subset.classes reordered and the subset rebuilt; the old predictions were not redone
+    reordered = [CLASSES[1], CLASSES[0], *CLASSES[2:]]
+    gt_file = tmp_path / "reordered" / "annotations" / "val.json"
+    shutil.copytree(subset, tmp_path / "reordered")
+    gt = json.loads(gt_file.read_text())
+    gt["categories"] = [{**c, "name": reordered[c["id"] - 1]} for c in gt["categories"]]
+    gt_file.write_text(json.dumps(gt))
+    out = tmp_path / "m.json"
+    code = stage(params_file, tmp_path / "reordered", "--predictions", preds_file, "--out", out)
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: {preds_file}: predictions were made for classes ")
+    assert str(CLASSES) in err and str(reordered) in err
     assert not out.exists()
 
 

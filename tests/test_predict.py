@@ -158,11 +158,56 @@ def test_folder_mode_refuses_bad_arguments(tmp_path: Path, capsys, monkeypatch):
     assert "--out" in capsys.readouterr().err
     same = ["--images", str(tmp_path), "--out", str(tmp_path)]
     assert run_stage(predict_stage.main, parser, same) == 2
-    assert "must differ" in capsys.readouterr().err
+    assert "is inside --images" in capsys.readouterr().err
     with pytest.raises(DataError, match=r"no \.jpg"):
         folder_images(tmp_path)
     with pytest.raises(DataError, match="not a folder"):
         folder_images(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("where", ["existing file", "inside the images", "read-only parent"])
+def test_a_bad_out_is_refused_in_one_line_before_the_model_loads(
+    tmp_path: Path, capsys, monkeypatch, where
+):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("RGB", (40, 30)).save(folder / "good.png")
+    if where == "existing file":
+        out, expected = tmp_path / "results.json", "is an existing file"
+        out.write_text("{}")
+    elif where == "inside the images":
+        out, expected = folder / "predictions", "is inside --images"
+    else:
+        out, expected = Path("/proc/cocoseg-out"), "/proc/cocoseg-out: "  # not creatable
+    monkeypatch.chdir(PROJECT)
+    argv = ["--model", str(tmp_path / "absent.pt"), "--images", str(folder), "--out", str(out)]
+    assert run_stage(predict_stage.main, predict_stage.parser(), argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and expected in err[-1], err
+    assert "absent.pt" not in err[-1]  # refused before the model is looked at
+    if where == "existing file":
+        assert out.read_text() == "{}"
+
+
+def test_folder_mode_draws_16_bit_and_transparent_images_as_they_look(
+    model_file: Path, tmp_path: Path
+):
+    gray = np.arange(40 * 30, dtype=np.uint32).reshape(30, 40) % 256
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    sixteen = Image.frombuffer("I;16", (40, 30), (gray * 257).astype("<u2").tobytes(), "raw",
+                               "I;16", 0, 1)  # fmt: skip
+    sixteen.save(folder / "gray16.png")
+    rgba = np.zeros((30, 40, 4), dtype=np.uint8)
+    rgba[:, :20] = (200, 10, 10, 255)  # left half opaque red, right half transparent
+    Image.fromarray(rgba, "RGBA").save(folder / "cutout.png")
+    out = tmp_path / "out"
+    params = PredictParams(score_threshold=1.0, device="cpu")  # nothing kept: the image alone
+    predict(model_file, folder_images(folder), out, params, name="predictions")
+    drawn = np.asarray(Image.open(out / "overlays" / "gray16.png").convert("RGB"))
+    assert (drawn == np.repeat(gray[..., None], 3, axis=2)).all()
+    drawn = np.asarray(Image.open(out / "overlays" / "cutout.png").convert("RGB"))
+    assert (drawn[:, :20] == (200, 10, 10)).all() and (drawn[:, 20:] == 255).all()
 
 
 def test_model_and_subset_classes_must_agree(model_file: Path, tmp_path: Path):
