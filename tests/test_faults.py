@@ -229,7 +229,9 @@ def start(cmd: list[str], cwd: Path = PROJECT) -> subprocess.Popen[str]:
 def wait_for(proc: subprocess.Popen[str], ready: callable, what: str) -> None:
     deadline = time.monotonic() + 300
     while not ready():
-        assert proc.poll() is None, f"ended before {what}: {proc.stderr.read()}"
+        if proc.poll() is not None:
+            stream = proc.stderr or proc.stdout
+            raise AssertionError(f"ended before {what}: {stream.read() if stream else ''}")
         assert time.monotonic() < deadline, f"no {what} after 5 minutes"
         time.sleep(0.05)
 
@@ -315,3 +317,34 @@ def test_sigterm_during_the_subset_downloads_is_one_line_and_leaves_no_partial_f
     assert code == 143 and line.startswith("terminated (SIGTERM)")
     assert temp_files(out) == []
     assert not (out / "stats.json").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_to_dvc_exp_run_reaches_the_stage_which_ends_in_one_line(tmp_path):
+    """`timeout dvc exp run` signals the whole group: DVC, the shell and the stage."""
+    from dvcrepo import dvc, dvc_env, make_dvc_repo
+
+    coco = synthcoco.make_coco_root(tmp_path / "coco", n_train=8, n_val=2, n_test=0, size=(64, 64))
+    params = {
+        "data": {"coco_root": str(coco)},
+        "subset": {"n_train": 6, "n_val": 2, "n_test": 0, "test_from": "val2017",
+                   "strategy": "random", "workers": 2},
+        "train": TRAIN,
+    }  # fmt: skip
+    repo = make_dvc_repo(tmp_path / "repo", params)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "exp", "run"], cwd=repo, env=dvc_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    first = checkpoint_path(repo / "models" / "checkpoints", 1)
+    wait_for(proc, first.exists, "the first checkpoint")
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert "terminated (SIGTERM): outputs written so far are complete" in output, output
+    assert "Traceback" not in output, output
+    assert temp_files(repo / "models") == [] and temp_files(repo / "data") == []
+
+    again = dvc(repo, "exp", "run")
+    assert "resuming after epoch 1 of 2" in again.stdout + again.stderr
+    assert load_record(repo / "models" / "model.pt")["classes"] == synthcoco.TARGET_NAMES

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import synthcoco
+import torch
 from dvcrepo import dvc, make_dvc_repo, run, stages_ran
 from PIL import Image
 from pycocotools.coco import COCO
@@ -69,8 +70,6 @@ def check_outputs(repo: Path) -> None:
     assert summary["val"]["images"] == len(val.getImgIds())
 
     record_keys = {"model", "classes", "arch", "min_size", "max_size", "params"}
-    import torch
-
     record = torch.load(repo / "models" / "model.pt", weights_only=True)
     assert record_keys <= set(record) and record["classes"] == synthcoco.TARGET_NAMES
     assert sorted((repo / "models" / "checkpoints").glob("epoch_*.pt"))
@@ -133,6 +132,10 @@ def test_full_pipeline_on_synthetic_data(tmp_path):
     assert (repo / "models" / "model.pt").read_bytes() == model_bytes
     assert (repo / "data" / "subset" / "annotations" / "train.json").exists()
     run(repo, "git", "checkout", "params.yaml")
+    infinite = dvc(repo, "exp", "run", "-S", "train.lr=.inf", check=False)
+    assert infinite.returncode != 0
+    assert "train.lr = inf must be a finite number" in infinite.stdout + infinite.stderr
+    run(repo, "git", "checkout", "params.yaml")
 
     # A misspelt section is named, though no stage reads it.
     params = (repo / "params.yaml").read_text()
@@ -142,8 +145,11 @@ def test_full_pipeline_on_synthetic_data(tmp_path):
     assert "unknown key 'evalute' (did you mean 'evaluate'?)" in misspelt.stdout + misspelt.stderr
     (repo / "params.yaml").write_text(params)
 
-    exp = dvc(repo, "exp", "run", "-S", "train.lr=0.01")
+    # The way most people write a small rate: DVC writes it as YAML 1.2's `1e-05`.
+    exp = dvc(repo, "exp", "run", "-S", "train.lr=1e-5")
     assert stages_ran(exp.stdout) == CHECK | {"train", "infer", "evaluate", "predict"}, exp.stdout
+    assert "lr: 1e-05" in (repo / "params.yaml").read_text()
+    assert torch.load(repo / "models" / "model.pt", weights_only=True)["params"]["lr"] == 1e-5
 
     diff = dvc(repo, "metrics", "diff", "HEAD", "--all", "--json")
     changed = json.loads(diff.stdout)
