@@ -15,10 +15,10 @@ first that applies in this precedence:
 6. background: none of these.
 
 Prediction errors count under the predicted class. Every non-crowd ground truth left without
-a true positive is `missed` under its own class, split by its annotation's `area` as COCO
-does: small < 32², large > 96², medium between. A ground truth behind a classification or
-localisation error is therefore also missed (TIDE would not count it twice; we keep the
-rule simple and the confusion rows say both).
+a true positive is `missed` under its own class, split by its annotation's `area` into
+COCOeval's ranges (`cocoseg.coco`): small <= 32² < medium <= 96² < large. A ground truth
+behind a classification or localisation error is therefore also missed (TIDE would not count
+it twice; we keep the rule simple and the confusion rows say both).
 
 ΔAP per type, on pycocotools' own COCOeval (segm AP@[.5:.95], overall and per class):
 AP with that type's errors removed minus AP of all predictions. Prediction errors are
@@ -42,6 +42,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from cocoseg import metrics
+from cocoseg.coco import SIZE_NAMES, size_name
 from cocoseg.io import write_csv, write_json
 from cocoseg.metrics import (
     MATCH_IOU,
@@ -54,10 +55,9 @@ from cocoseg.metrics import (
 )
 
 LOCALISATION_IOU = 0.1
-SMALL_AREA, LARGE_AREA = 32**2, 96**2
 TP, CROWD = "true positive", "ignored (crowd)"
 PREDICTION_ERRORS = ("localisation", "classification", "duplicate", "background")
-MISSED_SIZES = ("missed_small", "missed_medium", "missed_large")
+MISSED_SIZES = tuple(f"missed_{size}" for size in SIZE_NAMES)
 ERROR_TYPES = PREDICTION_ERRORS + MISSED_SIZES
 DELTA_TYPES = (*PREDICTION_ERRORS, "missed")
 BACKGROUND = "background"
@@ -158,10 +158,7 @@ def classify(
 
 def missed_size(ann: dict[str, Any]) -> str:
     """missed_small / missed_medium / missed_large from the annotation's `area` field."""
-    area = float(ann["area"])
-    if area < SMALL_AREA:
-        return "missed_small"
-    return "missed_large" if area > LARGE_AREA else "missed_medium"
+    return f"missed_{size_name(float(ann['area']))}"
 
 
 # --- counts, confusion and worst images ---------------------------------------------------------
