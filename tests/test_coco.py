@@ -9,7 +9,7 @@ import maskcases
 import pytest
 from pycocotools.cocoeval import COCOeval, Params
 
-from cocoseg import coco, eda, metrics
+from cocoseg import coco, eda, matching, metrics
 from cocoseg import error_analysis as ea
 from cocoseg.errors import DataError
 
@@ -57,7 +57,7 @@ def test_eda_and_error_breakdown_bin_the_boundary_areas_alike():
     areas = (1024.0, 9216.0, 9216.5)
     gt = objects_with_areas(areas)
     summary = eda.split_summary(gt.dataset, {1: "a"})["per_class"]["a"]
-    missed = ea.error_counts(ea.classify(gt, [], 0.0))["a"]  # no predictions: all missed
+    missed = ea.error_counts(matching.match(gt, []))["a"]  # no predictions: every one missed
     assert {k: summary[k] for k in coco.SIZE_NAMES} == {"small": 1, "medium": 1, "large": 1}
     assert {k: missed[f"missed_{k}"] for k in coco.SIZE_NAMES} == {k: 1 for k in coco.SIZE_NAMES}
 
