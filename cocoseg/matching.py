@@ -6,7 +6,7 @@ pycocotools' mask IoU, crowd regions' being |d∩g|/|d|. Each prediction in scor
 exactly one outcome, the first that applies:
 
 1. true positive: takes the free ground truth of its class it overlaps most at IoU >= 0.5
-   (ties to the first annotation);
+   (ties to the later annotation, as COCOeval);
 2. crowd-ignored: no free ground truth, but a crowd region of its class covers it (IoU >= 0.5);
    ignored as COCOeval does, neither a hit nor an error;
 3. duplicate: a ground truth of its class at IoU >= 0.5 exists, already taken by a higher score;
@@ -171,7 +171,7 @@ class _ImageMatch:
             self.overlaps[j].append(Overlap(dt["score"], *overlap))
         candidates = np.where(same[:n] & self.free & (row[:n] >= MATCH_IOU), row[:n], -1.0)
         if n and candidates.max() >= 0:
-            taken = int(candidates.argmax())
+            taken = n - 1 - int(candidates[::-1].argmax())  # ties to the later, as COCOeval
             self.free[taken] = False
             return Verdict(dt, TP, dt["category_id"], self.gts[taken]["id"])
         if (same[n:] & (row[n:] >= MATCH_IOU)).any():

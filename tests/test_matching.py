@@ -70,6 +70,22 @@ def test_the_matching_at_a_threshold_is_the_all_scores_matching_restricted(
     direct = matching.match(gt, preds, threshold, max_dets=max_dets)
     assert summary(everything.at(threshold)) == summary(direct)
     assert summary(everything.at(threshold).at(0.0)) == summary(direct)  # a view stays a view
+    kept = [p for p in preds if p["score"] >= threshold]
+    assert our_outcomes(direct, kept) == cocoeval_outcomes(gt, kept, max_dets)
+
+
+def test_a_tie_goes_to_the_later_ground_truth_as_in_cocoeval():
+    # The first prediction overlaps both objects at IoU 80/120; the second only the first, at
+    # 0.9. Taking the later object on the tie leaves the first free: two hits, no miss.
+    first, second = maskcases.box(0, 0, 10, 10, (20, 20)), maskcases.box(4, 0, 14, 10, (20, 20))
+    gt = maskcases.gt_coco({1: [(1, first), (1, second)]}, {1: "a"}, (20, 20))
+    preds = [
+        maskcases.pred(1, 1, maskcases.box(2, 0, 12, 10, (20, 20)), 0.9),
+        maskcases.pred(1, 1, maskcases.box(0, 0, 9, 10, (20, 20)), 0.8),
+    ]
+    found = matching.match(gt, preds)
+    assert [(v.outcome, v.gt_id) for v in found.verdicts] == [(TP, 2), (TP, 1)]
+    assert our_outcomes(found, preds) == cocoeval_outcomes(gt, preds)
 
 
 # --- against pycocotools' own matching on real COCO annotations -------------------------------
