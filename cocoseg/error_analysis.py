@@ -1,4 +1,4 @@
-"""Why mask AP is lost: a TIDE-style error matched, read off the one matching.
+"""Why mask AP is lost: a TIDE-style error breakdown, read off the one matching.
 
 Each prediction taking part has one outcome of `cocoseg.matching` (true positive,
 crowd-ignored, or the error types duplicate, classification, localisation, background;
@@ -41,11 +41,6 @@ DELTA_TYPES = (*PREDICTION_ERRORS, "missed")
 BACKGROUND = "background"
 
 
-def missed_size(ann: dict[str, Any]) -> str:
-    """missed_small / missed_medium / missed_large from the annotation's `area` field."""
-    return f"missed_{size_name(float(ann['area']))}"
-
-
 # --- counts, confusion and worst images ---------------------------------------------------------
 
 
@@ -53,7 +48,7 @@ def error_counts(matched: Matching) -> dict[str, dict[str, int]]:
     """Counts per class name and type, plus `all`; prediction errors under the predicted class."""
     tallies = {name: Counter() for name in [*matched.names.values(), "all"]}
     found = [(v.pred["category_id"], v.outcome) for v in matched.verdicts]
-    found += [(a["category_id"], missed_size(a)) for a in matched.missed]
+    found += [(a["category_id"], f"missed_{size_name(a['area'])}") for a in matched.missed]
     for cat_id, outcome in found:
         if outcome in ERROR_TYPES:
             tallies[matched.names[cat_id]][outcome] += 1

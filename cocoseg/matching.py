@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -106,22 +106,16 @@ def pair_overlap(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float]:
     return inter / (total - inter), 2 * inter / total
 
 
-def top_predictions(
-    preds: Iterable[dict[str, Any]], score_threshold: float, max_dets: int = MAX_DETS
-) -> list[dict[str, Any]]:
-    """Best-scored first (stable, as COCOeval sorts), capped at max_dets, then thresholded."""
-    ranked = sorted(preds, key=lambda p: -p["score"])[:max_dets]
-    return [p for p in ranked if p["score"] >= score_threshold]
-
-
 def _considered(preds: Sequence[dict[str, Any]], threshold: float, max_dets: int) -> dict:
-    """Per image, the predictions taking part, best score first (capped per image and class)."""
+    """Per image, the predictions taking part, best score first: per class the best max_dets
+    (a stable sort, as COCOeval's) scoring >= threshold."""
     groups: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
     for pred in preds:
         groups[pred["image_id"], pred["category_id"]].append(pred)
     per_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for (image_id, _), group in groups.items():
-        per_image[image_id] += top_predictions(group, threshold, max_dets)
+        ranked = sorted(group, key=lambda p: -p["score"])[:max_dets]
+        per_image[image_id] += [p for p in ranked if p["score"] >= threshold]
     return {i: sorted(dts, key=lambda p: -p["score"]) for i, dts in per_image.items()}
 
 
@@ -151,15 +145,12 @@ class _ImageMatch:
 
     def judge_all(self, dts: list[dict[str, Any]]) -> list[Verdict]:
         """The verdicts of the image's predictions, given best score first."""
-        return [self._judge(dt, row) for dt, row in zip(dts, self._ious(dts), strict=True)]
-
-    def _ious(self, dts: list[dict[str, Any]]) -> np.ndarray:
-        """Mask IoU [dts, gts then crowd regions]; crowd regions use |d∩g|/|d|."""
-        if not dts or not self.regions:
-            return np.zeros((len(dts), len(self.regions)))
-        crowd = [int(bool(a.get("iscrowd"))) for a in self.regions]
-        ious = mask_utils.iou([d["segmentation"] for d in dts], self.rles, crowd)
-        return np.asarray(ious).reshape(len(dts), len(self.regions))
+        ious = np.zeros((len(dts), len(self.regions)))
+        if dts and self.regions:  # crowd regions' IoU is |d∩g|/|d|
+            crowd = [int(bool(a.get("iscrowd"))) for a in self.regions]
+            found = mask_utils.iou([d["segmentation"] for d in dts], self.rles, crowd)
+            ious = np.asarray(found).reshape(ious.shape)
+        return [self._judge(dt, row) for dt, row in zip(dts, ious, strict=True)]
 
     def _judge(self, dt: dict[str, Any], row: np.ndarray) -> Verdict:
         """The verdict of the next prediction from its IoU row; takes the ground truth it hits."""

@@ -239,10 +239,8 @@ def class_matches(matched: Matching) -> dict[int, ClassMatch]:
         result[ann["category_id"]].dices.append(dice)
     for verdict in matched.verdicts:
         found = result[verdict.pred["category_id"]]
-        if verdict.outcome == TP:
-            found.tp += 1
-        elif verdict.outcome != CROWD:
-            found.fp += 1
+        found.tp += int(verdict.outcome == TP)
+        found.fp += int(verdict.outcome not in (TP, CROWD))
     return result
 
 
