@@ -1,7 +1,8 @@
 """Exploratory analysis of data/subset: counts and sizes per split, and the figures that show them.
 
 Crowd annotations (iscrowd 1) are not instances: they are counted separately. Object sizes
-use COCO's bins on the annotation's "area": small < 32², medium < 96², large otherwise.
+use COCOeval's ranges on the annotation's "area" (`cocoseg.coco`): small <= 32² < medium <= 96²
+< large.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from cocoseg.coco import SIZE_NAMES, size_name
 from cocoseg.config import EdaParams
 from cocoseg.errors import DataError
 from cocoseg.images import read_rgb
@@ -34,11 +36,10 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 REQUIRED_SPLITS = ("train", "val")
-SIZE_BINS = (("small", 32**2), ("medium", 96**2), ("large", float("inf")))
 SIZE_LABELS = {
-    "small": "small (area < 32²)",
-    "medium": "medium (32² ≤ area < 96²)",
-    "large": "large (area ≥ 96²)",
+    "small": "small (area ≤ 32²)",
+    "medium": "medium (32² < area ≤ 96²)",
+    "large": "large (area > 96²)",
 }
 SIZE_HATCH = {"small": "..", "medium": "///", "large": ""}  # bars keep the class colour
 SPLIT_COLORS = {"train": "#8c564b", "val": "#7f7f7f", "test": "#bcbd22"}
@@ -100,11 +101,6 @@ def category_names(cocos: Mapping[str, dict[str, Any]]) -> dict[int, str]:
     return names or {}
 
 
-def size_bin(area: float) -> str:
-    """COCO's size bin for an object area in pixels."""
-    return next(name for name, upper in SIZE_BINS if area < upper)
-
-
 # ---------------------------------------------------------------- counting
 
 
@@ -119,8 +115,8 @@ def split_summary(coco: Mapping[str, Any], categories: Mapping[int, str]) -> dic
     for cat_id, name in categories.items():
         mine = [a for a in objects if a["category_id"] == cat_id]
         row = {"instances": len(mine), "images": len({a["image_id"] for a in mine})}
-        bins = Counter(size_bin(a["area"]) for a in mine)
-        row.update({b: bins.get(b, 0) for b, _ in SIZE_BINS})
+        bins = Counter(size_name(a["area"]) for a in mine)
+        row.update({b: bins.get(b, 0) for b in SIZE_NAMES})
         per_class[name] = row
     summary.update(
         instances=len(objects),

@@ -1,228 +1,103 @@
-"""Why mask AP is lost: a TIDE-style error breakdown from ground truth and saved predictions.
+"""Why mask AP is lost: a TIDE-style error breakdown, read off the one matching.
 
-Each prediction taking part (score >= the threshold, at most `max_dets` per image and class,
-best scores first) gets exactly one outcome from mask IoU (pycocotools, crowd-aware), the
-first that applies in this precedence:
-
-1. true positive: matches a free ground truth of its class at IoU >= 0.5 (COCOeval's greedy
-   matching in score order, best IoU first);
-2. crowd-ignored: no free ground truth, but a crowd region of its class covers it
-   (|d∩g|/|d| >= 0.5); ignored as COCOeval does, neither a hit nor an error;
-3. duplicate: a ground truth of its class at IoU >= 0.5 exists, already taken by a higher
-   score;
-4. classification: a (non-crowd) ground truth of another class at IoU >= 0.5;
-5. localisation: a ground truth of its class at 0.1 <= IoU < 0.5;
-6. background: none of these.
-
-Prediction errors count under the predicted class. Every non-crowd ground truth left without
-a true positive is `missed` under its own class, split by its annotation's `area` as COCO
-does: small < 32², large > 96², medium between. A ground truth behind a classification or
-localisation error is therefore also missed (TIDE would not count it twice; we keep the
-rule simple and the confusion rows say both).
+Each prediction taking part has one outcome of `cocoseg.matching` (true positive,
+crowd-ignored, or the error types duplicate, classification, localisation, background;
+see there for their precedence). Prediction errors count under the predicted class. Every
+non-crowd ground truth left without a true positive is `missed` under its own class, split
+by its annotation's `area` into COCOeval's ranges (`cocoseg.coco`: small <= 32² < medium
+<= 96² < large). A ground truth behind a classification or localisation error is therefore
+also missed (TIDE would not count it twice; we keep the rule simple and the confusion rows
+say both).
 
 ΔAP per type, on pycocotools' own COCOeval (segm AP@[.5:.95], overall and per class):
 AP with that type's errors removed minus AP of all predictions. Prediction errors are
 *removed* (not TIDE's fix): ΔAP measures the precision they cost. Missed ground truths are
 removed from the ground truth (TIDE's rule for missed errors); a class whose ground truths
-are all missed then has no AP and its ΔAP is None. ΔAP classifies every prediction
-(no score threshold), so its base is the report's segm AP.
+are all missed then has no AP and its ΔAP is None. ΔAP reads the matching of every
+prediction (no score threshold), so its base is the report's segm AP; counts and confusion
+read it restricted to the score threshold.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from cocoseg import metrics
+from cocoseg.coco import SIZE_NAMES, size_name
 from cocoseg.io import write_csv, write_json
-from cocoseg.metrics import (
-    MATCH_IOU,
-    MAX_DETS,
-    Number,
-    coco_from_dataset,
-    rounded,
-    run_cocoeval,
-    top_predictions,
-)
+from cocoseg.matching import CROWD, PREDICTION_ERRORS, TP, Matching
+from cocoseg.metrics import Number, coco_from_dataset, rounded, run_cocoeval
 
-LOCALISATION_IOU = 0.1
-SMALL_AREA, LARGE_AREA = 32**2, 96**2
-TP, CROWD = "true positive", "ignored (crowd)"
-PREDICTION_ERRORS = ("localisation", "classification", "duplicate", "background")
-MISSED_SIZES = ("missed_small", "missed_medium", "missed_large")
+MISSED_SIZES = tuple(f"missed_{size}" for size in SIZE_NAMES)
 ERROR_TYPES = PREDICTION_ERRORS + MISSED_SIZES
 DELTA_TYPES = (*PREDICTION_ERRORS, "missed")
 BACKGROUND = "background"
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """One prediction's outcome; `gt_category_id` is the class it hit (TP, classification)."""
-
-    pred: dict[str, Any]
-    outcome: str
-    gt_category_id: int | None = None
-
-
-@dataclass
-class Breakdown:
-    """Every considered prediction's verdict and every non-crowd ground truth's fate."""
-
-    verdicts: list[Verdict]
-    matched: list[dict[str, Any]]
-    missed: list[dict[str, Any]]
-    names: dict[int, str]
-
-
-# --- classifying ------------------------------------------------------------------------------
-
-
-def _considered(preds: Sequence[dict[str, Any]], threshold: float, max_dets: int) -> dict:
-    """Per image, the predictions taking part, best score first (capped per image and class)."""
-    groups: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
-    for pred in preds:
-        groups[pred["image_id"], pred["category_id"]].append(pred)
-    per_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for (image_id, _), group in groups.items():
-        per_image[image_id] += top_predictions(group, threshold, max_dets)
-    return {i: sorted(dts, key=lambda p: -p["score"]) for i, dts in per_image.items()}
-
-
-def _ious(gt: COCO, dts: list[dict], regions: list[dict]) -> np.ndarray:
-    """Mask IoU [dts, regions]; crowd regions use COCO's |d∩g|/|d|."""
-    if not dts or not regions:
-        return np.zeros((len(dts), len(regions)))
-    rles = [gt.annToRLE(a) for a in regions]
-    crowd = [int(bool(a.get("iscrowd"))) for a in regions]
-    ious = mask_utils.iou([d["segmentation"] for d in dts], rles, crowd)
-    return np.asarray(ious).reshape(len(dts), len(regions))
-
-
-def _error_kind(ious: np.ndarray, same: np.ndarray, gt_cats: np.ndarray) -> tuple[str, int | None]:
-    """(outcome, hit class) of a prediction that is neither a TP nor crowd-ignored."""
-    if (ious[same] >= MATCH_IOU).any():
-        return "duplicate", None
-    other = np.where(~same, ious, -1.0)
-    if other.size and other.max() >= MATCH_IOU:
-        return "classification", int(gt_cats[other.argmax()])
-    if (ious[same] >= LOCALISATION_IOU).any():
-        return "localisation", None
-    return "background", None
-
-
-def _judge_image(gt: COCO, dts: list[dict], anns: list[dict]) -> tuple[list[Verdict], np.ndarray]:
-    """Verdicts for one image's score-sorted predictions; which ground truths were found."""
-    gts = [a for a in anns if not a.get("iscrowd")]
-    crowds = [a for a in anns if a.get("iscrowd")]
-    ious = _ious(gt, dts, gts + crowds)
-    gt_cats = np.array([a["category_id"] for a in gts + crowds], dtype=int)
-    n = len(gts)
-    free = np.ones(n, dtype=bool)
-    verdicts = []
-    for i, dt in enumerate(dts):
-        same = gt_cats == dt["category_id"]
-        candidates = np.where(same[:n] & free & (ious[i, :n] >= MATCH_IOU), ious[i, :n], -1.0)
-        if n and candidates.max() >= 0:
-            free[candidates.argmax()] = False
-            verdicts.append(Verdict(dt, TP, dt["category_id"]))
-        elif (same[n:] & (ious[i, n:] >= MATCH_IOU)).any():
-            verdicts.append(Verdict(dt, CROWD))
-        else:
-            verdicts.append(Verdict(dt, *_error_kind(ious[i, :n], same[:n], gt_cats[:n])))
-    return verdicts, ~free
-
-
-def classify(
-    gt: COCO, preds: Sequence[dict[str, Any]], score_threshold: float, max_dets: int = MAX_DETS
-) -> Breakdown:
-    """Each considered prediction's outcome and each ground truth's, image by image."""
-    per_image = _considered(preds, score_threshold, max_dets)
-    result = Breakdown([], [], [], {c: gt.cats[c]["name"] for c in sorted(gt.cats)})
-    for image_id in sorted(gt.imgs):
-        anns = gt.imgToAnns.get(image_id, [])
-        verdicts, found = _judge_image(gt, per_image.get(image_id, []), anns)
-        result.verdicts += verdicts
-        gts = [a for a in anns if not a.get("iscrowd")]
-        result.matched += [a for a, hit in zip(gts, found, strict=True) if hit]
-        result.missed += [a for a, hit in zip(gts, found, strict=True) if not hit]
-    return result
-
-
-def missed_size(ann: dict[str, Any]) -> str:
-    """missed_small / missed_medium / missed_large from the annotation's `area` field."""
-    area = float(ann["area"])
-    if area < SMALL_AREA:
-        return "missed_small"
-    return "missed_large" if area > LARGE_AREA else "missed_medium"
-
-
 # --- counts, confusion and worst images ---------------------------------------------------------
 
 
-def error_counts(breakdown: Breakdown) -> dict[str, dict[str, int]]:
+def error_counts(matched: Matching) -> dict[str, dict[str, int]]:
     """Counts per class name and type, plus `all`; prediction errors under the predicted class."""
-    tallies = {name: Counter() for name in [*breakdown.names.values(), "all"]}
-    found = [(v.pred["category_id"], v.outcome) for v in breakdown.verdicts]
-    found += [(a["category_id"], missed_size(a)) for a in breakdown.missed]
+    tallies = {name: Counter() for name in [*matched.names.values(), "all"]}
+    found = [(v.pred["category_id"], v.outcome) for v in matched.verdicts]
+    found += [(a["category_id"], f"missed_{size_name(a['area'])}") for a in matched.missed]
     for cat_id, outcome in found:
         if outcome in ERROR_TYPES:
-            tallies[breakdown.names[cat_id]][outcome] += 1
+            tallies[matched.names[cat_id]][outcome] += 1
             tallies["all"][outcome] += 1
     return {name: {t: tally[t] for t in ERROR_TYPES} for name, tally in tallies.items()}
 
 
-def confusion_rows(breakdown: Breakdown) -> list[dict[str, str]]:
+def confusion_rows(matched: Matching) -> list[dict[str, str]]:
     """Rows {actual, predicted} at IoU 0.5 with 'background' for no class; crowd-ignored skip."""
-    names = breakdown.names
+    names = matched.names
     rows = []
-    for v in breakdown.verdicts:
+    for v in matched.verdicts:
         predicted = names[v.pred["category_id"]]
         if v.outcome in (TP, "classification"):
             rows.append({"actual": names[v.gt_category_id], "predicted": predicted})
         elif v.outcome != CROWD:
             rows.append({"actual": BACKGROUND, "predicted": predicted})
-    rows += [{"actual": names[a["category_id"]], "predicted": BACKGROUND} for a in breakdown.missed]
+    rows += [{"actual": names[a["category_id"]], "predicted": BACKGROUND} for a in matched.missed]
     return rows
 
 
-def errors_per_image(breakdown: Breakdown) -> Counter:
+def errors_per_image(matched: Matching) -> Counter:
     """Number of errors (prediction errors and missed ground truths) per image id."""
     count: Counter = Counter(
-        v.pred["image_id"] for v in breakdown.verdicts if v.outcome in PREDICTION_ERRORS
+        v.pred["image_id"] for v in matched.verdicts if v.outcome in PREDICTION_ERRORS
     )
-    count.update(a["image_id"] for a in breakdown.missed)
+    count.update(a["image_id"] for a in matched.missed)
     return count
 
 
-def worst_images(breakdown: Breakdown, n: int) -> list[int]:
+def worst_images(matched: Matching, n: int) -> list[int]:
     """The n image ids with the most errors, ties by smaller id; images without errors never."""
-    ranked = sorted(errors_per_image(breakdown).items(), key=lambda item: (-item[1], item[0]))
+    ranked = sorted(errors_per_image(matched).items(), key=lambda item: (-item[1], item[0]))
     return [image_id for image_id, _ in ranked[:n]]
 
 
-def image_outcomes(breakdown: Breakdown, gt: COCO, image_id: int) -> tuple[list, list]:
+def image_outcomes(matched: Matching, gt: COCO, image_id: int) -> tuple[list, list]:
     """(ground truths, predictions) of one image as annotation copies with an `outcome` key.
 
     Ground truths are TP (found), `missed` or ignored (crowd); for drawing with
     `visualize.error_grid`.
     """
-    missed = {a["id"] for a in breakdown.missed}
+    missed = {a["id"] for a in matched.missed}
     gts = []
     for ann in gt.imgToAnns.get(image_id, []):
         outcome = CROWD if ann.get("iscrowd") else "missed" if ann["id"] in missed else TP
         gts.append({**ann, "outcome": outcome})
     preds = [
-        {**v.pred, "outcome": v.outcome}
-        for v in breakdown.verdicts
-        if v.pred["image_id"] == image_id
+        {**v.pred, "outcome": v.outcome} for v in matched.verdicts if v.pred["image_id"] == image_id
     ]
     return gts, preds
 
@@ -231,13 +106,13 @@ def image_outcomes(breakdown: Breakdown, gt: COCO, image_id: int) -> tuple[list,
 
 
 def fixed_inputs(
-    gt: COCO, breakdown: Breakdown, types: Collection[str]
+    gt: COCO, matched: Matching, types: Collection[str]
 ) -> tuple[COCO, list[dict[str, Any]]]:
     """Ground truth and predictions with `types` errors removed ('missed' drops those gts)."""
-    preds = [v.pred for v in breakdown.verdicts if v.outcome not in types]
-    if "missed" not in types or not breakdown.missed:
+    preds = [v.pred for v in matched.verdicts if v.outcome not in types]
+    if "missed" not in types or not matched.missed:
         return gt, preds
-    drop = {a["id"] for a in breakdown.missed}
+    drop = {a["id"] for a in matched.missed}
     anns = [a for a in gt.dataset["annotations"] if a["id"] not in drop]
     return coco_from_dataset({**gt.dataset, "annotations": anns}), preds
 
@@ -251,26 +126,26 @@ def _difference(fixed: Number, base: Number) -> Number:
     return None if fixed is None or base is None else fixed - base
 
 
-def _occurs(breakdown: Breakdown, error_type: str) -> bool:
+def _occurs(matched: Matching, error_type: str) -> bool:
     if error_type == "missed":
-        return bool(breakdown.missed)
-    return any(v.outcome == error_type for v in breakdown.verdicts)
+        return bool(matched.missed)
+    return any(v.outcome == error_type for v in matched.verdicts)
 
 
 def delta_ap(
-    gt: COCO, breakdown: Breakdown, base: dict[str, Number] | None = None
+    gt: COCO, matched: Matching, base: dict[str, Number] | None = None
 ) -> dict[str, dict[str, Number]]:
     """ΔAP per type, {'all' | class name: {type: AP(fixed) - AP(base)}}; 0 where none occur.
 
-    The base is COCOeval over the breakdown's predictions, so pass a breakdown of every
-    prediction (`classify(gt, preds, -math.inf)`) to explain the report's segm AP; `base`,
+    The base is COCOeval over the matching's predictions, so pass the matching of every
+    prediction (`matching.match(gt, preds)`) to explain the report's segm AP; `base`,
     when given, is that AP already computed (`metrics.Evaluation.mask_ap`), not recomputed.
     """
-    base = base or mask_ap(*fixed_inputs(gt, breakdown, ()))
+    base = base or mask_ap(*fixed_inputs(gt, matched, ()))
     result: dict[str, dict[str, Number]] = {key: {} for key in base}
     for error_type in DELTA_TYPES:
-        occurs = _occurs(breakdown, error_type)
-        fixed = mask_ap(*fixed_inputs(gt, breakdown, {error_type})) if occurs else base
+        occurs = _occurs(matched, error_type)
+        fixed = mask_ap(*fixed_inputs(gt, matched, {error_type})) if occurs else base
         for key, value in base.items():
             result[key][error_type] = _difference(fixed[key], value) if occurs else 0.0
     return result
@@ -281,31 +156,29 @@ def delta_ap(
 
 @dataclass
 class ErrorReport:
-    """Counts and confusion at the score threshold, ΔAP over every prediction."""
+    """Counts and confusion at the score threshold (its matching), ΔAP over every prediction."""
 
-    breakdown: Breakdown
+    matching: Matching
     counts: dict[str, dict[str, int]]
     delta_ap: dict[str, dict[str, Number]]
     confusion: list[dict[str, str]]
 
 
 def analyse(
-    gt: COCO,
-    preds: Sequence[dict[str, Any]],
-    score_threshold: float,
-    base_ap: dict[str, Number] | None = None,
+    gt: COCO, matched: Matching, score_threshold: float, base_ap: dict[str, Number] | None = None
 ) -> ErrorReport:
-    """The whole breakdown of checked predictions (see the module docstring).
+    """The whole breakdown from the matching of every prediction (see the module docstring).
 
     `base_ap`: the mask AP of all predictions when the caller has it (metrics.evaluate's).
     """
-    breakdown = classify(gt, preds, score_threshold)
-    everything = breakdown if score_threshold == -math.inf else classify(gt, preds, -math.inf)
+    if matched.score_threshold != -math.inf:
+        raise ValueError("the error breakdown needs the matching of every prediction (ΔAP)")
+    kept = matched.at(score_threshold)
     return ErrorReport(
-        breakdown=breakdown,
-        counts=error_counts(breakdown),
-        delta_ap=delta_ap(gt, everything, base_ap),
-        confusion=confusion_rows(breakdown),
+        matching=kept,
+        counts=error_counts(kept),
+        delta_ap=delta_ap(gt, matched, base_ap),
+        confusion=confusion_rows(kept),
     )
 
 

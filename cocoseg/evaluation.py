@@ -21,9 +21,9 @@ from cocoseg.io import safe_join
 def score(
     gt: COCO, preds: list[dict], p: EvaluateParams
 ) -> tuple[metrics.Evaluation, error_analysis.ErrorReport]:
-    """Every metric of the report plus the error breakdown, merged into one metrics dict."""
+    """Every metric of the report plus the error breakdown (both read one matching), merged."""
     evaluation = metrics.evaluate(gt, preds, p.score_threshold)
-    errors = error_analysis.analyse(gt, preds, p.score_threshold, evaluation.mask_ap)
+    errors = error_analysis.analyse(gt, evaluation.matching, p.score_threshold, evaluation.mask_ap)
     evaluation.metrics.update(error_analysis.error_metrics(errors))
     return evaluation, errors
 
@@ -79,12 +79,12 @@ def draw_worst(
     gt: COCO, errors: error_analysis.ErrorReport, images_dir: Path, p: EvaluateParams, path: Path
 ) -> None:
     """The n_worst images with the most errors, each error in its type's colour."""
-    ids = error_analysis.worst_images(errors.breakdown, p.n_worst)
+    ids = error_analysis.worst_images(errors.matching, p.n_worst)
     if not ids:
         visualize.note_figure(f"No errors at score ≥ {p.score_threshold:g}", path)
         return
     rows = [
-        (_image(gt, images_dir, i), *error_analysis.image_outcomes(errors.breakdown, gt, i))
+        (_image(gt, images_dir, i), *error_analysis.image_outcomes(errors.matching, gt, i))
         for i in ids
     ]
     categories = {c: gt.cats[c]["name"] for c in sorted(gt.cats)}
@@ -96,5 +96,5 @@ def draw_worst(
 
 def _error_counts(errors: error_analysis.ErrorReport, ids: list[int]) -> list[int]:
     """How many errors each of these images has."""
-    per_image = error_analysis.errors_per_image(errors.breakdown)
+    per_image = error_analysis.errors_per_image(errors.matching)
     return [per_image[i] for i in ids]

@@ -2,10 +2,9 @@
 
 Conventions shared by every number here:
 - Ground truth is a pycocotools `COCO`; predictions are COCO results dicts (RLE masks).
-- Crowd regions are never ground truths to find; a prediction lying on one (COCO's crowd
-  overlap |d∩g|/|d| >= 0.5) is ignored rather than counted as a false positive.
-- Like COCOeval, at most `max_dets` (100) predictions per image and class, best scores
-  first, take part.
+- Greedy IoU, Dice and P/R/F1 read the one matching of `cocoseg.matching` (COCOeval's
+  at IoU 0.5, at most 100 predictions per image and class; a prediction on a crowd region
+  is ignored rather than counted as a false positive).
 - A ratio with nothing to divide by (a class without ground truth, no predictions at all)
   is None, written as JSON null; COCO's -1 for a class without ground truth becomes None.
 """
@@ -15,8 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from pycocotools.cocoeval import COCOeval
 from cocoseg.errors import DataError
 from cocoseg.inputs import classes_path
 from cocoseg.io import read_json, write_csv, write_json
+from cocoseg.matching import CROWD, TP, Matching, match
 
 SUMMARY_NAMES = (
     "AP",
@@ -45,8 +44,6 @@ SUMMARY_NAMES = (
     "ARl",
 )
 IOU_TYPES = ("segm", "bbox")
-MATCH_IOU = 0.5
-MAX_DETS = 100
 DECIMALS = 6
 PER_CLASS_METRICS = ("segm_AP", "bbox_AP")  # the per-class numbers metrics.json keeps
 
@@ -233,16 +230,7 @@ def pr_curves(evaluator: COCOeval) -> dict[str, np.ndarray]:
     return {"iou50": precision[t50], "iou50_95": precision.mean(axis=0)}
 
 
-# --- greedy IoU, Dice and one-to-one matching -----------------------------------------------
-
-
-def pair_overlap(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float]:
-    """(IoU, Dice) of two RLE masks from their intersection; both 0 when both are empty."""
-    inter = float(mask_utils.area(mask_utils.merge([a, b], intersect=True)))
-    total = float(mask_utils.area(a)) + float(mask_utils.area(b))
-    if total == 0:
-        return 0.0, 0.0
-    return inter / (total - inter), 2 * inter / total
+# --- greedy IoU, Dice and one-to-one counts, read off the matching ----------------------------
 
 
 @dataclass
@@ -263,87 +251,17 @@ class ClassMatch:
         return self.n_gt - self.tp
 
 
-def greedy_pairs(
-    dts: Sequence[dict[str, Any]], gts: Sequence[dict[str, Any]], ious: np.ndarray
-) -> list[tuple[float, float]]:
-    """Per ground truth, (IoU, Dice) with the prediction overlapping it most; (0, 0) if none.
-
-    A prediction may serve several ground truths; ties go to the higher score.
-    """
-    if not dts:
-        return [(0.0, 0.0)] * len(gts)
-    best = ious.argmax(axis=0)
-    return [
-        pair_overlap(dts[d], g) if ious[d, j] > 0 else (0.0, 0.0)
-        for j, (d, g) in enumerate(zip(best, gts, strict=True))
-    ]
-
-
-def one_to_one(ious: np.ndarray, n_gt: int, threshold: float = MATCH_IOU) -> tuple[int, int]:
-    """(true, false positives) matching predictions in score order as COCOeval does.
-
-    Columns past `n_gt` are crowd regions (crowd overlap): a prediction that finds no free
-    ground truth at `threshold` but lies on a crowd region is ignored.
-    """
-    free = np.ones(n_gt, dtype=bool)
-    tp = fp = 0
-    for row in ious:
-        candidates = np.where(free & (row[:n_gt] >= threshold), row[:n_gt], -1.0)
-        if n_gt and candidates.max() >= 0:
-            free[candidates.argmax()] = False
-            tp += 1
-        elif not (row[n_gt:] >= threshold).any():
-            fp += 1
-    return tp, fp
-
-
-def top_predictions(
-    preds: Iterable[dict[str, Any]], score_threshold: float, max_dets: int = MAX_DETS
-) -> list[dict[str, Any]]:
-    """Best-scored first (stable, as COCOeval sorts), capped at max_dets, then thresholded."""
-    ranked = sorted(preds, key=lambda p: -p["score"])[:max_dets]
-    return [p for p in ranked if p["score"] >= score_threshold]
-
-
-def match_group(
-    dts: Sequence[dict[str, Any]], gts: Sequence[dict[str, Any]], crowds: Sequence[dict[str, Any]]
-) -> ClassMatch:
-    """Greedy pairs and one-to-one counts for one image and class (RLEs, dts score-sorted)."""
-    regions = [*gts, *crowds]
-    iscrowd = [0] * len(gts) + [1] * len(crowds)
-    if dts and regions:
-        ious = np.asarray(mask_utils.iou(list(dts), regions, iscrowd)).reshape(len(dts), -1)
-    else:
-        ious = np.zeros((len(dts), len(regions)))
-    pairs = greedy_pairs(dts, gts, ious[:, : len(gts)])
-    tp, fp = one_to_one(ious, len(gts))
-    return ClassMatch([p[0] for p in pairs], [p[1] for p in pairs], tp, fp)
-
-
-def instance_matching(
-    gt: COCO,
-    preds: Sequence[dict[str, Any]],
-    score_threshold: float,
-    max_dets: int = MAX_DETS,
-) -> dict[int, ClassMatch]:
-    """Per category id: greedy IoU/Dice per ground-truth instance and one-to-one TP/FP."""
-    groups: dict[tuple[int, int], dict[str, list]] = defaultdict(
-        lambda: {"dts": [], "gts": [], "crowds": []}
-    )
-    for ann in gt.dataset["annotations"]:
-        kind = "crowds" if ann.get("iscrowd") else "gts"
-        groups[ann["image_id"], ann["category_id"]][kind].append(gt.annToRLE(ann))
-    for pred in preds:
-        groups[pred["image_id"], pred["category_id"]]["dts"].append(pred)
-    result = {cat_id: ClassMatch() for cat_id in sorted(gt.cats)}
-    for (_, cat_id), group in groups.items():
-        dts = [p["segmentation"] for p in top_predictions(group["dts"], score_threshold, max_dets)]
-        found = match_group(dts, group["gts"], group["crowds"])
-        total = result[cat_id]
-        total.ious += found.ious
-        total.dices += found.dices
-        total.tp += found.tp
-        total.fp += found.fp
+def class_matches(matched: Matching) -> dict[int, ClassMatch]:
+    """Per category id: greedy IoU/Dice of each ground truth; TP and FP (crowd-ignored aside)."""
+    result = {cat_id: ClassMatch() for cat_id in matched.names}
+    for ann in matched.ground_truths:
+        iou, dice = matched.best_overlap(ann)
+        result[ann["category_id"]].ious.append(iou)
+        result[ann["category_id"]].dices.append(dice)
+    for verdict in matched.verdicts:
+        found = result[verdict.pred["category_id"]]
+        found.tp += int(verdict.outcome == TP)
+        found.fp += int(verdict.outcome not in (TP, CROWD))
     return result
 
 
@@ -388,6 +306,7 @@ class Evaluation:
     recall: np.ndarray
     class_names: list[str]
     mask_ap: dict[str, Number]  # segm AP unrounded: 'all' and per class (error analysis's base)
+    matching: Matching  # of every prediction (the error analysis reads it too)
 
 
 def mask_ap(gt: COCO, evaluator: COCOeval) -> dict[str, Number]:
@@ -413,7 +332,8 @@ def evaluate(gt: COCO, preds: Sequence[dict[str, Any]], score_threshold: float) 
     least `score_threshold`. Like COCOeval, this turns gt's polygons into RLEs in place.
     """
     evaluators = {t: run_cocoeval(gt, preds, t) for t in IOU_TYPES}
-    matches = instance_matching(gt, preds, score_threshold)
+    matched = match(gt, preds)
+    matches = class_matches(matched.at(score_threshold))
     per_type = {t: per_class_ap(e) for t, e in evaluators.items()}
     names = {cat_id: gt.cats[cat_id]["name"] for cat_id in matches}
     rows = [
@@ -437,6 +357,7 @@ def evaluate(gt: COCO, preds: Sequence[dict[str, Any]], score_threshold: float) 
         recall=evaluators["segm"].params.recThrs,
         class_names=[names[c] for c in matches],
         mask_ap=mask_ap(gt, evaluators["segm"]),
+        matching=matched,
     )
 
 

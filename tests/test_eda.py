@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from cocoseg.config import EdaParams
-from cocoseg.eda import FIGURES, run_eda, sample_ids, size_bin
+from cocoseg.eda import FIGURES, run_eda, sample_ids
 from cocoseg.errors import DataError
 from cocoseg.visualize import class_colors
 
@@ -105,17 +105,6 @@ def test_class_colours_same_across_figures(eda_out: Path):
     for name in ("class_counts.png", "object_sizes.png", "samples.png"):
         for cls in ("person", "book"):
             assert _has_color(eda_out / "figures" / name, colors[cls]), (name, cls)
-
-
-def test_size_bins_follow_coco():
-    assert [size_bin(a) for a in (0, 1023.9, 1024, 9215, 9216, 1e6)] == [
-        "small",
-        "small",
-        "medium",
-        "medium",
-        "large",
-        "large",
-    ]
 
 
 def test_samples_are_seeded_and_prefer_images_with_objects(synthetic_subset: Path):

@@ -6,7 +6,6 @@ import csv
 import functools
 import io
 import json
-import math
 
 import maskcases
 import numpy as np
@@ -15,6 +14,7 @@ from PIL import Image
 
 from cocoseg import error_analysis as ea
 from cocoseg import metrics
+from cocoseg.matching import match
 from cocoseg.visualize import OUTCOME_COLORS, error_bars, error_grid
 
 H = W = 128
@@ -29,6 +29,10 @@ rle, pred = maskcases.rle, maskcases.pred
 
 def checked(gt, preds):
     return metrics.check_predictions(preds, gt, "test")
+
+
+def analyse(gt, preds, threshold, base_ap=None):
+    return ea.analyse(gt, match(gt, checked(gt, preds)), threshold, base_ap)
 
 
 # One prediction of each outcome on image 1; image 2 holds a missed small and a missed large.
@@ -52,15 +56,15 @@ MIXED_PREDS = [
 @pytest.fixture
 def mixed():
     gt = gt_coco(MIXED_GT)
-    return gt, ea.analyse(gt, checked(gt, MIXED_PREDS), score_threshold=0.3)
+    return gt, analyse(gt, MIXED_PREDS, 0.3)
 
 
 def test_each_prediction_gets_its_one_outcome(mixed):
     _, report = mixed
-    outcomes = [v.outcome for v in report.breakdown.verdicts]
+    outcomes = [v.outcome for v in report.matching.verdicts]
     assert outcomes == [ea.TP, ea.TP, "duplicate", "classification", "localisation",
                         "background", ea.CROWD]  # fmt: skip
-    assert [a["id"] for a in report.breakdown.missed] == [3, 5, 6]
+    assert [a["id"] for a in report.matching.missed] == [3, 5, 6]
 
 
 def test_counts_per_class_and_overall(mixed):
@@ -90,8 +94,8 @@ def test_confusion_rows(mixed):
 
 def test_scores_below_the_threshold_take_no_part(mixed):
     gt, _ = mixed
-    report = ea.analyse(gt, checked(gt, MIXED_PREDS), score_threshold=0.85)
-    assert [v.outcome for v in report.breakdown.verdicts] == [ea.TP, ea.TP]
+    report = analyse(gt, MIXED_PREDS, 0.85)
+    assert [v.outcome for v in report.matching.verdicts] == [ea.TP, ea.TP]
     assert report.counts["all"] == {**dict.fromkeys(ea.ERROR_TYPES, 0), "missed_small": 1,
                                     "missed_medium": 1, "missed_large": 1}  # fmt: skip
 
@@ -111,14 +115,14 @@ def test_scores_below_the_threshold_take_no_part(mixed):
 def test_precedence_when_several_outcomes_apply(objects, expected):
     gt = gt_coco({1: objects})
     preds = [pred(1, A, A1, 0.9), pred(1, A, A1, 0.8)]
-    verdicts = ea.classify(gt, checked(gt, preds), 0.0).verdicts
+    verdicts = match(gt, checked(gt, preds), 0.0).verdicts
     assert verdicts[1].outcome == expected
 
 
 def test_perfect_predictions_have_no_errors_and_a_diagonal_confusion():
     gt = gt_coco({1: [(A, A1), (B, B1)], 2: [(B, A2)]})
     preds = [pred(1, A, A1, 0.9), pred(1, B, B1, 0.8), pred(2, B, A2, 0.7)]
-    report = ea.analyse(gt, checked(gt, preds), 0.5)
+    report = analyse(gt, preds, 0.5)
     assert all(n == 0 for counts in report.counts.values() for n in counts.values())
     assert sorted((r["actual"], r["predicted"]) for r in report.confusion) == [
         ("a", "a"),
@@ -126,14 +130,14 @@ def test_perfect_predictions_have_no_errors_and_a_diagonal_confusion():
         ("b", "b"),
     ]
     assert all(d == 0.0 for per_type in report.delta_ap.values() for d in per_type.values())
-    assert ea.worst_images(report.breakdown, 5) == []
+    assert ea.worst_images(report.matching, 5) == []
 
 
 def test_delta_ap_of_absent_types_is_exactly_zero():
     gt = gt_coco({1: [(A, A1)]})
     # The background prediction outscores the true positive: precision 1/2 at recall 1.
     preds = [pred(1, A, box(50, 50, 60, 60), 0.9), pred(1, A, A1, 0.5)]
-    report = ea.analyse(gt, checked(gt, preds), 0.0)
+    report = analyse(gt, preds, 0.0)
     absent = {k: v for k, v in report.delta_ap["all"].items() if k != "background"}
     assert absent == dict.fromkeys(["localisation", "classification", "duplicate", "missed"], 0.0)
     assert report.delta_ap["all"]["background"] == pytest.approx(0.5)
@@ -152,7 +156,7 @@ def test_delta_ap_of_missed_is_the_recall_it_costs(mixed):
 
 def test_removing_every_error_gives_ap_one(mixed):
     gt, _ = mixed
-    everything = ea.classify(gt, checked(gt, MIXED_PREDS), -math.inf)
+    everything = match(gt, checked(gt, MIXED_PREDS))
     base = ea.mask_ap(*ea.fixed_inputs(gt, everything, ()))
     assert base["all"] < 1
     fixed = ea.mask_ap(*ea.fixed_inputs(gt, everything, ea.DELTA_TYPES))
@@ -162,23 +166,22 @@ def test_removing_every_error_gives_ap_one(mixed):
 def test_delta_ap_base_is_the_reports_segm_ap(mixed):
     gt, _ = mixed
     evaluation = metrics.evaluate(gt, checked(gt, MIXED_PREDS), 0.3)
-    everything = ea.classify(gt, checked(gt, MIXED_PREDS), -math.inf)
+    everything = match(gt, checked(gt, MIXED_PREDS))
     base = ea.mask_ap(*ea.fixed_inputs(gt, everything, ()))
     assert round(base["all"], 6) == evaluation.metrics["segm"]["AP"]
     assert base == evaluation.mask_ap  # so the scoring stage hands it over, not recomputes
-    preds = checked(gt, MIXED_PREDS)
     assert (
-        ea.analyse(gt, preds, 0.3, evaluation.mask_ap).delta_ap
-        == ea.analyse(gt, preds, 0.3).delta_ap
+        analyse(gt, MIXED_PREDS, 0.3, evaluation.mask_ap).delta_ap
+        == analyse(gt, MIXED_PREDS, 0.3).delta_ap
     )
 
 
 def test_worst_images_order_by_error_count_then_id():
     small = box(0, 0, 5, 5)
     gt = gt_coco({3: [(A, small), (B, small)], 1: [(A, small)], 2: [(A, small), (B, small)], 4: []})
-    breakdown = ea.classify(gt, [], 0.5)
-    assert ea.worst_images(breakdown, 2) == [2, 3]
-    assert ea.worst_images(breakdown, 10) == [2, 3, 1]
+    matched = match(gt, [], 0.5)
+    assert ea.worst_images(matched, 2) == [2, 3]
+    assert ea.worst_images(matched, 10) == [2, 3, 1]
 
 
 def test_metrics_and_files(mixed, tmp_path):
@@ -211,8 +214,8 @@ def test_every_outcome_has_a_colour():
 def test_error_figures_write_pngs(mixed, tmp_path):
     gt, report = mixed
     rows = []
-    for image_id in ea.worst_images(report.breakdown, 2):
-        gts, preds = ea.image_outcomes(report.breakdown, gt, image_id)
+    for image_id in ea.worst_images(report.matching, 2):
+        gts, preds = ea.image_outcomes(report.matching, gt, image_id)
         rows.append((np.full((H, W, 3), 90, dtype=np.uint8), gts, preds))
     assert {p["outcome"] for p in rows[0][2]} == {ea.TP, ea.CROWD, *ea.PREDICTION_ERRORS}
     assert {g["outcome"] for g in rows[0][1]} == {ea.TP, "missed", ea.CROWD}
@@ -221,3 +224,9 @@ def test_error_figures_write_pngs(mixed, tmp_path):
     for name in ("worst.png", "errors.png"):
         with Image.open(tmp_path / name) as img:
             assert img.format == "PNG" and img.width > 300
+
+
+def test_the_breakdown_refuses_a_thresholded_matching(mixed):
+    gt, _ = mixed  # its ΔAP would explain the AP of the kept predictions, not the report's
+    with pytest.raises(ValueError, match="matching of every prediction"):
+        ea.analyse(gt, match(gt, checked(gt, MIXED_PREDS), 0.3), 0.3)

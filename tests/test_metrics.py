@@ -17,7 +17,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from cocoseg import metrics
+from cocoseg import matching, metrics
 from cocoseg.errors import DataError
 
 H = W = 20
@@ -47,7 +47,7 @@ def test_two_overlapping_squares_have_the_known_iou_and_dice():
 
 
 def test_pair_overlap_counts_pixels():
-    iou, dice = metrics.pair_overlap(rle(box(0, 0, 4, 5)), rle(box(2, 0, 8, 5)))
+    iou, dice = matching.pair_overlap(rle(box(0, 0, 4, 5)), rle(box(2, 0, 8, 5)))
     # |A| = 20, |B| = 30, |A∩B| = 10: IoU 10/40, Dice 20/50.
     assert (iou, dice) == (0.25, 0.4)
 
@@ -279,7 +279,8 @@ def test_coco_numbers_equal_pycocotools_on_real_masks(coco_sample, tmp_path):
     m = assert_same_as_pycocotools(gt_file, preds_file, threshold=0.3)
     assert 0.2 < m["segm"]["AP"] < 1
     iou, dice = greedy_reference(gt, preds, 0.3)
-    found = metrics.instance_matching(gt, metrics.check_predictions(preds, gt, "p"), 0.3)
+    checked = metrics.check_predictions(preds, gt, "p")
+    found = metrics.class_matches(matching.match(gt, checked, 0.3))
     assert np.mean([v for f in found.values() for v in f.ious]) == pytest.approx(iou, abs=1e-12)
     assert np.mean([v for f in found.values() for v in f.dices]) == pytest.approx(dice, abs=1e-12)
     assert m["iou"]["mean"] == round(iou, 6) and m["dice"]["mean"] == round(dice, 6)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from pycocotools import mask as mask_utils
 
-from cocoseg import metrics
+from cocoseg import matching, metrics
 from cocoseg.inference import encode_masks
 
 # Decorator, not a profile: other test files keep their own hypothesis settings.
@@ -33,9 +33,9 @@ def rle(mask: np.ndarray) -> dict:
 @given(mask_pairs())
 def test_iou_and_dice_are_bounded_symmetric_and_agree_with_each_other(pair):
     a, b = pair
-    iou, dice = metrics.pair_overlap(rle(a), rle(b))
+    iou, dice = matching.pair_overlap(rle(a), rle(b))
     assert 0.0 <= iou <= dice <= 1.0
-    assert metrics.pair_overlap(rle(b), rle(a)) == (iou, dice)
+    assert matching.pair_overlap(rle(b), rle(a)) == (iou, dice)
     assert abs(dice - 2 * iou / (1 + iou)) < 1e-12
 
 
@@ -43,7 +43,7 @@ def test_iou_and_dice_are_bounded_symmetric_and_agree_with_each_other(pair):
 @given(mask_pairs())
 def test_iou_and_dice_equal_their_pixel_definitions(pair):
     a, b = pair
-    iou, dice = metrics.pair_overlap(rle(a), rle(b))
+    iou, dice = matching.pair_overlap(rle(a), rle(b))
     inter, union, total = (a & b).sum(), (a | b).sum(), a.sum() + b.sum()
     assert iou == (inter / union if union else 0.0)
     assert dice == (2 * inter / total if total else 0.0)
@@ -56,8 +56,8 @@ def test_iou_and_dice_equal_their_pixel_definitions(pair):
 def test_identical_masks_give_one_and_disjoint_masks_zero(pair):
     a, b = pair
     assume(a.any())
-    assert metrics.pair_overlap(rle(a), rle(a)) == (1.0, 1.0)
-    assert metrics.pair_overlap(rle(a), rle(b & ~a)) == (0.0, 0.0)
+    assert matching.pair_overlap(rle(a), rle(a)) == (1.0, 1.0)
+    assert matching.pair_overlap(rle(a), rle(b & ~a)) == (0.0, 0.0)
 
 
 @SETTINGS
@@ -118,7 +118,7 @@ def test_a_polygon_and_its_rasterised_rle_agree(radius, sides, phase, h, w):
     assert mask.sum() == area
     pred = {"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1.0}
     pred["segmentation"] = encode_masks(torch.from_numpy(mask[None].astype(bool)))[0]
-    found = metrics.instance_matching(gt, [pred], 0.5)[1]
+    found = metrics.class_matches(matching.match(gt, [pred], 0.5))[1]
     assert found.ious == found.dices == [1.0] and (found.tp, found.fp) == (1, 0)
 
 
@@ -150,7 +150,7 @@ def test_greedy_matching_equals_brute_force_and_counts_stay_consistent(scene, th
         {"image_id": 1, "category_id": c, "bbox": [0, 0, 1, 1], "score": s, "segmentation": rle(m)}
         for c, m, s in preds
     ]
-    found = metrics.instance_matching(gt, results, threshold)
+    found = metrics.class_matches(matching.match(gt, results, threshold))
     for cat in (1, 2):
         kept = [m for c, m, s in preds if c == cat and s >= threshold]
         expected = [
