@@ -47,6 +47,9 @@ SPARE_COLORS: list[Color] = [
 UNKNOWN_COLOR: Color = (128, 128, 128)
 MASK_ALPHA = 0.45
 CROWD_ALPHA = 0.25
+# zlib level for every PNG we write: level 1 is 2-8x faster than the default (or optimize)
+# on photos and makes files under 10% larger, since photo pixels hardly compress anyway.
+PNG_COMPRESS_LEVEL = 1
 
 
 def class_colors(names: Sequence[str]) -> dict[str, Color]:
@@ -186,6 +189,8 @@ def overlay(
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"overlay expects an HxWx3 image, got shape {image.shape}")
+    if not anns:
+        return image.copy()
     height, width = image.shape[:2]
     colors = dict(colors) if colors is not None else class_colors(list(categories.values()))
     canvas = image.astype(np.float32)
@@ -216,7 +221,9 @@ def overlay(
 
 
 def save_png(path: str | Path, image: np.ndarray) -> None:
-    """Write an HxWx3 uint8 array as PNG, atomically."""
+    """Write an HxWx3 uint8 array as PNG, atomically (fast zlib level, see above)."""
     buf = io.BytesIO()
-    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format="PNG", optimize=True)
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(
+        buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL
+    )
     write_bytes(path, buf.getvalue())

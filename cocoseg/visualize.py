@@ -20,6 +20,7 @@ from matplotlib.patches import Patch
 from cocoseg.io import write_bytes
 from cocoseg.overlays import (
     FIXED_COLORS,
+    PNG_COMPRESS_LEVEL,
     UNKNOWN_COLOR,
     Color,
     ann_mask,
@@ -64,10 +65,21 @@ def mpl_color(color: Color) -> tuple[float, float, float]:
     return (color[0] / 255, color[1] / 255, color[2] / 255)
 
 
-def save_figure(fig: Figure, path: str | Path, *, dpi: int = FIG_DPI) -> None:
-    """Render a matplotlib Figure to PNG and write it atomically."""
+def save_figure(fig: Figure, path: str | Path, *, dpi: int = FIG_DPI, tight: bool = True) -> None:
+    """Render a matplotlib Figure to PNG and write it atomically.
+
+    `tight` crops the figure to what is drawn, at the price of drawing it twice; a figure
+    whose layout already fits its contents (the contact sheet) saves half its time without.
+    """
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
+    fig.savefig(
+        buf,
+        format="png",
+        dpi=dpi,
+        bbox_inches="tight" if tight else None,
+        facecolor="white",
+        pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL},
+    )
     write_bytes(path, buf.getvalue())
 
 
@@ -186,10 +198,13 @@ def contact_sheet(
             ax.set_axis_off()
     if not images:
         axes[0][0].text(0.5, 0.5, "no images", ha="center", va="center", fontsize=14)
-    top = 1 - header / fig.get_figheight()
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=top, wspace=0.05, hspace=0.15)
+    fig_h = fig.get_figheight()
+    # Saved untrimmed (see save_figure), so the bottom margin leaves room for the captions.
+    fig.subplots_adjust(
+        left=0.01, right=0.99, bottom=0.3 / fig_h, top=1 - header / fig_h, wspace=0.05, hspace=0.15
+    )
     if title:
-        fig.suptitle(title, fontsize=14, y=1.0 - 0.05 / fig.get_figheight(), va="top")
+        fig.suptitle(title, fontsize=14, y=1.0 - 0.05 / fig_h, va="top")
     if colors:
         fig.legend(
             handles=legend_handles(colors),
@@ -199,7 +214,7 @@ def contact_sheet(
             bbox_to_anchor=(0.5, 1 - (0.5 if title else 0) / fig.get_figheight()),
             fontsize=10,
         )
-    save_figure(fig, path)
+    save_figure(fig, path, tight=False)
 
 
 def _outcome_name(class_name: str, outcome: str) -> str:
