@@ -1,8 +1,9 @@
-"""Drawing annotations onto images: a fixed colour per class, masks, boxes and labels.
+"""Drawing annotations onto images: a fixed colour per class, masks, boxes, placed labels.
 
 `overlay` is what every figure with images uses (predict's overlays and contact sheet, the
-EDA samples, evaluate's samples and worst images). PNGs are written atomically through
-`cocoseg.io`.
+EDA samples, evaluate's samples and worst images). Labels are placed so that they never
+cover one another: in crowded images the less important ones are left out (see
+`place_labels`). PNGs are written atomically through `cocoseg.io`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import io
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -20,6 +21,7 @@ from pycocotools import mask as mask_utils
 from cocoseg.io import write_bytes
 
 Color = tuple[int, int, int]
+Rect = tuple[float, float, float, float]  # left, top, right, bottom (right/bottom exclusive)
 
 # Okabe-Ito colours (colour-blind safe) for the project's classes, fixed by name so that
 # "person" looks the same in every figure whatever the class order.
@@ -98,12 +100,7 @@ def ann_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
     return mask
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """Pillow's bundled font at `size` pixels (bitmap fallback without FreeType)."""
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError, ImportError):
-        return ImageFont.load_default()
+# ---------------------------------------------------------------- masks and boxes
 
 
 def _edge(mask: np.ndarray) -> np.ndarray:
@@ -128,6 +125,38 @@ def _paint_mask(canvas: np.ndarray, mask: np.ndarray, color: Color, crowd: bool)
         canvas[_edge(mask)] = rgb
 
 
+def _draw_order(ann: Mapping[str, Any]) -> tuple[float, float]:
+    """Big objects first so small ones stay visible; among predictions, best score last."""
+    return (-_area(ann), float(ann.get("score", 0)))
+
+
+def _area(ann: Mapping[str, Any]) -> float:
+    """The annotation's area, or its box's when it has none."""
+    area = ann.get("area")
+    if area is None and "bbox" in ann:
+        area = float(ann["bbox"][2]) * float(ann["bbox"][3])
+    return float(area or 0)
+
+
+# ---------------------------------------------------------------- labels
+
+
+class Label(NamedTuple):
+    """A label's text, the colour of its tab and where it goes (None: no free spot)."""
+
+    text: str
+    color: Color
+    rect: Rect | None
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's bundled font at `size` pixels (bitmap fallback without FreeType)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):
+        return ImageFont.load_default()
+
+
 def _label_text(ann: Mapping[str, Any], name: str) -> str:
     """Class name, plus score when the annotation is a prediction, plus a crowd marker."""
     text = name
@@ -144,34 +173,109 @@ def _text_fill(color: Color) -> Color:
     return (0, 0, 0) if luminance > 150 else (255, 255, 255)
 
 
-def _draw_box_and_label(
-    draw: ImageDraw.ImageDraw,
-    box: Sequence[float],
-    text: str,
-    color: Color,
-    *,
-    line: int,
-    font: Any,
-    crowd: bool,
-) -> None:
-    """Outline the xywh box and put the label on a tab of the class colour above it."""
+def _label_priority(ann: Mapping[str, Any]) -> tuple[bool, float, float]:
+    """Which labels get a spot first: objects before crowds, best score, then biggest area."""
+    return (bool(ann.get("iscrowd")), -float(ann.get("score", 1.0)), -_area(ann))
+
+
+def label_spots(box: Sequence[float], size: tuple[float, float]) -> list[Rect]:
+    """Where a label of size (w, h) may go for an xywh box, in order of preference.
+
+    Above the box, inside its top, below it: each flush with the box's left edge, then
+    with its right edge. Every spot touches the box, so a label is never far from it.
+    """
     x, y, w, h = (float(v) for v in box)
-    width = max(1, line // 2) if crowd else line
+    lw, lh = size
+    spots = []
+    for top in (y - lh, y, y + h):
+        for left in (x, x + w - lw):
+            spots.append((left, top, left + lw, top + lh))
+    return spots
+
+
+def _overlap(a: Rect, b: Rect) -> bool:
+    """Whether two rectangles share any area (touching edges do not count)."""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def place_labels(
+    boxes: Sequence[Sequence[float]], sizes: Sequence[tuple[float, float]], width: int, height: int
+) -> list[Rect | None]:
+    """A spot per label, greedily in the given (priority) order, or None when none is free.
+
+    Each label takes the first of its `label_spots`, shifted sideways into the image, that
+    lies inside the image and covers no label placed before it.
+    """
+    placed: list[Rect] = []
+    spots: list[Rect | None] = []
+    for box, (lw, lh) in zip(boxes, sizes, strict=True):
+        chosen = None
+        for left, top, _, _ in label_spots(box, (lw, lh)):
+            left = min(max(left, 0.0), width - lw)
+            rect = (left, top, left + lw, top + lh)
+            inside = left >= 0 and top >= 0 and rect[3] <= height
+            if inside and not any(_overlap(rect, other) for other in placed):
+                chosen = rect
+                break
+        if chosen is not None:
+            placed.append(chosen)
+        spots.append(chosen)
+    return spots
+
+
+def _label_style(width: int, height: int) -> tuple[Any, int, int]:
+    """(font, box line width, tab padding) scaled to the image's shorter side."""
+    short = min(width, height)
+    size = max(10, round(short / 24))
+    return _font(size), max(2, round(short / 200)), max(1, size // 6)
+
+
+def layout_labels(
+    anns: Sequence[Mapping[str, Any]],
+    categories: Mapping[int, str],
+    colors: Mapping[str, Color],
+    width: int,
+    height: int,
+) -> list[Label]:
+    """The labels of the boxed annotations, most important first, placed without overlap."""
+    font, _, pad = _label_style(width, height)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    _, ascent_top, _, descent_bottom = measure.textbbox((0, 0), "Ag", font=font)
+    text_h = descent_bottom - ascent_top
+    boxed = sorted((a for a in anns if "bbox" in a), key=_label_priority)
+    texts, tab_colors, sizes = [], [], []
+    for ann in boxed:
+        name = categories.get(ann["category_id"], f"id {ann['category_id']}")
+        texts.append(_label_text(ann, name))
+        tab_colors.append(colors.get(name, UNKNOWN_COLOR))
+        left, _, right, _ = measure.textbbox((0, 0), texts[-1], font=font)
+        sizes.append((right - left + 2 * pad, text_h + 2 * pad))
+    rects = place_labels([a["bbox"] for a in boxed], sizes, width, height)
+    return [Label(*parts) for parts in zip(texts, tab_colors, rects, strict=True)]
+
+
+def _draw_label(draw: ImageDraw.ImageDraw, label: Label, font: Any, pad: int) -> None:
+    """A tab of the label's colour at its spot, with the text in black or white on it."""
+    if label.rect is None:
+        return
+    left, top, right, bottom = label.rect
+    draw.rectangle([left, top, right - 1, bottom - 1], fill=label.color)
+    text_left, text_top, _, _ = draw.textbbox((0, 0), "Ag", font=font)
+    draw.text(
+        (left + pad - text_left, top + pad - text_top),
+        label.text,
+        fill=_text_fill(label.color),
+        font=font,
+    )
+
+
+def _draw_box(draw: ImageDraw.ImageDraw, box: Sequence[float], color: Color, width: int) -> None:
+    """Outline the xywh box."""
+    x, y, w, h = (float(v) for v in box)
     draw.rectangle([x, y, x + max(w - 1, 0), y + max(h - 1, 0)], outline=color, width=width)
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    tw, th = right - left, bottom - top
-    pad = max(1, th // 5)
-    ty = y - th - 2 * pad if y - th - 2 * pad >= 0 else y
-    draw.rectangle([x, ty, x + tw + 2 * pad, ty + th + 2 * pad], fill=color)
-    draw.text((x + pad - left, ty + pad - top), text, fill=_text_fill(color), font=font)
 
 
-def _draw_order(ann: Mapping[str, Any]) -> tuple[float, float]:
-    """Big objects first so small ones stay visible; among predictions, best score last."""
-    area = ann.get("area")
-    if area is None and "bbox" in ann:
-        area = float(ann["bbox"][2]) * float(ann["bbox"][3])
-    return (-float(area or 0), float(ann.get("score", 0)))
+# ---------------------------------------------------------------- the overlay
 
 
 def overlay(
@@ -184,7 +288,9 @@ def overlay(
     """A copy of image (HxWx3 uint8) with each annotation's mask, box and label drawn.
 
     Masks are semi-transparent with a solid outline; crowd regions are hatched and dimmer.
-    Predictions (with "score") are labelled "name 0.87". Unknown category ids are grey.
+    Predictions (with "score") are labelled "name 0.87". Labels never overlap: where
+    there is no free spot next to a box, its label is left out (`place_labels`). Unknown
+    category ids are grey.
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3:
@@ -202,21 +308,15 @@ def overlay(
             _paint_mask(canvas, mask, colors.get(name, UNKNOWN_COLOR), bool(ann.get("iscrowd")))
     out = Image.fromarray(np.clip(canvas, 0, 255).round().astype(np.uint8))
     draw = ImageDraw.Draw(out)
-    short = min(height, width)
-    font, line = _font(max(10, round(short / 24))), max(2, round(short / 200))
+    font, line, pad = _label_style(width, height)
     for ann in order:
-        if "bbox" not in ann:
-            continue
-        name = categories.get(ann["category_id"], f"id {ann['category_id']}")
-        _draw_box_and_label(
-            draw,
-            ann["bbox"],
-            _label_text(ann, name),
-            colors.get(name, UNKNOWN_COLOR),
-            line=line,
-            font=font,
-            crowd=bool(ann.get("iscrowd")),
-        )
+        if "bbox" in ann:
+            name = categories.get(ann["category_id"], f"id {ann['category_id']}")
+            crowd = bool(ann.get("iscrowd"))
+            box_line = max(1, line // 2) if crowd else line
+            _draw_box(draw, ann["bbox"], colors.get(name, UNKNOWN_COLOR), box_line)
+    for label in layout_labels(order, categories, colors, width, height):
+        _draw_label(draw, label, font, pad)
     return np.asarray(out)
 
 
