@@ -34,9 +34,11 @@ __all__ = [
     "OUTCOME_COLORS",
     "ann_mask",
     "class_colors",
+    "comparison_figure",
     "comparison_grid",
     "contact_sheet",
     "error_bars",
+    "error_bars_figure",
     "error_grid",
     "mpl_color",
     "note_figure",
@@ -46,18 +48,26 @@ __all__ = [
 ]
 
 FIG_DPI = 120
-# A fixed colour per outcome of the error analysis (cocoseg.error_analysis), for every figure.
+LEGEND_COLUMNS = 6  # entries per legend row above image grids
+# A fixed colour per outcome of the error analysis (cocoseg.error_analysis), for every figure:
+# six distinct Okabe-Ito colours (colour-blind safe), so no two outcomes share a hue.
 OUTCOME_COLORS: dict[str, Color] = {
-    "true positive": (0, 158, 115),
-    "localisation": (230, 159, 0),
-    "classification": (86, 180, 233),
-    "duplicate": (204, 121, 167),
-    "background": (240, 228, 66),
-    "missed": (213, 94, 0),
+    "true positive": (0, 158, 115),  # bluish green
+    "localisation": (240, 228, 66),  # yellow
+    "classification": (86, 180, 233),  # sky blue
+    "duplicate": (204, 121, 167),  # reddish purple
+    "background": (0, 114, 178),  # blue
+    "missed": (213, 94, 0),  # vermillion
     "ignored (crowd)": (128, 128, 128),
 }
-# Missed ground truths by size in bar charts: the missed colour, paler for smaller objects.
-MISSED_SHADES = {"missed_small": 0.55, "missed_medium": 0.3, "missed_large": 0.0}
+# Missed ground truths by size in errors.png: the missed hue, paler and hatched for smaller
+# objects (the EDA's size hatches), so the three read as one family and apart from the rest.
+MISSED_STYLES = {
+    "missed_small": (0.6, ".."),
+    "missed_medium": (0.3, "///"),
+    "missed_large": (0.0, ""),
+}
+MISSED_HATCH_COLOR: Color = (120, 50, 0)
 
 
 def mpl_color(color: Color) -> tuple[float, float, float]:
@@ -88,15 +98,15 @@ def legend_handles(colors: Mapping[str, Color]) -> list[Patch]:
     return [Patch(facecolor=mpl_color(c), edgecolor="none", label=n) for n, c in colors.items()]
 
 
-def _add_class_legend(fig: Figure, colors: Mapping[str, Color]) -> None:
-    """A one-line class legend under the figure's top edge."""
+def _add_class_legend(fig: Figure, colors: Mapping[str, Color], *, top: float = 1.0) -> None:
+    """A class legend centred under `top` (a fraction of the figure's height)."""
     if colors:
         fig.legend(
             handles=legend_handles(colors),
             loc="upper center",
-            ncol=min(len(colors), 6),
+            ncol=min(len(colors), LEGEND_COLUMNS),
             frameon=False,
-            bbox_to_anchor=(0.5, 1.0),
+            bbox_to_anchor=(0.5, top),
             fontsize=11,
         )
 
@@ -125,18 +135,18 @@ def note_figure(text: str, path: str | Path) -> None:
     save_figure(fig, path)
 
 
-def comparison_grid(
+def comparison_figure(
     rows: list[tuple[np.ndarray, list[dict], list[dict]]],
     categories: dict[int, str],
-    path: str | Path,
     *,
+    title: str | None = None,
     titles: tuple[str, str] = ("ground truth", "prediction"),
     row_labels: Sequence[str] | None = None,
     colors: Mapping[str, Color] | None = None,
     legend: Mapping[str, Color] | None = None,
     no_prediction: str = "no detection",
-) -> None:
-    """PNG with one row per image: its ground truth beside its prediction, and a legend.
+) -> Figure:
+    """One row per image: its ground truth beside its prediction, under a title and legend.
 
     By default each class has its `class_colors` colour and the legend lists the classes;
     `colors` (by category name) and `legend` (label -> colour) override both. A prediction
@@ -145,9 +155,12 @@ def comparison_grid(
     if not rows:
         raise ValueError("comparison_grid needs at least one row")
     colors = dict(colors) if colors is not None else class_colors(list(categories.values()))
+    legend = colors if legend is None else legend
     panel_w = 4.5
     heights = [panel_w * img.shape[0] / img.shape[1] + 0.3 for img, _, _ in rows]
-    fig = Figure(figsize=(2 * panel_w, sum(heights) + 0.6))
+    legend_rows = -(-len(legend) // LEGEND_COLUMNS)
+    header = (0.45 if title else 0) + 0.3 * legend_rows + 0.25
+    fig = Figure(figsize=(2 * panel_w, sum(heights) + header))
     axes = fig.subplots(len(rows), 2, squeeze=False, gridspec_kw={"height_ratios": heights})
     for r, (image, gt, pred) in enumerate(rows):
         prefix = f"{row_labels[r]}: " if row_labels else ""
@@ -155,11 +168,22 @@ def comparison_grid(
         _show(axes[r][1], overlay(image, pred, categories, colors=colors), prefix + titles[1])
         if not pred:
             _note(axes[r][1], no_prediction)
-    fig.subplots_adjust(
-        left=0.01, right=0.99, bottom=0.01, top=1 - 0.6 / fig.get_figheight(), hspace=0.12
-    )
-    _add_class_legend(fig, colors if legend is None else legend)
-    save_figure(fig, path)
+    fig_h = fig.get_figheight()
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - header / fig_h, hspace=0.12)
+    if title:
+        fig.suptitle(title, fontsize=13, y=1.0 - 0.05 / fig_h, va="top")
+    _add_class_legend(fig, legend, top=1 - (0.45 if title else 0) / fig_h)
+    return fig
+
+
+def comparison_grid(
+    rows: list[tuple[np.ndarray, list[dict], list[dict]]],
+    categories: dict[int, str],
+    path: str | Path,
+    **options: Any,
+) -> None:
+    """`comparison_figure` (same options) written as a PNG."""
+    save_figure(comparison_figure(rows, categories, **options), path)
 
 
 def contact_sheet(
@@ -237,6 +261,7 @@ def error_grid(
     categories: dict[int, str],
     path: str | Path,
     *,
+    title: str | None = None,
     row_labels: Sequence[str] | None = None,
 ) -> None:
     """`comparison_grid` of ground truth beside predictions, coloured by error outcome.
@@ -257,7 +282,13 @@ def error_grid(
         for (_, outcome), new_id in names.items()
     }
     comparison_grid(
-        recoded, labels, path, row_labels=row_labels, colors=colors, legend=OUTCOME_COLORS
+        recoded,
+        labels,
+        path,
+        title=title,
+        row_labels=row_labels,
+        colors=colors,
+        legend=OUTCOME_COLORS,
     )
 
 
@@ -267,28 +298,56 @@ def _shade(color: Color, towards_white: float) -> tuple[float, float, float]:
     return (r, g, b)
 
 
-def error_type_color(error_type: str) -> tuple[float, float, float]:
-    """The matplotlib colour of an error type (missed_<size> as shades of missed)."""
-    if error_type in MISSED_SHADES:
-        return _shade(OUTCOME_COLORS["missed"], MISSED_SHADES[error_type])
-    return mpl_color(OUTCOME_COLORS.get(error_type, UNKNOWN_COLOR))
+def error_type_style(error_type: str) -> tuple[tuple[float, float, float], str]:
+    """(matplotlib colour, hatch) of an error type's bars: missed_<size> paler and hatched."""
+    if error_type in MISSED_STYLES:
+        towards_white, hatch = MISSED_STYLES[error_type]
+        return _shade(OUTCOME_COLORS["missed"], towards_white), hatch
+    return mpl_color(OUTCOME_COLORS.get(error_type, UNKNOWN_COLOR)), ""
 
 
-def error_bars(
-    rows: Sequence[Mapping[str, Any]], error_types: Sequence[str], path: str | Path
-) -> None:
-    """PNG of one horizontal bar per class ('class' key), stacked by error type counts."""
+def error_bars_figure(
+    rows: Sequence[Mapping[str, Any]], error_types: Sequence[str], *, title: str
+) -> Figure:
+    """One horizontal bar per class ('class' key), stacked by error type counts."""
     if not rows:
         raise ValueError("error_bars needs at least one class row")
-    fig = Figure(figsize=(8, 1.2 + 0.45 * len(rows)))
+    fig = Figure(figsize=(8, 1.6 + 0.45 * len(rows)))
     ax = fig.subplots()
     labels = [str(r["class"]) for r in rows]
     left = np.zeros(len(rows))
     for error_type in error_types:
         counts = np.array([float(r.get(error_type) or 0) for r in rows])
-        ax.barh(labels, counts, left=left, color=error_type_color(error_type), label=error_type)
+        color, hatch = error_type_style(error_type)
+        ax.barh(
+            labels,
+            counts,
+            left=left,
+            color=color,
+            hatch=hatch,
+            hatchcolor=mpl_color(MISSED_HATCH_COLOR),
+            edgecolor="white",
+            linewidth=0.6,
+            label=error_type.replace("_", ": "),
+        )
         left += counts
     ax.invert_yaxis()
-    ax.set_xlabel("errors")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
-    save_figure(fig, path)
+    ax.set_title(title, fontsize=12)
+    ax.set_xlabel("errors (count)")
+    ax.set_ylabel("class")
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(
+        title="error type", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9
+    )
+    return fig
+
+
+def error_bars(
+    rows: Sequence[Mapping[str, Any]],
+    error_types: Sequence[str],
+    path: str | Path,
+    *,
+    title: str = "Errors per class",
+) -> None:
+    """`error_bars_figure` written as a PNG."""
+    save_figure(error_bars_figure(rows, error_types, title=title), path)
