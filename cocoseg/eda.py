@@ -24,13 +24,8 @@ from cocoseg.errors import DataError
 from cocoseg.images import read_rgb
 from cocoseg.inputs import split_paths
 from cocoseg.io import read_json, safe_join, write_json
-from cocoseg.visualize import (
-    class_colors,
-    contact_sheet,
-    mpl_color,
-    overlay,
-    save_figure,
-)
+from cocoseg.overlays import class_colors, overlay
+from cocoseg.visualize import contact_sheet, mpl_color, save_figure
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,10 @@ def write_reports(
     if eval_dir is not None:
         error_analysis.write_error_reports(errors, eval_dir)
         visualize.error_bars(
-            error_analysis.count_rows(errors), error_analysis.ERROR_TYPES, eval_dir / "errors.png"
+            error_analysis.count_rows(errors),
+            error_analysis.ERROR_TYPES,
+            eval_dir / "errors.png",
+            title=f"Errors per class at score ≥ {p.score_threshold:g} (val)",
         )
         draw_samples(gt, preds, images_dir, p, eval_dir / "samples.png")
         draw_worst(gt, errors, images_dir, p, eval_dir / "worst_images.png")
@@ -70,6 +73,7 @@ def draw_samples(
         rows,
         categories,
         path,
+        title=f"{len(picks)} val images: ground truth, predictions ≥ {p.score_threshold:g}",
         row_labels=[f"image {i}" for i in picks],
         no_prediction=f"no detection ≥ {p.score_threshold:g}",
     )
@@ -91,7 +95,8 @@ def draw_worst(
     labels = [
         f"image {i}: {n} errors" for i, n in zip(ids, _error_counts(errors, ids), strict=True)
     ]
-    visualize.error_grid(rows, categories, path, row_labels=labels)
+    title = f"The {len(ids)} val images with the most errors at score ≥ {p.score_threshold:g}"
+    visualize.error_grid(rows, categories, path, title=title, row_labels=labels)
 
 
 def _error_counts(errors: error_analysis.ErrorReport, ids: list[int]) -> list[int]:

@@ -31,7 +31,8 @@ from cocoseg.images import read_rgb
 from cocoseg.inference import add_category_names, run_trained_model
 from cocoseg.inputs import InputImage
 from cocoseg.io import write_json
-from cocoseg.visualize import class_colors, contact_sheet, overlay, save_png
+from cocoseg.overlays import class_colors, overlay, save_png
+from cocoseg.visualize import contact_sheet
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cocoseg import eda, visualize
 from cocoseg.config import EdaParams
 from cocoseg.eda import FIGURES, run_eda, sample_ids
 from cocoseg.errors import DataError
@@ -91,6 +92,26 @@ def test_every_figure_is_a_sensible_png(eda_out: Path):
             img.load()
             w, h = img.size
         assert 300 <= w <= 3000 and 300 <= h <= 3000, (name, img.size)
+
+
+def test_every_figure_has_a_title_and_every_chart_axis_titles(
+    synthetic_subset: Path, tmp_path: Path, monkeypatch
+):
+    figures = {}
+
+    def keep(fig, path, **options):  # instead of writing: remember the figure by file name
+        figures[Path(path).name] = fig
+
+    monkeypatch.setattr(eda, "save_figure", keep)
+    monkeypatch.setattr(visualize, "save_figure", keep)
+    run_eda(synthetic_subset, tmp_path, EdaParams())
+    assert sorted(figures) == sorted(FIGURES)
+    for name, fig in figures.items():
+        assert fig.get_suptitle() or any(ax.get_title() for ax in fig.axes), name
+        charts = [ax for ax in fig.axes if ax.axison and not ax.images]
+        for ax in charts:
+            assert ax.get_xlabel() and ax.get_ylabel(), (name, ax.get_title())
+    assert len([ax for fig in figures.values() for ax in fig.axes if not ax.images]) >= 7
 
 
 def _has_color(path: Path, rgb: tuple[int, int, int], min_pixels: int = 50) -> bool:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import colorsys
 import csv
 import functools
 import io
+import itertools
 import json
 
 import maskcases
@@ -15,7 +17,14 @@ from PIL import Image
 from cocoseg import error_analysis as ea
 from cocoseg import metrics
 from cocoseg.matching import match
-from cocoseg.visualize import OUTCOME_COLORS, error_bars, error_grid
+from cocoseg.visualize import (
+    OUTCOME_COLORS,
+    error_bars,
+    error_bars_figure,
+    error_grid,
+    error_type_style,
+    mpl_color,
+)
 
 H = W = 128
 CATS = {1: "a", 2: "b"}
@@ -230,3 +239,47 @@ def test_the_breakdown_refuses_a_thresholded_matching(mixed):
     gt, _ = mixed  # its ΔAP would explain the AP of the kept predictions, not the report's
     with pytest.raises(ValueError, match="matching of every prediction"):
         ea.analyse(gt, match(gt, checked(gt, MIXED_PREDS), 0.3), 0.3)
+
+
+def _lab(rgb) -> np.ndarray:
+    """CIE L*a*b* of an sRGB colour given as 0..1 floats (D65 white)."""
+    c = np.asarray(rgb, dtype=float)
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    to_xyz = [[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]
+    xyz = np.asarray(to_xyz) @ linear / [0.95047, 1.0, 1.08883]
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def _delta_e(a, b) -> float:
+    """Perceptual colour difference (CIE76): about 2 is just noticeable, 25+ is obvious."""
+    return float(np.linalg.norm(_lab(a) - _lab(b)))
+
+
+def test_error_types_are_told_apart_and_missed_sizes_are_one_family():
+    styles = {t: error_type_style(t) for t in ea.ERROR_TYPES}
+    missed = [t for t in ea.ERROR_TYPES if t.startswith("missed_")]
+    others = [t for t in ea.ERROR_TYPES if t not in missed]
+    assert len(set(styles.values())) == len(styles)
+    for a, b in itertools.combinations([*others, "missed_large"], 2):
+        assert _delta_e(styles[a][0], styles[b][0]) > 25, (a, b)
+    for a, b in itertools.product(others, missed):
+        assert _delta_e(styles[a][0], styles[b][0]) > 40, (a, b)
+    assert len({styles[t][1] for t in missed}) == len(missed), "each size its own hatch"
+    hues = [colorsys.rgb_to_hsv(*styles[t][0])[0] for t in missed]
+    assert max(hues) - min(hues) < 0.02, "the missed sizes share one hue"
+    # worst_images.png colours its outcomes exactly as errors.png does.
+    for outcome, error_type in (("localisation", "localisation"), ("missed", "missed_large")):
+        assert styles[error_type][0] == mpl_color(OUTCOME_COLORS[outcome])
+
+
+def test_error_chart_has_its_title_axis_titles_and_one_legend_entry_per_type(mixed):
+    _, report = mixed
+    fig = error_bars_figure(ea.count_rows(report), ea.ERROR_TYPES, title="Errors at score ≥ 0.3")
+    (ax, *_) = fig.axes
+    assert ax.get_title() == "Errors at score ≥ 0.3"
+    assert ax.get_xlabel() and ax.get_ylabel()
+    legend = ax.get_legend()
+    assert len(legend.get_texts()) == len(ea.ERROR_TYPES)
+    drawn = {(tuple(h.get_facecolor()[:3]), h.get_hatch() or "") for h in legend.legend_handles}
+    assert drawn == {(tuple(c), hatch) for c, hatch in map(error_type_style, ea.ERROR_TYPES)}

@@ -16,7 +16,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from cocoseg import evaluation, visualize
 from cocoseg.cli import run_stage
+from cocoseg.config import EvaluateParams
 from cocoseg.errors import DataError
 from cocoseg.images import read_rgb
 from cocoseg.inference import ImageFiles, decode_workers, predict_images, to_coco_results
@@ -232,6 +234,35 @@ def test_stages_predict_score_and_write_every_report(subset, params_file, tmp_pa
     counts = written["errors"]["all"]
     false_positives = sum(counts[k] for k in ("localisation", "duplicate", "background"))
     assert sum(r["actual"] == "background" for r in confusion) == false_positives
+
+
+def test_evaluate_figures_are_titled_with_the_score_threshold(subset, tmp_path, monkeypatch):
+    figures = {}
+    save = visualize.save_figure
+
+    def keep(fig, path, **options):  # the real save, remembering each figure by file name
+        figures[Path(path).name] = fig
+        save(fig, path, **options)
+
+    monkeypatch.setattr(visualize, "save_figure", keep)
+    gt = COCO(str(subset / "annotations" / "val.json"))
+    preds = perfect_predictions(subset)
+    image = gt.imgs[preds[0]["image_id"]]
+    stray = np.zeros((image["height"], image["width"]), np.uint8)
+    stray[:6, :6] = 1  # a confident extra detection: at worst a duplicate, so an error
+    rle = mask_utils.encode(np.asfortranarray(stray))
+    rle["counts"] = rle["counts"].decode()
+    preds.append({"image_id": image["id"], "category_id": 1, "bbox": [0, 0, 6, 6],
+                  "score": 0.9, "segmentation": rle})  # fmt: skip
+    params = EvaluateParams(score_threshold=0.35, n_samples=2)
+    evaluation.write_reports(
+        gt, preds, params, tmp_path / "m.json", tmp_path, subset / "images" / "val"
+    )
+    assert sorted(figures) == ["errors.png", "samples.png", "worst_images.png"]
+    errors = figures["errors.png"].axes[0]
+    assert "0.35" in errors.get_title() and errors.get_xlabel() and errors.get_ylabel()
+    for name in ("samples.png", "worst_images.png"):
+        assert "0.35" in figures[name].get_suptitle(), name
 
 
 def test_a_model_that_detects_nothing_still_gets_a_report(subset, params_file, tmp_path):

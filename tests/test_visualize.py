@@ -8,6 +8,7 @@ import synthcoco
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from cocoseg.overlays import label_spots, layout_labels, place_labels
 from cocoseg.visualize import (
     FIXED_COLORS,
     ann_mask,
@@ -131,6 +132,67 @@ def test_overlay_unknown_category_and_no_annotations():
 def test_overlay_rejects_non_rgb():
     with pytest.raises(ValueError, match="HxWx3"):
         overlay(np.zeros((H, W), dtype=np.uint8), [], CATEGORIES)
+
+
+def _disjoint(a, b) -> bool:
+    """Whether two (left, top, right, bottom) rectangles share no area."""
+    return a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+
+
+def _inside(rect, width: int, height: int) -> bool:
+    """Whether a (left, top, right, bottom) rectangle lies within a width x height image."""
+    left, top, right, bottom = rect
+    return min(left, top) >= 0 and right <= width and bottom <= height
+
+
+def _crowd_boxes(n: int, seed: int = 0) -> list[list[int]]:
+    """n heavily overlapping integer xywh boxes in the middle of a 320x240 image."""
+    rng = np.random.default_rng(seed)
+    boxes = []
+    for _ in range(n):
+        x, y = rng.integers(60, 200), rng.integers(40, 150)
+        boxes.append([int(x), int(y), int(rng.integers(20, 90)), int(rng.integers(20, 80))])
+    return boxes
+
+
+def test_place_labels_never_overlap_stay_inside_and_touch_their_box():
+    boxes = _crowd_boxes(30)
+    sizes = [(70.0, 16.0)] * len(boxes)
+    spots = place_labels(boxes, sizes, 320, 240)
+    placed = [(box, r) for box, r in zip(boxes, spots, strict=True) if r is not None]
+    assert spots[0] == label_spots(boxes[0], sizes[0])[0], "first label goes above its box"
+    assert 3 <= len(placed) < len(boxes), "a crowd: several labelled, some left out"
+    for i, (_, a) in enumerate(placed):
+        assert _inside(a, 320, 240)
+        assert all(_disjoint(a, b) for _, b in placed[i + 1 :])
+    for (x, y, w, h), r in placed:
+        assert r[1] in (y - 16, y, y + h), "above, inside the top of, or below its box"
+        assert r[0] < x + w and x < r[2], "beside its box horizontally"
+
+
+def test_place_labels_skips_a_label_wider_than_the_image():
+    assert place_labels([[0, 10, 5, 5]], [(50.0, 8.0)], 40, 40) == [None]
+
+
+def test_overlay_labels_in_a_crowd_do_not_pile_up():
+    image = np.full((240, 320, 3), BACKGROUND, dtype=np.uint8)
+    anns = [
+        {"category_id": 1 + k % 4, "bbox": box, "score": round(0.3 + 0.02 * k, 2)}
+        for k, box in enumerate(_crowd_boxes(30, seed=1))
+    ]
+    colors = class_colors(list(CATEGORIES.values()))
+    labels = layout_labels(anns, CATEGORIES, colors, 320, 240)
+    placed = [lab for lab in labels if lab.rect is not None]
+    best = max(anns, key=lambda a: a["score"])
+    assert labels[0].text == f"{CATEGORIES[best['category_id']]} {best['score']:.2f}"
+    assert labels[0].rect is not None, "the most confident detection is always labelled"
+    assert 3 <= len(placed) < len(anns)
+    for i, a in enumerate(placed):
+        assert _inside(a.rect, 320, 240)
+        assert all(_disjoint(a.rect, b.rect) for b in placed[i + 1 :])
+    out = overlay(image, anns, CATEGORIES, colors=colors)
+    for lab in placed:  # each tab's top-left corner is drawn in its class colour
+        assert tuple(out[int(lab.rect[1]), int(lab.rect[0])]) == lab.color, lab
 
 
 def _rows(n: int) -> list[tuple[np.ndarray, list[dict], list[dict]]]:

@@ -1,0 +1,86 @@
+"""The charts `dvc plots show` draws from dvc.yaml: real axis titles, titles without raw params."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from dvcrepo import dvc, make_dvc_repo
+
+PROJECT = Path(__file__).resolve().parents[1]
+CLASSES = yaml.safe_load((PROJECT / "params.yaml").read_text())["subset"]["classes"]
+# The charts of evaluate's tables; the training-loss charts are left to DVCLive's own.
+EVAL_CHARTS = {
+    "Mask precision-recall per class, IoU 0.5",
+    "Mask precision-recall per class, IoU 0.5:0.95",
+    "reports/eval/per_class.csv",
+    "reports/eval/confusion.json",
+}
+# What DVC titles an axis with when dvc.yaml names none.
+FALLBACK_TITLES = {"", "x", "y", "step", "dvc_inferred_y_value"}
+
+
+def param_keys(section: dict[str, Any], prefix: str = "") -> set[str]:
+    """Every dotted key path of params.yaml ("evaluate.score_threshold", ...)."""
+    keys = set()
+    for key, value in section.items():
+        keys.add(prefix + key)
+        if isinstance(value, dict):
+            keys |= param_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def write_eval_tables(eval_dir: Path) -> None:
+    """Small stand-ins for the evaluate stage's plotted tables, in their real layout."""
+    eval_dir.mkdir(parents=True)
+    for name in ("pr_iou50.csv", "pr_iou50_95.csv"):
+        rows = [",".join(["recall", *CLASSES])]
+        rows += [f"{r / 100},{','.join('0.5' for _ in CLASSES)}" for r in range(101)]
+        (eval_dir / name).write_text("\n".join(rows) + "\n")
+    per_class = ["class,n_gt,segm_AP", *(f"{c},3,0.4" for c in CLASSES)]
+    (eval_dir / "per_class.csv").write_text("\n".join(per_class) + "\n")
+    confusion = [{"actual": CLASSES[0], "predicted": CLASSES[0]}]
+    confusion.append({"actual": "background", "predicted": CLASSES[-1]})
+    (eval_dir / "confusion.json").write_text(json.dumps(confusion))
+
+
+@pytest.fixture(scope="module")
+def charts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """Vega spec per chart id, as `dvc plots show --json` renders the project's dvc.yaml."""
+    repo = make_dvc_repo(tmp_path_factory.mktemp("plots"))
+    write_eval_tables(repo / "reports" / "eval")
+    shown = json.loads(dvc(repo, "plots", "show", "--json").stdout)["data"]
+    return {
+        chart_id: renders[0]["content"]
+        for chart_id, renders in shown.items()
+        if renders and renders[0].get("type") == "vega"
+    }
+
+
+def axis_titles(spec: dict[str, Any]) -> tuple[str, str]:
+    """(x, y) axis titles of a vega-lite spec, faceted (confusion) or not."""
+    encoding = spec.get("encoding") or spec["spec"]["encoding"]
+    return encoding["x"].get("title", ""), encoding["y"].get("title", "")
+
+
+def test_every_evaluate_chart_is_drawn(charts):
+    assert set(charts) >= EVAL_CHARTS
+
+
+@pytest.mark.parametrize("chart_id", sorted(EVAL_CHARTS))
+def test_chart_axes_have_real_titles(charts, chart_id):
+    x_title, y_title = axis_titles(charts[chart_id])
+    assert x_title not in FALLBACK_TITLES and y_title not in FALLBACK_TITLES
+    if chart_id.startswith("Mask precision-recall"):
+        assert x_title == "recall" and y_title.startswith("precision")
+
+
+@pytest.mark.parametrize("chart_id", sorted(EVAL_CHARTS))
+def test_chart_titles_name_no_unresolved_param(charts, chart_id):
+    title = charts[chart_id]["title"]["text"]
+    assert title and "${" not in title
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    assert not [key for key in param_keys(params) if "." in key and key in title], title
