@@ -16,7 +16,7 @@ import time
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from cocoseg import metrics
+from cocoseg.evaluate import metrics
 
 WIDTH, HEIGHT = 640, 480
 CLASSES = ["person", "cat", "sports ball", "book"]

@@ -6,11 +6,11 @@ AMP (CUDA only). Both loops warm the learning rate up with the recipe's schedule
 (train.warmup_iters, warmup_factor): from random weights, full-rate steps drive the mask loss
 from ~7 to ~90 within four iterations here (fp16 autocast), inf/NaN on a GPU under AMP.
 
-- iteration (default): `cocoseg.engine.train_step` beside the same step written the way
+- iteration (default): `cocoseg.train.engine.train_step` beside the same step written the way
   references/detection/engine.py does it, on two synthetic 640x480 images with 3 shapes
   each, resized by the model to min_size/max_size (800/1333). Data loading excluded.
-- `--epoch`: whole epochs with data loading: the train stage's loop (cocoseg.engine:
-  CocoDetection through cocoseg.data, the `train.augment` preset, aspect-ratio batches,
+- `--epoch`: whole epochs with data loading: the train stage's loop (cocoseg.train.engine:
+  CocoDetection through cocoseg.train.dataset, the `train.augment` preset, aspect-ratio batches,
   `train_one_epoch`) beside a reference-style loop (CocoDetection + transforms.v2 with a
   horizontal flip, DataLoader with aspect-ratio batches, the reference's step), on the
   train split of a subset folder (default data/subset; else one is made from --coco-root).
@@ -39,16 +39,16 @@ from torch.utils.data import DataLoader, RandomSampler, Subset
 from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
 from torchvision.transforms import v2 as T
 
-from cocoseg.config import DataParams, SubsetParams, TrainParams
-from cocoseg.data import coco_dataset, collate
-from cocoseg.engine import train_one_epoch, train_step
-from cocoseg.inputs import split_paths
-from cocoseg.model import build_for_training, pretrained_layout
-from cocoseg.optim import lr_factor, make_optimizer
-from cocoseg.runtime import Context
-from cocoseg.sampler import GroupedBatchSampler, aspect_groups, train_loader
-from cocoseg.subset import make_subset
-from cocoseg.transforms import build_transforms
+from cocoseg.core.config import DataParams, SubsetParams, TrainParams
+from cocoseg.core.inputs import split_paths
+from cocoseg.core.model import build_for_training, pretrained_layout
+from cocoseg.data.subset import make_subset
+from cocoseg.train.dataset import coco_dataset, collate
+from cocoseg.train.engine import train_one_epoch, train_step
+from cocoseg.train.optim import lr_factor, make_optimizer
+from cocoseg.train.runtime import Context
+from cocoseg.train.sampler import GroupedBatchSampler, aspect_groups, train_loader
+from cocoseg.train.transforms import build_transforms
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "coco-sample"
 CLASSES = ["person", "cat", "sports ball", "book"]
@@ -165,7 +165,7 @@ def bench_iterations(device: torch.device, args: argparse.Namespace) -> dict:
         )["loss"]
         schedule.step()
 
-    results["cocoseg.engine.train_step"] = timed(ours, device, args.warmup, args.iters)
+    results["cocoseg.train.engine.train_step"] = timed(ours, device, args.warmup, args.iters)
     del model, optimizer
     model, optimizer = fresh(device, args.min_size, args.max_size, images)
     ref_scaler = torch.amp.GradScaler(device.type) if amp else None
@@ -280,7 +280,7 @@ def bench_epochs(device: torch.device, args: argparse.Namespace, subset: Path) -
         last["cocoseg"] = rows[-1]["loss"]
         return len(dataset)
 
-    out: dict[str, Any] = {"cocoseg.engine": timed_epochs(ours, device, args.epochs)}
+    out: dict[str, Any] = {"cocoseg.train.engine": timed_epochs(ours, device, args.epochs)}
     del model, optimizer
     model, optimizer = fresh(device, p.min_size, p.max_size, calibration)
     ref_scaler = torch.amp.GradScaler(device.type) if p.amp else None
@@ -294,11 +294,11 @@ def bench_epochs(device: torch.device, args: argparse.Namespace, subset: Path) -
 
     out["torchvision reference"] = timed_epochs(reference, device, args.epochs)
     steady = slice(1, None) if args.epochs > 1 else slice(None)  # the first epoch warms up
-    for name in ("cocoseg.engine", "torchvision reference"):
+    for name in ("cocoseg.train.engine", "torchvision reference"):
         rates = out[name][steady]
         out[f"{name} images_per_s"] = round(sum(rates) / len(rates), 2)
     out["ours_vs_reference"] = round(
-        out["cocoseg.engine images_per_s"] / out["torchvision reference images_per_s"], 3
+        out["cocoseg.train.engine images_per_s"] / out["torchvision reference images_per_s"], 3
     )
     out["images"], out["augment"] = len(dataset), p.augment
     out["last_loss"] = {k: round(v, 4) for k, v in last.items()}

@@ -10,15 +10,12 @@ resolve or refuses connections, fails at once with one line saying what to do.
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
-from cocoseg.cli import run_stage, stage_parser
-from cocoseg.config import Params
-from cocoseg.download import ensure_annotations
-from cocoseg.io import write_json
-
-log = logging.getLogger("cocoseg")
+from cocoseg.core.cli import log, run_stage, stage_parser
+from cocoseg.core.config import Params
+from cocoseg.core.io import write_json
+from cocoseg.data.download import ensure_annotations
 
 
 def parser() -> argparse.ArgumentParser:

@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cocoseg.cli import log, run_stage, stage_parser
-from cocoseg.config import Params
-from cocoseg.errors import CocosegError
+from cocoseg.core.cli import log, run_stage, stage_parser
+from cocoseg.core.config import Params
+from cocoseg.core.errors import CocosegError
 
 DEFAULT_PREDICTIONS = "reports/eval/predictions.json"
 DEFAULT_OUT = "reports/metrics.json"
@@ -43,8 +43,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace, params: Params) -> None:
     """Read the predictions, score them, write the reports."""
-    from cocoseg import evaluation, metrics  # heavy: imported once arguments are parsed
-    from cocoseg.inputs import split_paths
+    from cocoseg.core.inputs import split_paths
+    from cocoseg.evaluate import metrics
+    from cocoseg.evaluate import reports as evaluation  # heavy: imported once arguments are parsed
 
     if args.predictions and not args.out:
         raise CocosegError("--predictions needs --out FILE (so reports/metrics.json stays as is)")

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 
-from cocoseg.cli import log, run_stage, stage_parser
-from cocoseg.config import Params
-from cocoseg.inputs import classes_path
-from cocoseg.io import write_json
+from cocoseg.core.cli import log, run_stage, stage_parser
+from cocoseg.core.config import Params
+from cocoseg.core.inputs import classes_path
+from cocoseg.core.io import write_json
 
 DEFAULT_OUT = "reports/eval/predictions.json"
 
@@ -28,8 +28,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace, params: Params) -> None:
     """Predict every val image (in id order) and write the results."""
-    from cocoseg.inference import run_trained_model  # torch: once arguments are parsed
-    from cocoseg.inputs import subset_images
+    from cocoseg.core.inputs import subset_images
+    from cocoseg.predict.inference import run_trained_model  # torch: once arguments are parsed
 
     images, classes = subset_images(args.subset, "val")
     items = sorted((image.id, image.path) for image in images)

@@ -3,7 +3,7 @@
 DVC mode (no --images): the test images of data/subset -> reports/predictions/test.json.
 Folder mode: `python stages/predict.py --images DIR --out DIR` -> DIR/predictions.json.
 Both write images.json (ids -> file names), overlays/<stem>.png and contact_sheet.png;
-see cocoseg/predict.py for the layout. Settings come from params.yaml's predict section.
+see cocoseg/predict/outputs.py for the layout. Settings come from params.yaml's predict section.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cocoseg.cli import log, run_stage, stage_parser
-from cocoseg.config import Params, override
-from cocoseg.errors import DataError
+from cocoseg.core.cli import log, run_stage, stage_parser
+from cocoseg.core.config import Params, override
+from cocoseg.core.errors import DataError
 
 DVC_OUT = "reports/predictions"
 
@@ -33,8 +33,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace, params: Params) -> None:
     """Pick the inputs for the mode, predict, and say where the outputs are."""
-    from cocoseg.inputs import folder_images, subset_images
-    from cocoseg.predict import predict, prepare_output  # torch: once arguments are parsed
+    from cocoseg.core.inputs import folder_images, subset_images
+    from cocoseg.predict.outputs import predict, prepare_output  # torch: once arguments are parsed
 
     settings = params.predict
     if args.score_threshold is not None:

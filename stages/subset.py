@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from cocoseg.cli import run_stage, stage_parser
-from cocoseg.config import Params
-from cocoseg.subset import make_subset
-
-log = logging.getLogger("cocoseg.stages.subset")
+from cocoseg.core.cli import log, run_stage, stage_parser
+from cocoseg.core.config import Params
+from cocoseg.data.subset import make_subset
 
 
 def main(args: argparse.Namespace, params: Params) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cocoseg.cli import log, run_stage, stage_parser
-from cocoseg.config import Params
+from cocoseg.core.cli import log, run_stage, stage_parser
+from cocoseg.core.config import Params
 
 
 def main(args: argparse.Namespace, params: Params) -> None:
     """Train with params.train and say where the outputs went."""
-    from cocoseg.engine import train  # torch: imported once arguments are parsed
+    from cocoseg.train.engine import train  # torch: imported once arguments are parsed
 
     model_path = train(params.train, args.subset, args.out, args.reports)
     log.info("model: %s, checkpoints: %s/checkpoints, logs: %s", model_path, args.out, args.reports)

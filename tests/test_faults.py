@@ -27,11 +27,11 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset
 
-from cocoseg.checkpoints import checkpoint_path, save_torch
-from cocoseg.cli import failure_line
-from cocoseg.errors import DataError, OutputError, os_fault
-from cocoseg.io import atomic_write, remove_stale_temps, write_json
-from cocoseg.model import load_record
+from cocoseg.core.cli import failure_line
+from cocoseg.core.errors import DataError, OutputError, os_fault
+from cocoseg.core.io import atomic_write, remove_stale_temps, write_json
+from cocoseg.core.model import load_record
+from cocoseg.train.checkpoints import checkpoint_path, save_torch
 
 PROJECT = Path(__file__).resolve().parents[1]
 TRAIN = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,20 @@ PROJECT = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
 
 
+def module_files(name: str) -> list[str]:
+    """The files Python runs to import a dotted cocoseg name: each package's __init__.py too."""
+    parts, files = name.split("."), []
+    for depth in range(1, len(parts) + 1):
+        base = PROJECT.joinpath(*parts[:depth])
+        if (base / "__init__.py").is_file():
+            files.append(base / "__init__.py")
+        elif depth == len(parts) and base.with_suffix(".py").is_file():
+            files.append(base.with_suffix(".py"))
+    return [f.relative_to(PROJECT).as_posix() for f in files]
+
+
 def imported_modules(path: Path) -> set[str]:
-    """cocoseg modules a file imports anywhere (top level or inside functions), as paths."""
+    """cocoseg files a file imports anywhere (top level or inside functions), as paths."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
@@ -25,9 +38,8 @@ def imported_modules(path: Path) -> set[str]:
         else:
             continue
         for name in names:
-            file = PROJECT / (name.replace(".", "/") + ".py")
-            if name.startswith("cocoseg.") and file.is_file():
-                found.add(file.relative_to(PROJECT).as_posix())
+            if name.split(".")[0] == "cocoseg":
+                found.update(module_files(name))
     return found
 
 
@@ -55,9 +67,22 @@ def test_deps_list_exactly_the_cocoseg_modules_the_stage_imports(stage):
     assert listed == needed, f"missing: {sorted(needed - listed)}, extra: {sorted(listed - needed)}"
 
 
-def test_the_import_walk_sees_imports_inside_functions():
-    # cocoseg/images.py imports cocoseg.download inside a function (only when downloading).
-    assert "cocoseg/download.py" in imported_modules(PROJECT / "cocoseg" / "images.py")
+def test_the_import_walk_sees_imports_inside_functions_and_parent_packages():
+    # placing.py imports cocoseg.data.download inside a function (only when downloading).
+    found = imported_modules(PROJECT / "cocoseg" / "data" / "placing.py")
+    assert {"cocoseg/data/download.py", "cocoseg/__init__.py", "cocoseg/core/__init__.py"} <= found
+
+
+STAGE_FOLDERS = ("data", "train", "evaluate", "predict")
+
+
+@pytest.mark.parametrize("folder", ["core", *STAGE_FOLDERS])
+def test_a_stage_folder_imports_core_and_itself_never_a_sibling(folder):
+    """Layers: core imports only core; a stage folder imports core and its own modules."""
+    allowed = {"cocoseg/__init__.py", "cocoseg/core/"} | {f"cocoseg/{folder}/"}
+    for module in sorted((PROJECT / "cocoseg" / folder).glob("*.py")):
+        for imported in imported_modules(module):
+            assert imported.startswith(tuple(allowed)), f"{module.name} imports {imported}"
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
@@ -95,3 +120,11 @@ def test_no_file_is_both_a_stage_plot_and_a_top_level_plot():
         top_level |= set(y) if isinstance(y, dict) else set(plot)
     assert stage_plots and top_level
     assert not stage_plots & top_level
+
+
+@pytest.mark.parametrize("folder", ["core", *STAGE_FOLDERS])
+def test_each_folder_names_public_functions_that_exist(folder):
+    package = importlib.import_module(f"cocoseg.{folder}")
+    assert package.__all__
+    for name in package.__all__:
+        assert getattr(package, name) is not None, name

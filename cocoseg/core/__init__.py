@@ -1,0 +1,25 @@
+"""What every stage shares: params, the stage runner, errors, files, images, the model.
+
+Public: load_params, parse_params, Params (config); run_stage, stage_parser (cli);
+CocosegError, ParamError, DataError, OutputError (errors); atomic_write, read_json,
+write_json, write_csv (io); resolve_device (device); build_model, load_trained_model,
+model_record (model); read_rgb, decode_image (images); folder_images, subset_images,
+split_paths (inputs); size_name, SPLITS (coco).
+"""
+
+from cocoseg.core.exports import lazy_exports
+
+EXPORTS = {
+    "load_params": "config", "parse_params": "config", "Params": "config",
+    "run_stage": "cli", "stage_parser": "cli",
+    "CocosegError": "errors", "ParamError": "errors", "DataError": "errors",
+    "OutputError": "errors",
+    "atomic_write": "io", "read_json": "io", "write_json": "io", "write_csv": "io",
+    "resolve_device": "device",
+    "build_model": "model", "load_trained_model": "model", "model_record": "model",
+    "read_rgb": "images", "decode_image": "images",
+    "folder_images": "inputs", "subset_images": "inputs", "split_paths": "inputs",
+    "size_name": "coco", "SPLITS": "coco",
+}  # fmt: skip
+__getattr__ = lazy_exports(__name__, EXPORTS)
+__all__ = sorted(EXPORTS)

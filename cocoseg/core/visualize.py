@@ -1,0 +1,353 @@
+"""Figures: comparison grids, contact sheets, error charts, built on overlays of images.
+
+Figures are built on `matplotlib.figure.Figure` (the Agg canvas) and never touch pyplot,
+so importing this module changes no global backend and works headless. PNGs are written
+atomically through `cocoseg.core.io`. The overlay drawing itself lives in `cocoseg.core.overlays`;
+its public names are importable from here too.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from cocoseg.core.io import write_bytes
+from cocoseg.core.overlays import (
+    FIXED_COLORS,
+    PNG_COMPRESS_LEVEL,
+    UNKNOWN_COLOR,
+    Color,
+    ann_mask,
+    class_colors,
+    overlay,
+    save_png,
+)
+
+__all__ = [
+    "FIXED_COLORS",
+    "OUTCOME_COLORS",
+    "ann_mask",
+    "class_colors",
+    "comparison_figure",
+    "comparison_grid",
+    "contact_sheet",
+    "error_bars",
+    "error_bars_figure",
+    "error_grid",
+    "mpl_color",
+    "note_figure",
+    "overlay",
+    "save_figure",
+    "save_png",
+]
+
+FIG_DPI = 120
+LEGEND_COLUMNS = 6  # entries per legend row above image grids
+# A fixed colour per outcome of the error analysis (cocoseg.evaluate.error_analysis), for every
+# figure: six distinct Okabe-Ito colours (colour-blind safe), so no two outcomes share a hue.
+OUTCOME_COLORS: dict[str, Color] = {
+    "true positive": (0, 158, 115),  # bluish green
+    "localisation": (240, 228, 66),  # yellow
+    "classification": (86, 180, 233),  # sky blue
+    "duplicate": (204, 121, 167),  # reddish purple
+    "background": (0, 114, 178),  # blue
+    "missed": (213, 94, 0),  # vermillion
+    "ignored (crowd)": (128, 128, 128),
+}
+# Missed ground truths by size in errors.png: the missed hue, paler and hatched for smaller
+# objects (the EDA's size hatches), so the three read as one family and apart from the rest.
+MISSED_STYLES = {
+    "missed_small": (0.6, ".."),
+    "missed_medium": (0.3, "///"),
+    "missed_large": (0.0, ""),
+}
+MISSED_HATCH_COLOR: Color = (120, 50, 0)
+
+
+def mpl_color(color: Color) -> tuple[float, float, float]:
+    """An 8-bit RGB colour as matplotlib's 0..1 floats."""
+    return (color[0] / 255, color[1] / 255, color[2] / 255)
+
+
+def save_figure(fig: Figure, path: str | Path, *, dpi: int = FIG_DPI, tight: bool = True) -> None:
+    """Render a matplotlib Figure to PNG and write it atomically.
+
+    `tight` crops the figure to what is drawn, at the price of drawing it twice; a figure
+    whose layout already fits its contents (the contact sheet) saves half its time without.
+    """
+    buf = io.BytesIO()
+    fig.savefig(
+        buf,
+        format="png",
+        dpi=dpi,
+        bbox_inches="tight" if tight else None,
+        facecolor="white",
+        pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL},
+    )
+    write_bytes(path, buf.getvalue())
+
+
+def legend_handles(colors: Mapping[str, Color]) -> list[Patch]:
+    """One coloured square per class, for figure legends."""
+    return [Patch(facecolor=mpl_color(c), edgecolor="none", label=n) for n, c in colors.items()]
+
+
+def _add_class_legend(fig: Figure, colors: Mapping[str, Color], *, top: float = 1.0) -> None:
+    """A class legend centred under `top` (a fraction of the figure's height)."""
+    if colors:
+        fig.legend(
+            handles=legend_handles(colors),
+            loc="upper center",
+            ncol=min(len(colors), LEGEND_COLUMNS),
+            frameon=False,
+            bbox_to_anchor=(0.5, top),
+            fontsize=11,
+        )
+
+
+def _show(ax: Any, image: np.ndarray, title: str | None = None) -> None:
+    """imshow without ticks or frame, with an optional title."""
+    ax.imshow(image)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=10)
+
+
+def _note(ax: Any, text: str) -> None:
+    """A boxed note in the middle of a panel."""
+    ax.text(
+        0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=11,
+        bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none", "pad": 4},
+    )  # fmt: skip
+
+
+def note_figure(text: str, path: str | Path) -> None:
+    """A small PNG that only says `text` (a declared figure with nothing to show)."""
+    fig = Figure(figsize=(6, 1.2))
+    _note(fig.subplots(), text)
+    fig.axes[0].set_axis_off()
+    save_figure(fig, path)
+
+
+def comparison_figure(
+    rows: list[tuple[np.ndarray, list[dict], list[dict]]],
+    categories: dict[int, str],
+    *,
+    title: str | None = None,
+    titles: tuple[str, str] = ("ground truth", "prediction"),
+    row_labels: Sequence[str] | None = None,
+    colors: Mapping[str, Color] | None = None,
+    legend: Mapping[str, Color] | None = None,
+    no_prediction: str = "no detection",
+) -> Figure:
+    """One row per image: its ground truth beside its prediction, under a title and legend.
+
+    By default each class has its `class_colors` colour and the legend lists the classes;
+    `colors` (by category name) and `legend` (label -> colour) override both. A prediction
+    panel with nothing to draw says `no_prediction`, so it is not mistaken for a glitch.
+    """
+    if not rows:
+        raise ValueError("comparison_grid needs at least one row")
+    colors = dict(colors) if colors is not None else class_colors(list(categories.values()))
+    legend = colors if legend is None else legend
+    panel_w = 4.5
+    heights = [panel_w * img.shape[0] / img.shape[1] + 0.3 for img, _, _ in rows]
+    legend_rows = -(-len(legend) // LEGEND_COLUMNS)
+    header = (0.45 if title else 0) + 0.3 * legend_rows + 0.25
+    fig = Figure(figsize=(2 * panel_w, sum(heights) + header))
+    axes = fig.subplots(len(rows), 2, squeeze=False, gridspec_kw={"height_ratios": heights})
+    for r, (image, gt, pred) in enumerate(rows):
+        prefix = f"{row_labels[r]}: " if row_labels else ""
+        _show(axes[r][0], overlay(image, gt, categories, colors=colors), prefix + titles[0])
+        _show(axes[r][1], overlay(image, pred, categories, colors=colors), prefix + titles[1])
+        if not pred:
+            _note(axes[r][1], no_prediction)
+    fig_h = fig.get_figheight()
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - header / fig_h, hspace=0.12)
+    if title:
+        fig.suptitle(title, fontsize=13, y=1.0 - 0.05 / fig_h, va="top")
+    _add_class_legend(fig, legend, top=1 - (0.45 if title else 0) / fig_h)
+    return fig
+
+
+def comparison_grid(
+    rows: list[tuple[np.ndarray, list[dict], list[dict]]],
+    categories: dict[int, str],
+    path: str | Path,
+    **options: Any,
+) -> None:
+    """`comparison_figure` (same options) written as a PNG."""
+    save_figure(comparison_figure(rows, categories, **options), path)
+
+
+def contact_sheet(
+    images: list[np.ndarray],
+    captions: list[str],
+    path: str | Path,
+    *,
+    columns: int = 4,
+    title: str | None = None,
+    colors: Mapping[str, Color] | None = None,
+) -> None:
+    """PNG grid of images with a caption under each; optional title and class legend."""
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    columns = max(1, min(columns, len(images) or 1))
+    n_rows = max(1, -(-len(images) // columns))
+    cell = 3.2
+    heights = [
+        cell
+        * max(
+            (img.shape[0] / img.shape[1] for img in images[r * columns :][:columns]), default=0.75
+        )
+        + 0.35
+        for r in range(n_rows)
+    ]
+    header = (0.5 if title else 0) + (0.4 if colors else 0)
+    fig = Figure(figsize=(columns * cell, sum(heights) + header))
+    axes = fig.subplots(n_rows, columns, squeeze=False, gridspec_kw={"height_ratios": heights})
+    for i, ax in enumerate(axes.flat):
+        if i < len(images):
+            ax.imshow(images[i])
+            ax.set_xlabel(captions[i], fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        else:
+            ax.set_axis_off()
+    if not images:
+        axes[0][0].text(0.5, 0.5, "no images", ha="center", va="center", fontsize=14)
+    fig_h = fig.get_figheight()
+    # Saved untrimmed (see save_figure), so the bottom margin leaves room for the captions.
+    fig.subplots_adjust(
+        left=0.01, right=0.99, bottom=0.3 / fig_h, top=1 - header / fig_h, wspace=0.05, hspace=0.15
+    )
+    if title:
+        fig.suptitle(title, fontsize=14, y=1.0 - 0.05 / fig_h, va="top")
+    if colors:
+        fig.legend(
+            handles=legend_handles(colors),
+            loc="upper center",
+            ncol=min(len(colors), 6),
+            frameon=False,
+            bbox_to_anchor=(0.5, 1 - (0.5 if title else 0) / fig.get_figheight()),
+            fontsize=10,
+        )
+    save_figure(fig, path, tight=False)
+
+
+def _outcome_name(class_name: str, outcome: str) -> str:
+    """The label an outcome is drawn under: the class alone for a TP, else 'class: outcome'."""
+    if outcome == "true positive":
+        return class_name
+    return f"{class_name}: {outcome.removesuffix(' (crowd)')}"
+
+
+def _by_outcome(anns: list[dict], names: dict[tuple[int, str], int]) -> list[dict]:
+    """Annotation copies whose category id stands for (class, outcome), ids taken from names."""
+    return [
+        {**a, "category_id": names.setdefault((a["category_id"], a["outcome"]), len(names) + 1)}
+        for a in anns
+    ]
+
+
+def error_grid(
+    rows: list[tuple[np.ndarray, list[dict], list[dict]]],
+    categories: dict[int, str],
+    path: str | Path,
+    *,
+    title: str | None = None,
+    row_labels: Sequence[str] | None = None,
+) -> None:
+    """`comparison_grid` of ground truth beside predictions, coloured by error outcome.
+
+    Each annotation carries an `outcome` (a key of OUTCOME_COLORS, as
+    `error_analysis.image_outcomes` gives them); the legend lists the outcomes.
+    """
+    names: dict[tuple[int, str], int] = {}
+    recoded = [
+        (image, _by_outcome(gts, names), _by_outcome(preds, names)) for image, gts, preds in rows
+    ]
+    labels = {
+        new_id: _outcome_name(categories.get(cat_id, f"id {cat_id}"), outcome)
+        for (cat_id, outcome), new_id in names.items()
+    }
+    colors = {
+        labels[new_id]: OUTCOME_COLORS.get(outcome, UNKNOWN_COLOR)
+        for (_, outcome), new_id in names.items()
+    }
+    comparison_grid(
+        recoded,
+        labels,
+        path,
+        title=title,
+        row_labels=row_labels,
+        colors=colors,
+        legend=OUTCOME_COLORS,
+    )
+
+
+def _shade(color: Color, towards_white: float) -> tuple[float, float, float]:
+    """An 8-bit colour blended towards white by the given fraction, as matplotlib floats."""
+    r, g, b = (c + (1 - c) * towards_white for c in mpl_color(color))
+    return (r, g, b)
+
+
+def error_type_style(error_type: str) -> tuple[tuple[float, float, float], str]:
+    """(matplotlib colour, hatch) of an error type's bars: missed_<size> paler and hatched."""
+    if error_type in MISSED_STYLES:
+        towards_white, hatch = MISSED_STYLES[error_type]
+        return _shade(OUTCOME_COLORS["missed"], towards_white), hatch
+    return mpl_color(OUTCOME_COLORS.get(error_type, UNKNOWN_COLOR)), ""
+
+
+def error_bars_figure(
+    rows: Sequence[Mapping[str, Any]], error_types: Sequence[str], *, title: str
+) -> Figure:
+    """One horizontal bar per class ('class' key), stacked by error type counts."""
+    if not rows:
+        raise ValueError("error_bars needs at least one class row")
+    fig = Figure(figsize=(8, 1.6 + 0.45 * len(rows)))
+    ax = fig.subplots()
+    labels = [str(r["class"]) for r in rows]
+    left = np.zeros(len(rows))
+    for error_type in error_types:
+        counts = np.array([float(r.get(error_type) or 0) for r in rows])
+        color, hatch = error_type_style(error_type)
+        ax.barh(
+            labels,
+            counts,
+            left=left,
+            color=color,
+            hatch=hatch,
+            hatchcolor=mpl_color(MISSED_HATCH_COLOR),
+            edgecolor="white",
+            linewidth=0.6,
+            label=error_type.replace("_", ": "),
+        )
+        left += counts
+    ax.invert_yaxis()
+    ax.set_title(title, fontsize=12)
+    ax.set_xlabel("errors (count)")
+    ax.set_ylabel("class")
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(
+        title="error type", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9
+    )
+    return fig
+
+
+def error_bars(
+    rows: Sequence[Mapping[str, Any]],
+    error_types: Sequence[str],
+    path: str | Path,
+    *,
+    title: str = "Errors per class",
+) -> None:
+    """`error_bars_figure` written as a PNG."""
+    save_figure(error_bars_figure(rows, error_types, title=title), path)

@@ -1,0 +1,210 @@
+"""Why mask AP is lost: a TIDE-style error breakdown, read off the one matching.
+
+Each prediction taking part has one outcome of `cocoseg.evaluate.matching` (true positive,
+crowd-ignored, or the error types duplicate, classification, localisation, background;
+see there for their precedence). Prediction errors count under the predicted class. Every
+non-crowd ground truth left without a true positive is `missed` under its own class, split
+by its annotation's `area` into COCOeval's ranges (`cocoseg.core.coco`: small <= 32² < medium
+<= 96² < large). A ground truth behind a classification or localisation error is therefore
+also missed (TIDE would not count it twice; we keep the rule simple and the confusion rows
+say both).
+
+ΔAP per type, on pycocotools' own COCOeval (segm AP@[.5:.95], overall and per class):
+AP with that type's errors removed minus AP of all predictions. Prediction errors are
+*removed* (not TIDE's fix): ΔAP measures the precision they cost. Missed ground truths are
+removed from the ground truth (TIDE's rule for missed errors); a class whose ground truths
+are all missed then has no AP and its ΔAP is None. ΔAP reads the matching of every
+prediction (no score threshold), so its base is the report's segm AP; counts and confusion
+read it restricted to the score threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pycocotools.coco import COCO
+
+from cocoseg.core.coco import SIZE_NAMES, size_name
+from cocoseg.core.io import write_csv, write_json
+from cocoseg.evaluate import metrics
+from cocoseg.evaluate.matching import CROWD, PREDICTION_ERRORS, TP, Matching
+from cocoseg.evaluate.metrics import Number, coco_from_dataset, rounded, run_cocoeval
+
+MISSED_SIZES = tuple(f"missed_{size}" for size in SIZE_NAMES)
+ERROR_TYPES = PREDICTION_ERRORS + MISSED_SIZES
+DELTA_TYPES = (*PREDICTION_ERRORS, "missed")
+BACKGROUND = "background"
+
+
+# --- counts, confusion and worst images ---------------------------------------------------------
+
+
+def error_counts(matched: Matching) -> dict[str, dict[str, int]]:
+    """Counts per class name and type, plus `all`; prediction errors under the predicted class."""
+    tallies = {name: Counter() for name in [*matched.names.values(), "all"]}
+    found = [(v.pred["category_id"], v.outcome) for v in matched.verdicts]
+    found += [(a["category_id"], f"missed_{size_name(a['area'])}") for a in matched.missed]
+    for cat_id, outcome in found:
+        if outcome in ERROR_TYPES:
+            tallies[matched.names[cat_id]][outcome] += 1
+            tallies["all"][outcome] += 1
+    return {name: {t: tally[t] for t in ERROR_TYPES} for name, tally in tallies.items()}
+
+
+def confusion_rows(matched: Matching) -> list[dict[str, str]]:
+    """Rows {actual, predicted} at IoU 0.5 with 'background' for no class; crowd-ignored skip."""
+    names = matched.names
+    rows = []
+    for v in matched.verdicts:
+        predicted = names[v.pred["category_id"]]
+        if v.outcome in (TP, "classification"):
+            rows.append({"actual": names[v.gt_category_id], "predicted": predicted})
+        elif v.outcome != CROWD:
+            rows.append({"actual": BACKGROUND, "predicted": predicted})
+    rows += [{"actual": names[a["category_id"]], "predicted": BACKGROUND} for a in matched.missed]
+    return rows
+
+
+def errors_per_image(matched: Matching) -> Counter:
+    """Number of errors (prediction errors and missed ground truths) per image id."""
+    count: Counter = Counter(
+        v.pred["image_id"] for v in matched.verdicts if v.outcome in PREDICTION_ERRORS
+    )
+    count.update(a["image_id"] for a in matched.missed)
+    return count
+
+
+def worst_images(matched: Matching, n: int) -> list[int]:
+    """The n image ids with the most errors, ties by smaller id; images without errors never."""
+    ranked = sorted(errors_per_image(matched).items(), key=lambda item: (-item[1], item[0]))
+    return [image_id for image_id, _ in ranked[:n]]
+
+
+def image_outcomes(matched: Matching, gt: COCO, image_id: int) -> tuple[list, list]:
+    """(ground truths, predictions) of one image as annotation copies with an `outcome` key.
+
+    Ground truths are TP (found), `missed` or ignored (crowd); for drawing with
+    `visualize.error_grid`.
+    """
+    missed = {a["id"] for a in matched.missed}
+    gts = []
+    for ann in gt.imgToAnns.get(image_id, []):
+        outcome = CROWD if ann.get("iscrowd") else "missed" if ann["id"] in missed else TP
+        gts.append({**ann, "outcome": outcome})
+    preds = [
+        {**v.pred, "outcome": v.outcome} for v in matched.verdicts if v.pred["image_id"] == image_id
+    ]
+    return gts, preds
+
+
+# --- ΔAP ------------------------------------------------------------------------------------
+
+
+def fixed_inputs(
+    gt: COCO, matched: Matching, types: Collection[str]
+) -> tuple[COCO, list[dict[str, Any]]]:
+    """Ground truth and predictions with `types` errors removed ('missed' drops those gts)."""
+    preds = [v.pred for v in matched.verdicts if v.outcome not in types]
+    if "missed" not in types or not matched.missed:
+        return gt, preds
+    drop = {a["id"] for a in matched.missed}
+    anns = [a for a in gt.dataset["annotations"] if a["id"] not in drop]
+    return coco_from_dataset({**gt.dataset, "annotations": anns}), preds
+
+
+def mask_ap(gt: COCO, preds: Sequence[dict[str, Any]]) -> dict[str, Number]:
+    """COCOeval segm AP@[.5:.95]: overall under 'all' and per class name."""
+    return metrics.mask_ap(gt, run_cocoeval(gt, preds, "segm"))
+
+
+def _difference(fixed: Number, base: Number) -> Number:
+    return None if fixed is None or base is None else fixed - base
+
+
+def _occurs(matched: Matching, error_type: str) -> bool:
+    if error_type == "missed":
+        return bool(matched.missed)
+    return any(v.outcome == error_type for v in matched.verdicts)
+
+
+def delta_ap(
+    gt: COCO, matched: Matching, base: dict[str, Number] | None = None
+) -> dict[str, dict[str, Number]]:
+    """ΔAP per type, {'all' | class name: {type: AP(fixed) - AP(base)}}; 0 where none occur.
+
+    The base is COCOeval over the matching's predictions, so pass the matching of every
+    prediction (`matching.match(gt, preds)`) to explain the report's segm AP; `base`,
+    when given, is that AP already computed (`metrics.Evaluation.mask_ap`), not recomputed.
+    """
+    base = base or mask_ap(*fixed_inputs(gt, matched, ()))
+    result: dict[str, dict[str, Number]] = {key: {} for key in base}
+    for error_type in DELTA_TYPES:
+        occurs = _occurs(matched, error_type)
+        fixed = mask_ap(*fixed_inputs(gt, matched, {error_type})) if occurs else base
+        for key, value in base.items():
+            result[key][error_type] = _difference(fixed[key], value) if occurs else 0.0
+    return result
+
+
+# --- the report and its files ----------------------------------------------------------------
+
+
+@dataclass
+class ErrorReport:
+    """Counts and confusion at the score threshold (its matching), ΔAP over every prediction."""
+
+    matching: Matching
+    counts: dict[str, dict[str, int]]
+    delta_ap: dict[str, dict[str, Number]]
+    confusion: list[dict[str, str]]
+
+
+def analyse(
+    gt: COCO, matched: Matching, score_threshold: float, base_ap: dict[str, Number] | None = None
+) -> ErrorReport:
+    """The whole breakdown from the matching of every prediction (see the module docstring).
+
+    `base_ap`: the mask AP of all predictions when the caller has it (metrics.evaluate's).
+    """
+    if matched.score_threshold != -math.inf:
+        raise ValueError("the error breakdown needs the matching of every prediction (ΔAP)")
+    kept = matched.at(score_threshold)
+    return ErrorReport(
+        matching=kept,
+        counts=error_counts(kept),
+        delta_ap=delta_ap(gt, matched, base_ap),
+        confusion=confusion_rows(kept),
+    )
+
+
+def error_metrics(report: ErrorReport) -> dict[str, Any]:
+    """{'errors': {all: {type: count}, delta_ap: {type: ΔAP}}}, overall, for metrics.json.
+
+    Per-class counts and ΔAP go to errors.csv and errors_per_class.csv: metrics stay the few
+    numbers compared across experiments.
+    """
+    return {"errors": {"all": report.counts["all"], "delta_ap": rounded(report.delta_ap["all"])}}
+
+
+def count_rows(report: ErrorReport) -> list[dict[str, Any]]:
+    """errors.csv rows: one per class, a column per error type (for a stacked bar)."""
+    return [{"class": n, **c} for n, c in report.counts.items() if n != "all"]
+
+
+def delta_rows(report: ErrorReport) -> list[dict[str, Any]]:
+    """errors_per_class.csv rows: one per class, a ΔAP column per type."""
+    return [{"class": n, **d} for n, d in report.delta_ap.items() if n != "all"]
+
+
+def write_error_reports(report: ErrorReport, eval_dir: str | Path) -> None:
+    """errors.csv, errors_per_class.csv, confusion.json and confusion.csv under eval_dir."""
+    eval_dir = Path(eval_dir)
+    write_csv(eval_dir / "errors.csv", rounded(count_rows(report)))
+    write_csv(eval_dir / "errors_per_class.csv", rounded(delta_rows(report)))
+    write_json(eval_dir / "confusion.json", report.confusion)
+    write_csv(eval_dir / "confusion.csv", report.confusion, columns=("actual", "predicted"))

@@ -1,0 +1,401 @@
+"""Scoring instance segmentation: COCO mAP (segm, bbox), greedy IoU, Dice, precision/recall/F1.
+
+Conventions shared by every number here:
+- Ground truth is a pycocotools `COCO`; predictions are COCO results dicts (RLE masks).
+- Greedy IoU, Dice and P/R/F1 read the one matching of `cocoseg.evaluate.matching` (COCOeval's
+  at IoU 0.5, at most 100 predictions per image and class; a prediction on a crowd region
+  is ignored rather than counted as a false positive).
+- A ratio with nothing to divide by (a class without ground truth, no predictions at all)
+  is None, written as JSON null; COCO's -1 for a class without ground truth becomes None.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from cocoseg.core.errors import DataError
+from cocoseg.core.inputs import classes_path
+from cocoseg.core.io import read_json, write_csv, write_json
+from cocoseg.evaluate.matching import CROWD, TP, Matching, match
+
+SUMMARY_NAMES = (
+    "AP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "AR1",
+    "AR10",
+    "AR100",
+    "ARs",
+    "ARm",
+    "ARl",
+)
+IOU_TYPES = ("segm", "bbox")
+DECIMALS = 6
+PER_CLASS_METRICS = ("segm_AP", "bbox_AP")  # the per-class numbers metrics.json keeps
+
+Number = float | None
+
+
+# --- loading and checking -------------------------------------------------------------------
+
+
+def coco_from_dataset(dataset: dict[str, Any]) -> COCO:
+    """A pycocotools COCO index over an in-memory dataset, without its console chatter."""
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def load_ground_truth(path: str | Path) -> COCO:
+    """The ground-truth annotation file as a COCO index; malformed files raise DataError."""
+    dataset = read_json(path)
+    if not isinstance(dataset, dict):
+        raise DataError(f"{path}: not a COCO annotation file (top level is not an object)")
+    missing = [k for k in ("images", "annotations", "categories") if k not in dataset]
+    if missing:
+        raise DataError(f"{path}: not a COCO annotation file (missing {missing})")
+    return coco_from_dataset(dataset)
+
+
+def _check_rle(seg: Any, image: dict[str, Any], where: str) -> dict[str, Any]:
+    """The prediction's RLE with `counts` compressed to str; its size must be the image's."""
+    if not isinstance(seg, dict) or "counts" not in seg or "size" not in seg:
+        raise DataError(f"{where}: 'segmentation' must be an RLE {{'size', 'counts'}}")
+    size = [image["height"], image["width"]]
+    if list(seg["size"]) != size:
+        raise DataError(
+            f"{where}: mask size {list(seg['size'])} differs from image {image['id']}'s {size}"
+        )
+    if isinstance(seg["counts"], list):
+        seg = mask_utils.frPyObjects(seg, *size)
+    if isinstance(seg["counts"], bytes):
+        seg = {"size": size, "counts": seg["counts"].decode("ascii")}
+    if not isinstance(seg["counts"], str):
+        raise DataError(f"{where}: RLE 'counts' must be a string or a list of run lengths")
+    return seg
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_prediction(pred: Any, gt: COCO, where: str) -> dict[str, Any]:
+    """One results dict, checked against the ground truth's images and categories."""
+    if not isinstance(pred, dict):
+        raise DataError(f"{where}: a prediction must be an object, got {type(pred).__name__}")
+    missing = [
+        k for k in ("image_id", "category_id", "bbox", "score", "segmentation") if k not in pred
+    ]
+    if missing:
+        raise DataError(f"{where}: missing {missing}")
+    for key in ("image_id", "category_id"):
+        if not isinstance(pred[key], int) or isinstance(pred[key], bool):
+            raise DataError(f"{where}: {key} {pred[key]!r} is not an integer id")
+    image = gt.imgs.get(pred["image_id"])
+    if image is None:
+        raise DataError(f"{where}: image_id {pred['image_id']!r} is not in the ground truth")
+    if pred["category_id"] not in gt.cats:
+        raise DataError(
+            f"{where}: category_id {pred['category_id']!r} is not in the ground truth "
+            f"(known: {sorted(gt.cats)})"
+        )
+    if not _is_number(pred["score"]):
+        raise DataError(f"{where}: score {pred['score']!r} is not a finite number")
+    bbox = pred["bbox"]
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
+        raise DataError(f"{where}: bbox {bbox!r} is not [x, y, width, height]")
+    return {
+        "image_id": pred["image_id"],
+        "category_id": pred["category_id"],
+        "bbox": [float(v) for v in bbox],
+        "score": float(pred["score"]),
+        "segmentation": _check_rle(pred["segmentation"], image, where),
+    }
+
+
+def check_class_names(classes: list[str], gt: COCO, source: str) -> None:
+    """Predictions made for `classes` (ids 1..K) must be scored against the same class list.
+
+    Class ids mean nothing alone: predictions made before `subset.classes` was reordered
+    would be scored against the wrong classes.
+    """
+    truth = [gt.cats[c]["name"] for c in sorted(gt.cats)]
+    if list(classes) != truth:
+        raise DataError(
+            f"{source}: predictions were made for classes {list(classes)} but the ground "
+            f"truth's are {truth}; predict again (dvc repro infer)"
+        )
+
+
+def check_predictions(preds: Any, gt: COCO, source: str) -> list[dict[str, Any]]:
+    """All results dicts checked; the error names the source, the entry and the bad id."""
+    if not isinstance(preds, list):
+        raise DataError(f"{source}: COCO results must be a JSON list of predictions")
+    return [check_prediction(p, gt, f"{source}: prediction #{i}") for i, p in enumerate(preds)]
+
+
+def load_predictions(path: str | Path, gt: COCO) -> list[dict[str, Any]]:
+    """A COCO results file, checked against the ground truth (see `check_predictions`).
+
+    When stage infer's record of the class names lies beside it, those must be gt's.
+    """
+    recorded = classes_path(path)
+    if recorded.exists():
+        check_class_names(read_json(recorded).get("classes"), gt, str(path))
+    return check_predictions(read_json(path), gt, str(path))
+
+
+# --- COCO mAP -------------------------------------------------------------------------------
+
+
+def results_coco(gt: COCO, preds: Sequence[dict[str, Any]], iou_type: str) -> COCO:
+    """Predictions as pycocotools' loadRes builds them, on copies; also for zero predictions.
+
+    For segm the box is left out, so small/medium/large use the mask's area (as
+    torchvision's and detectron2's evaluators do), not the box's.
+    """
+    if not preds:
+        empty = {"images": gt.dataset["images"], "categories": gt.dataset["categories"]}
+        return coco_from_dataset({**empty, "annotations": []})
+    keep = ("image_id", "category_id", "score", "segmentation" if iou_type == "segm" else "bbox")
+    anns = [{k: p[k] for k in keep} for p in preds]
+    with contextlib.redirect_stdout(io.StringIO()):
+        return gt.loadRes(anns)
+
+
+def run_cocoeval(gt: COCO, preds: Sequence[dict[str, Any]], iou_type: str) -> COCOeval:
+    """COCOeval evaluated, accumulated and summarised (quietly) for 'segm' or 'bbox'."""
+    evaluator = COCOeval(gt, results_coco(gt, preds, iou_type), iou_type)
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator
+
+
+def _coco_number(value: float) -> Number:
+    """COCO's -1 (nothing to score) as None, anything else as float."""
+    return None if value < 0 else float(value)
+
+
+def summary(evaluator: COCOeval) -> dict[str, Number]:
+    """The twelve numbers `summarize()` prints, by name (AP, AP50, ... ARl)."""
+    return {name: _coco_number(v) for name, v in zip(SUMMARY_NAMES, evaluator.stats, strict=True)}
+
+
+def _mean_valid(values: np.ndarray) -> Number:
+    valid = values[values > -1]
+    return float(valid.mean()) if valid.size else None
+
+
+def per_class_ap(evaluator: COCOeval) -> dict[int, dict[str, Number]]:
+    """AP, AP50 and AP75 per category id from eval['precision'] (area all, maxDets 100)."""
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # [iou, recall, class]
+    thresholds = evaluator.params.iouThrs
+    t50, t75 = (int(np.argmin(np.abs(thresholds - t))) for t in (0.5, 0.75))
+    return {
+        cat_id: {
+            "AP": _mean_valid(precision[:, :, k]),
+            "AP50": _mean_valid(precision[t50, :, k]),
+            "AP75": _mean_valid(precision[t75, :, k]),
+        }
+        for k, cat_id in enumerate(evaluator.params.catIds)
+    }
+
+
+def pr_curves(evaluator: COCOeval) -> dict[str, np.ndarray]:
+    """Precision per class on COCO's 101 recall thresholds: 'iou50' and 'iou50_95' [101, K].
+
+    IoU 0.5:0.95 averages the ten thresholds' curves; NaN where a class has no ground truth.
+    """
+    precision = evaluator.eval["precision"][:, :, :, 0, -1].astype(float)
+    precision[precision < 0] = np.nan
+    t50 = int(np.argmin(np.abs(evaluator.params.iouThrs - 0.5)))
+    return {"iou50": precision[t50], "iou50_95": precision.mean(axis=0)}
+
+
+# --- greedy IoU, Dice and one-to-one counts, read off the matching ----------------------------
+
+
+@dataclass
+class ClassMatch:
+    """One class's matching outcome: a greedy (IoU, Dice) per ground truth, one-to-one counts."""
+
+    ious: list[float] = field(default_factory=list)
+    dices: list[float] = field(default_factory=list)
+    tp: int = 0
+    fp: int = 0
+
+    @property
+    def n_gt(self) -> int:
+        return len(self.ious)
+
+    @property
+    def fn(self) -> int:
+        return self.n_gt - self.tp
+
+
+def class_matches(matched: Matching) -> dict[int, ClassMatch]:
+    """Per category id: greedy IoU/Dice of each ground truth; TP and FP (crowd-ignored aside)."""
+    result = {cat_id: ClassMatch() for cat_id in matched.names}
+    for ann in matched.ground_truths:
+        iou, dice = matched.best_overlap(ann)
+        result[ann["category_id"]].ious.append(iou)
+        result[ann["category_id"]].dices.append(dice)
+    for verdict in matched.verdicts:
+        found = result[verdict.pred["category_id"]]
+        found.tp += int(verdict.outcome == TP)
+        found.fp += int(verdict.outcome not in (TP, CROWD))
+    return result
+
+
+# --- the report -----------------------------------------------------------------------------
+
+
+def _ratio(num: float, den: float) -> Number:
+    return num / den if den else None
+
+
+def _mean(values: Sequence[float]) -> Number:
+    return float(np.mean(values)) if values else None
+
+
+def prf(tp: int, fp: int, fn: int) -> dict[str, Number]:
+    """Precision, recall and F1 (2TP / (2TP + FP + FN)); None where undefined."""
+    return {
+        "precision": _ratio(tp, tp + fp),
+        "recall": _ratio(tp, tp + fn),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+    }
+
+
+def rounded(obj: Any, decimals: int = DECIMALS) -> Any:
+    """A copy of nested dicts/lists with floats rounded; NaN becomes None."""
+    if isinstance(obj, dict):
+        return {k: rounded(v, decimals) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [rounded(v, decimals) for v in obj]
+    if isinstance(obj, float):
+        return None if math.isnan(obj) else round(obj, decimals)
+    return obj
+
+
+@dataclass
+class Evaluation:
+    """Everything the evaluate stage reports: nested metrics, per-class rows and PR curves."""
+
+    metrics: dict[str, Any]
+    rows: list[dict[str, Any]]
+    curves: dict[str, np.ndarray]
+    recall: np.ndarray
+    class_names: list[str]
+    mask_ap: dict[str, Number]  # segm AP unrounded: 'all' and per class (error analysis's base)
+    matching: Matching  # of every prediction (the error analysis reads it too)
+
+
+def mask_ap(gt: COCO, evaluator: COCOeval) -> dict[str, Number]:
+    """A segm COCOeval's AP@[.5:.95]: overall under 'all' and per class name."""
+    per_class = per_class_ap(evaluator)
+    names = {c: gt.cats[c]["name"] for c in per_class}
+    return {"all": summary(evaluator)["AP"], **{names[c]: v["AP"] for c, v in per_class.items()}}
+
+
+def _class_row(name: str, aps: dict[str, dict[str, Number]], found: ClassMatch) -> dict[str, Any]:
+    row: dict[str, Any] = {"class": name, "n_gt": found.n_gt}
+    for iou_type in IOU_TYPES:
+        row.update({f"{iou_type}_{k}": v for k, v in aps[iou_type].items()})
+    row.update(iou=_mean(found.ious), dice=_mean(found.dices))
+    row.update(prf(found.tp, found.fp, found.fn), tp=found.tp, fp=found.fp, fn=found.fn)
+    return row
+
+
+def evaluate(gt: COCO, preds: Sequence[dict[str, Any]], score_threshold: float) -> Evaluation:
+    """Score checked predictions against the ground truth with every metric of the report.
+
+    COCO mAP uses all predictions; greedy IoU, Dice and P/R/F1 only those scoring at
+    least `score_threshold`. Like COCOeval, this turns gt's polygons into RLEs in place.
+    """
+    evaluators = {t: run_cocoeval(gt, preds, t) for t in IOU_TYPES}
+    matched = match(gt, preds)
+    matches = class_matches(matched.at(score_threshold))
+    per_type = {t: per_class_ap(e) for t, e in evaluators.items()}
+    names = {cat_id: gt.cats[cat_id]["name"] for cat_id in matches}
+    rows = [
+        _class_row(names[c], {t: per_type[t][c] for t in IOU_TYPES}, found)
+        for c, found in matches.items()
+    ]
+    all_ious = [v for m in matches.values() for v in m.ious]
+    all_dices = [v for m in matches.values() for v in m.dices]
+    tp, fp, fn = (sum(getattr(m, k) for m in matches.values()) for k in ("tp", "fp", "fn"))
+    metrics = {
+        **{t: summary(e) for t, e in evaluators.items()},
+        "iou": {"mean": _mean(all_ious), **{r["class"]: r["iou"] for r in rows}},
+        "dice": {"mean": _mean(all_dices), **{r["class"]: r["dice"] for r in rows}},
+        "match": {**prf(tp, fp, fn), "tp": tp, "fp": fp, "fn": fn},
+        "per_class": {r["class"]: {k: v for k, v in r.items() if k != "class"} for r in rows},
+    }
+    return Evaluation(
+        metrics=rounded(metrics),
+        rows=rows,
+        curves=pr_curves(evaluators["segm"]),
+        recall=evaluators["segm"].params.recThrs,
+        class_names=[names[c] for c in matches],
+        mask_ap=mask_ap(gt, evaluators["segm"]),
+        matching=matched,
+    )
+
+
+def curve_rows(
+    recalls: np.ndarray, curve: np.ndarray, class_names: Sequence[str]
+) -> list[dict[str, Any]]:
+    """A [R, K] precision array as rows {recall, <class>: precision, ...}."""
+    return [
+        {"recall": float(r), **dict(zip(class_names, map(float, values), strict=True))}
+        for r, values in zip(recalls, curve, strict=True)
+    ]
+
+
+def headline(m: dict[str, Any]) -> dict[str, Any]:
+    """What metrics.json keeps: the numbers compared across experiments (`dvc exp show`).
+
+    Per class only segm_AP and bbox_AP; greedy IoU and Dice only their means. Everything
+    per class is in per_class.csv.
+    """
+    return {
+        **m,
+        "iou": {"mean": m["iou"]["mean"]},
+        "dice": {"mean": m["dice"]["mean"]},
+        "per_class": {
+            name: {k: row[k] for k in PER_CLASS_METRICS} for name, row in m["per_class"].items()
+        },
+    }
+
+
+def write_reports(
+    evaluation: Evaluation, metrics_path: str | Path, eval_dir: str | Path | None
+) -> None:
+    """The metrics JSON (headline numbers) and, with an eval_dir, per_class.csv and pr_<iou>.csv."""
+    write_json(metrics_path, headline(evaluation.metrics))
+    if eval_dir is None:
+        return
+    eval_dir = Path(eval_dir)
+    write_csv(eval_dir / "per_class.csv", rounded(evaluation.rows))
+    for key, curve in evaluation.curves.items():
+        rows = curve_rows(evaluation.recall, curve, evaluation.class_names)
+        write_csv(eval_dir / f"pr_{key}.csv", rounded(rows))

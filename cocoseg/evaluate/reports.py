@@ -1,0 +1,106 @@
+"""The evaluate stage's work: score saved val predictions, explain the errors, draw figures.
+
+No model is needed: everything comes from the val ground truth and the predictions file,
+so a scoring experiment (score threshold, figures) takes seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools.coco import COCO
+
+from cocoseg.core import visualize
+from cocoseg.core.config import EvaluateParams
+from cocoseg.core.images import read_rgb
+from cocoseg.core.io import safe_join
+from cocoseg.evaluate import error_analysis, metrics
+
+
+def score(
+    gt: COCO, preds: list[dict], p: EvaluateParams
+) -> tuple[metrics.Evaluation, error_analysis.ErrorReport]:
+    """Every metric of the report plus the error breakdown (both read one matching), merged."""
+    evaluation = metrics.evaluate(gt, preds, p.score_threshold)
+    errors = error_analysis.analyse(gt, evaluation.matching, p.score_threshold, evaluation.mask_ap)
+    evaluation.metrics.update(error_analysis.error_metrics(errors))
+    return evaluation, errors
+
+
+def write_reports(
+    gt: COCO,
+    preds: list[dict],
+    p: EvaluateParams,
+    out: str | Path,
+    eval_dir: Path | None,
+    images_dir: Path,
+) -> metrics.Evaluation:
+    """metrics.json at `out`; with an eval_dir also the tables, curves and figures."""
+    evaluation, errors = score(gt, preds, p)
+    metrics.write_reports(evaluation, out, eval_dir)
+    if eval_dir is not None:
+        error_analysis.write_error_reports(errors, eval_dir)
+        visualize.error_bars(
+            error_analysis.count_rows(errors),
+            error_analysis.ERROR_TYPES,
+            eval_dir / "errors.png",
+            title=f"Errors per class at score ≥ {p.score_threshold:g} (val)",
+        )
+        draw_samples(gt, preds, images_dir, p, eval_dir / "samples.png")
+        draw_worst(gt, errors, images_dir, p, eval_dir / "worst_images.png")
+    return evaluation
+
+
+def _image(gt: COCO, images_dir: Path, image_id: int) -> np.ndarray:
+    """A val image as RGB, found through its (checked) file name."""
+    return read_rgb(safe_join(images_dir, gt.imgs[image_id]["file_name"]))
+
+
+def draw_samples(
+    gt: COCO, preds: list[dict], images_dir: Path, p: EvaluateParams, path: Path
+) -> None:
+    """Ground truth beside prediction (score >= threshold) for n_samples evenly spread images."""
+    ids = sorted(gt.imgs)
+    picks = sorted({ids[int(k)] for k in np.linspace(0, len(ids) - 1, min(p.n_samples, len(ids)))})
+    by_image: dict[int, list[dict[str, Any]]] = {i: [] for i in picks}
+    for pred in preds:
+        if pred["image_id"] in by_image and pred["score"] >= p.score_threshold:
+            by_image[pred["image_id"]].append(pred)
+    rows = [(_image(gt, images_dir, i), gt.imgToAnns[i], by_image[i]) for i in picks]
+    categories = {c: gt.cats[c]["name"] for c in sorted(gt.cats)}
+    visualize.comparison_grid(
+        rows,
+        categories,
+        path,
+        title=f"{len(picks)} val images: ground truth, predictions ≥ {p.score_threshold:g}",
+        row_labels=[f"image {i}" for i in picks],
+        no_prediction=f"no detection ≥ {p.score_threshold:g}",
+    )
+
+
+def draw_worst(
+    gt: COCO, errors: error_analysis.ErrorReport, images_dir: Path, p: EvaluateParams, path: Path
+) -> None:
+    """The n_worst images with the most errors, each error in its type's colour."""
+    ids = error_analysis.worst_images(errors.matching, p.n_worst)
+    if not ids:
+        visualize.note_figure(f"No errors at score ≥ {p.score_threshold:g}", path)
+        return
+    rows = [
+        (_image(gt, images_dir, i), *error_analysis.image_outcomes(errors.matching, gt, i))
+        for i in ids
+    ]
+    categories = {c: gt.cats[c]["name"] for c in sorted(gt.cats)}
+    labels = [
+        f"image {i}: {n} errors" for i, n in zip(ids, _error_counts(errors, ids), strict=True)
+    ]
+    title = f"The {len(ids)} val images with the most errors at score ≥ {p.score_threshold:g}"
+    visualize.error_grid(rows, categories, path, title=title, row_labels=labels)
+
+
+def _error_counts(errors: error_analysis.ErrorReport, ids: list[int]) -> list[int]:
+    """How many errors each of these images has."""
+    per_image = error_analysis.errors_per_image(errors.matching)
+    return [per_image[i] for i in ids]

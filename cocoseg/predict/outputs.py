@@ -1,0 +1,179 @@
+"""Predict with the trained model on the subset's test images or on any folder of images.
+
+Outputs under `out`, the same in both modes:
+
+    <name>.json          COCO results list (image_id, category_id, category_name, bbox xywh,
+                         score, segmentation as RLE with str counts), scores >= threshold
+    images.json          the images index: COCO "images" (id, file_name, width, height) and
+                         "categories", so `COCO("images.json").loadRes("<name>.json")` works
+    overlays/<stem>.png  each image with its kept detections drawn
+    contact_sheet.png    all overlays (the first MAX_SHEET images) on one page
+
+`<name>` is "test" for the DVC stage and "predictions" for a folder; cocoseg/core/inputs.py says
+which images each mode takes.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from cocoseg.core.config import PredictParams
+from cocoseg.core.errors import DataError, OutputError, os_fault_message
+from cocoseg.core.images import read_rgb
+from cocoseg.core.inputs import InputImage
+from cocoseg.core.io import write_json
+from cocoseg.core.overlays import class_colors, overlay, save_png
+from cocoseg.core.visualize import contact_sheet
+from cocoseg.predict.inference import add_category_names, run_trained_model
+
+log = logging.getLogger(__name__)
+
+MAX_SHEET = 48  # images on the contact sheet; a big folder would make an unreadable page
+THUMB_WIDTH = 480  # contact-sheet thumbnails are downsized to keep memory flat
+
+
+# ---------------------------------------------------------------- results
+
+
+def prepare_output(out: Path, *, inputs: Path | None = None) -> Path:
+    """Make the output folder, or say in one line why it cannot be, before any model loads.
+
+    Refused: an existing file, the input folder itself or a folder inside it, a folder that
+    cannot be created or written (read-only, permissions).
+    """
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out}: is an existing file; give a folder to write outputs into")
+    if inputs is not None and out.resolve().is_relative_to(inputs.resolve()):
+        raise DataError(
+            f"--out {out} is inside --images {inputs}: outputs are images too; write elsewhere"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise OutputError(os_fault_message(err, out)) from None
+    return out
+
+
+def keep_confident(results: Sequence[dict], threshold: float) -> list[dict]:
+    """Detections with score >= threshold, in their original order."""
+    return [r for r in results if r["score"] >= threshold]
+
+
+def images_index(images: Sequence[InputImage], classes: Sequence[str]) -> dict[str, Any]:
+    """images.json: a COCO image-info dict mapping ids to file names, with the categories."""
+    return {
+        "images": [
+            {"id": i.id, "file_name": i.file_name, "width": i.width, "height": i.height}
+            for i in images
+        ],
+        "categories": [{"id": k, "name": n} for k, n in enumerate(classes, start=1)],
+    }
+
+
+def overlay_names(images: Sequence[InputImage]) -> dict[int, str]:
+    """Overlay file name per image id: <stem>.png, or <file name with _>.png if stems clash."""
+    stems = Counter(Path(i.file_name).stem for i in images)
+    names = {}
+    for i in images:
+        stem = Path(i.file_name).stem
+        unique = stems[stem] == 1
+        names[i.id] = f"{stem}.png" if unique else f"{Path(i.file_name).name.replace('.', '_')}.png"
+    return names
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def _thumbnail(image: np.ndarray) -> np.ndarray:
+    """A copy at most THUMB_WIDTH wide, for the contact sheet."""
+    h, w = image.shape[:2]
+    if w <= THUMB_WIDTH:
+        return image
+    small = Image.fromarray(image).resize((THUMB_WIDTH, max(1, round(h * THUMB_WIDTH / w))))
+    return np.asarray(small)
+
+
+def _clear_stale_overlays(folder: Path, keep: set[str]) -> None:
+    """Remove PNGs a previous run left in our overlays folder that this run will not write."""
+    stale = [p for p in folder.glob("*.png") if p.name not in keep] if folder.is_dir() else []
+    for p in stale:
+        p.unlink()
+    if stale:
+        log.info("%s: removed %d overlay(s) left from an earlier run", folder, len(stale))
+
+
+def write_outputs(
+    out: Path,
+    name: str,
+    images: Sequence[InputImage],
+    results: Sequence[dict],
+    classes: Sequence[str],
+    threshold: float,
+) -> None:
+    """Write <name>.json, images.json, one overlay per image and the contact sheet."""
+    write_json(out / f"{name}.json", list(results))
+    write_json(out / "images.json", images_index(images, classes))
+    categories = dict(enumerate(classes, start=1))
+    colors = class_colors(list(classes))
+    by_image: dict[int, list[dict]] = {}
+    for r in results:
+        by_image.setdefault(r["image_id"], []).append(r)
+    names = overlay_names(images)
+    _clear_stale_overlays(out / "overlays", set(names.values()))
+    thumbs, captions = [], []
+    for img in images:
+        dets = by_image.get(img.id, [])
+        drawn = overlay(read_rgb(img.path), dets, categories, colors=colors)
+        save_png(out / "overlays" / names[img.id], drawn)
+        if len(thumbs) < MAX_SHEET:
+            thumbs.append(_thumbnail(drawn))
+            captions.append(f"{img.file_name}: {len(dets)} detection{'s' * (len(dets) != 1)}")
+    shown = f"first {len(thumbs)} of {len(images)}" if len(thumbs) < len(images) else len(images)
+    contact_sheet(
+        thumbs,
+        captions,
+        out / "contact_sheet.png",
+        columns=4,
+        title=f"Predictions on {shown} images (score ≥ {threshold:g})",
+        colors=colors,
+    )
+
+
+def predict(
+    model_path: str | Path,
+    images: Sequence[InputImage],
+    out: str | Path,
+    params: PredictParams,
+    *,
+    name: str,
+    expect_classes: Sequence[str] = (),
+    progress: bool = True,
+) -> list[dict]:
+    """Run the model on `images`, keep scores >= threshold, write all outputs; return results."""
+    out = Path(out)
+    raw, classes = run_trained_model(
+        model_path,
+        [(i.id, i.path) for i in images],
+        params,
+        expect_classes=expect_classes,
+        progress=progress,
+    )
+    results = add_category_names(keep_confident(raw, params.score_threshold), classes)
+    log.info(
+        "predict: kept %d of %d detections with score >= %g",
+        len(results),
+        len(raw),
+        params.score_threshold,
+    )
+    write_outputs(out, name, images, results, classes, params.score_threshold)
+    return results

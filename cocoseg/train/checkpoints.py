@@ -1,0 +1,170 @@
+"""Checkpoints: find, save, pick the one to resume from, clear and thin out.
+
+Each finished epoch writes `checkpoints/epoch_NN.pt` atomically. A new run resumes from the
+newest readable checkpoint with epoch <= `train.epochs` when its train params, class names
+and training data (the train json and the bytes of every train image, `data_fingerprint`)
+all equal this run's: DVC does not hash a COCO copy's image folders, so the pixels of an
+image may change under the same annotation file. `epochs` itself may differ (raising it continues
+training, lowering it finishes from that epoch's checkpoint) except with the `cosine`
+schedule, whose curve depends on it. `train.keep_checkpoints` also never counts. Otherwise
+the old checkpoints are removed and training starts fresh. Delete `models/checkpoints` to
+force a fresh start. Every .pt file is read by `cocoseg.core.model.load_record` (weights only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cocoseg.core.errors import DataError
+from cocoseg.core.io import atomic_write, read_json, safe_join
+from cocoseg.core.model import load_record
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+NOT_IN_RESUME_KEY = ("keep_checkpoints",)  # how many files are kept does not change training
+
+
+def checkpoint_path(folder: Path, epoch: int) -> Path:
+    """models/checkpoints/epoch_NN.pt."""
+    return folder / f"epoch_{epoch:02d}.pt"
+
+
+def checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """(epoch, path) of the checkpoint files in folder, newest first."""
+    found = []
+    for path in folder.glob("epoch_*.pt"):
+        suffix = path.stem.removeprefix("epoch_")
+        if suffix.isdigit():
+            found.append((int(suffix), path))
+    return sorted(found, reverse=True)
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of all tensors in nested dicts/lists: about what torch.save will write."""
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def save_torch(path: Path, obj: Any) -> None:
+    """torch.save through a temp file renamed into place (a full disk names the space needed)."""
+    with atomic_write(path, "wb", size_hint=tensor_bytes(obj)) as f:
+        torch.save(obj, f)
+
+
+def save_checkpoint(
+    folder: Path, epoch: int, parts: dict[str, Any], identity: dict[str, Any], history: dict
+) -> Path:
+    """epoch_NN.pt: the state of each part (model, optimizer, ...), this run's identity, logs.
+
+    A DistributedDataParallel model is saved as the model it wraps (its `.module`).
+    """
+    states = {name: getattr(obj, "module", obj).state_dict() for name, obj in parts.items()}
+    path = checkpoint_path(folder, epoch)
+    save_torch(path, {"format": CHECKPOINT_FORMAT, **states, "epoch": epoch, **identity,
+                      "history": history})  # fmt: skip
+    return path
+
+
+def restore(state: dict[str, Any], **parts: Any) -> None:
+    """Load each part (optimizer=..., scheduler=..., ...) from the checkpoint `state`."""
+    for name, obj in parts.items():
+        obj.load_state_dict(state[name])
+
+
+def data_fingerprint(images_dir: Path, ann_file: Path) -> str:
+    """sha256 over the train json and the content of every image it lists, in its order.
+
+    What training actually reads: a checkpoint made from other pixels is not resumed.
+    """
+    digest = hashlib.sha256(ann_file.read_bytes())
+    for image in read_json(ann_file).get("images", []):
+        path = safe_join(images_dir, image["file_name"])
+        with path.open("rb") as f:
+            digest.update(image["file_name"].encode() + b"\0")
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
+
+
+def resume_key(params: dict[str, Any]) -> dict[str, Any]:
+    """The params a resumed run must share with its checkpoint (see the module docstring)."""
+    return {
+        k: v
+        for k, v in params.items()
+        if k not in NOT_IN_RESUME_KEY and (k != "epochs" or params["schedule"] == "cosine")
+    }
+
+
+def _differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """'key: old -> new' for each difference, nested dicts flattened to dotted keys."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += _differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            shown = [v if len(repr(v)) < 40 else "..." for v in (old, new)]
+            out.append(f"{prefix}{key}: {shown[0]!r} -> {shown[1]!r}")
+    return out
+
+
+def why_not_resumed(saved: dict[str, Any], identity: dict[str, Any]) -> str | None:
+    """Why a checkpoint's identity is another run's ('training data changed', ...), or None."""
+    reasons = []
+    if saved.get("data") != identity["data"]:
+        reasons.append("training data changed")
+    if saved.get("classes") != identity["classes"]:
+        reasons.append(f"classes changed: {saved.get('classes')} -> {identity['classes']}")
+    diff = _differences(resume_key(saved.get("params") or {}), resume_key(identity["params"]))
+    if diff:
+        reasons.append("train params changed: " + ", ".join(diff))
+    return "; ".join(reasons) or None
+
+
+def find_resume(folder: Path, identity: dict[str, Any], epochs: int) -> dict[str, Any] | None:
+    """The newest readable checkpoint (epoch <= epochs) made by this same run, or None.
+
+    `identity` holds this run's "params", "classes" and "data" fingerprint.
+    """
+    for epoch, path in checkpoints(folder):
+        if epoch > epochs:
+            continue
+        try:
+            state = load_record(path)
+        except DataError as err:
+            log.warning("skipping unreadable checkpoint: %s", err)
+            continue
+        why = why_not_resumed(state, identity)
+        if why:
+            log.info("checkpoints in %s are from another run (%s): starting fresh", folder, why)
+            return None
+        return state
+    return None
+
+
+def clear_checkpoints(folder: Path) -> None:
+    """Remove old checkpoints and temp files a killed write left behind."""
+    stale = [p for _, p in checkpoints(folder)] + list(folder.glob(".epoch_*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d old checkpoint file(s) from %s", len(stale), folder)
+
+
+def remove_older_checkpoints(folder: Path, epoch: int, keep: int) -> None:
+    """Once epoch `epoch` is saved, keep it and the `keep` - 1 before it (`keep` 0: keep all)."""
+    if keep == 0:
+        return
+    for older, path in checkpoints(folder):
+        if older <= epoch - keep:
+            path.unlink(missing_ok=True)

@@ -1,0 +1,260 @@
+"""The train loop, top to bottom: set up, build, resume, train epochs, save, report.
+
+`train` reads in order: join the torchrun process group if any (runtime), load the train split
+(dataset), pick a checkpoint to resume from (checkpoints), build the model, batches (sampler)
+and SGD with its schedule (optim), then train epoch by epoch with AMP and clipping, saving a
+checkpoint and the logs (trainlog) after each. Under
+`torchrun`, each process trains its share through DistributedDataParallel; rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from cocoseg.core.config import TrainParams, to_dict
+from cocoseg.core.errors import CocosegError, DataError
+from cocoseg.core.inputs import split_paths
+from cocoseg.core.io import remove_stale_temps
+from cocoseg.core.model import build_for_training, model_record
+from cocoseg.train.checkpoints import (
+    checkpoints,
+    clear_checkpoints,
+    data_fingerprint,
+    find_resume,
+    remove_older_checkpoints,
+    restore,
+    save_checkpoint,
+    save_torch,
+)
+from cocoseg.train.dataset import class_names, coco_dataset
+from cocoseg.train.optim import make_optimizer
+from cocoseg.train.runtime import Context, barrier, peak_gpu_mb, seed_all, session
+from cocoseg.train.sampler import set_epoch, train_loader
+from cocoseg.train.trainlog import LOSS_PARTS, epoch_summary, write_reports
+from cocoseg.train.transforms import SKIPS_MODEL_RESIZE, build_transforms
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(CocosegError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def training_model(
+    p: TrainParams,
+    classes: list[str],
+    device: torch.device,
+    state: dict[str, Any] | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+) -> torch.nn.Module:
+    """The model on `device`: start weights, or the weights of the checkpoint `state`."""
+    # A private flag of torchvision's GeneralizedRCNNTransform, with no public equivalent;
+    # torchvision's own references/detection/train.py passes it for the same presets.
+    extra = {"_skip_resize": True} if p.augment in SKIPS_MODEL_RESIZE else {}
+    model = build_for_training(
+        p.arch, classes, weights=p.weights, init_heads=p.init_heads_from_coco,
+        min_size=p.min_size, max_size=p.max_size, load_weights=state is None,
+        anchor_sizes=p.anchor_sizes, anchor_ratios=p.anchor_ratios, **extra, **(model_kwargs or {}),
+    )  # fmt: skip
+    if state is not None:
+        model.load_state_dict(state["model"])
+    return model.to(device)
+
+
+def _to_device(images: tuple, targets: tuple, device: torch.device) -> tuple[list, list]:
+    """Images and target tensors onto the device (image ids stay ints)."""
+    images_out = [img.to(device, non_blocking=True) for img in images]
+    targets_out = [
+        {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
+        for t in targets
+    ]
+    return images_out, targets_out
+
+
+def reduce_losses(loss_dict: dict[str, torch.Tensor], world_size: int) -> dict[str, float]:
+    """Total and parts as floats, averaged over ranks so every rank sees the same numbers.
+
+    One stacked tensor, read once: the one host sync the non-finite check needs per step."""
+    names = [n for n in LOSS_PARTS if n in loss_dict]
+    values = torch.stack([loss_dict[n].detach().float() for n in names])
+    if world_size > 1:
+        dist.all_reduce(values)
+        values /= world_size
+    parts = dict(zip(names, values.tolist(), strict=True))
+    return {"loss": sum(parts.values()), **parts}
+
+
+def train_step(
+    model: torch.nn.Module,
+    images: tuple,
+    targets: tuple,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    ctx: Context,
+    *,
+    amp: bool = False,
+    clip_grad_norm: float = 0.0,
+) -> dict[str, float]:
+    """One forward/backward/step; a non-finite loss returns without touching the weights."""
+    images, targets = _to_device(images, targets, ctx.device)
+    with torch.autocast(ctx.device.type, enabled=amp):
+        loss_dict = model(images, targets)
+    losses = reduce_losses(loss_dict, ctx.world_size)
+    if not math.isfinite(losses["loss"]):
+        return losses
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(sum(loss_dict.values())).backward()
+    if clip_grad_norm > 0:
+        scaler.unscale_(optimizer)
+        params = [q for g in optimizer.param_groups for q in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    return losses
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    epoch: int,
+    p: TrainParams,
+    ctx: Context,
+    checkpoint_dir: Path | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Train one epoch; return its iteration rows and its summary row.
+
+    A non-finite loss stops the run with NonFiniteLossError, naming the newest checkpoint kept
+    in `checkpoint_dir`.
+    """
+    set_epoch(loader, epoch)
+    seed_all(p.seed + 1000 * epoch + ctx.rank)  # the same per epoch on resume
+    model.train()
+    rows, n_images, start = [], 0, time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch}/{p.epochs}", disable=not ctx.main)
+    for images, targets in bar:
+        lr = optimizer.param_groups[0]["lr"]
+        losses = train_step(
+            model, images, targets, optimizer, scaler, ctx,
+            amp=p.amp and ctx.device.type == "cuda", clip_grad_norm=p.clip_grad_norm,
+        )  # fmt: skip
+        iteration = scheduler.last_epoch + 1
+        if not math.isfinite(losses["loss"]):
+            raise non_finite_error(iteration, epoch, losses, targets, ctx, checkpoint_dir)
+        scheduler.step()
+        rows.append({"iteration": iteration, "epoch": epoch, "lr": lr, **losses})
+        n_images += len(images) * ctx.world_size
+        bar.set_postfix(loss=f"{losses['loss']:.4f}", lr=f"{lr:.2e}")
+    return rows, epoch_summary(rows, n_images, time.perf_counter() - start)
+
+
+def non_finite_error(
+    iteration: int,
+    epoch: int,
+    losses: dict[str, float],
+    targets: tuple,
+    ctx: Context,
+    checkpoint_dir: Path | None,
+) -> NonFiniteLossError:
+    """The error naming iteration, loss parts, the batch's image ids and what is kept."""
+    kept = checkpoints(checkpoint_dir) if checkpoint_dir is not None else []
+    last = f"{kept[0][1]} is kept" if kept else "none was written yet"
+    parts = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
+    ids = [t["image_id"] for t in targets]
+    where = f" (rank {ctx.rank})" if ctx.world_size > 1 else ""
+    return NonFiniteLossError(
+        f"non-finite loss at iteration {iteration} (epoch {epoch}){where}: {parts}; "
+        f"batch image ids {ids}. Last good checkpoint: {last}. Try a lower train.lr, "
+        f"longer train.warmup_iters or train.clip_grad_norm > 0."
+    )
+
+
+def train(
+    p: TrainParams,
+    subset_dir: str | Path,
+    out_dir: str | Path,
+    reports: str | Path,
+    *,
+    model_kwargs: dict[str, Any] | None = None,
+) -> Path:
+    """Train (or resume) on data/subset's train split; write model.pt, checkpoints, reports.
+
+    `model_kwargs` go to torchvision's builder (tests use them to sample fewer RoIs).
+    """
+    out_dir, reports = Path(out_dir), Path(reports)
+    with session(p) as ctx:
+        seed_all(p.seed)
+        images_dir, ann_file = split_paths(subset_dir, "train")
+        transforms = build_transforms(p.augment, p.min_size, p.max_size)
+        dataset = coco_dataset(subset_dir, "train", transforms)
+        if len(dataset) == 0:
+            raise DataError(f"{ann_file}: no training images")
+        classes = class_names(ann_file)
+        params = to_dict(p)
+        identity = {
+            "params": params,
+            "classes": classes,
+            "data": data_fingerprint(images_dir, ann_file),
+        }
+
+        folder = out_dir / "checkpoints"
+        if ctx.main:
+            remove_stale_temps(folder)  # a killed run's half-written checkpoint
+        state = find_resume(folder, identity, p.epochs)
+        barrier(ctx)  # every rank has read before rank 0 may clear
+        if state is None and ctx.main:
+            clear_checkpoints(folder)
+
+        model = training_model(p, classes, ctx.device, state, model_kwargs)
+        loader = train_loader(
+            dataset, p, ctx.rank, ctx.world_size, pin_memory=ctx.device.type == "cuda"
+        )
+        optimizer, scheduler, scaler = make_optimizer(model, p, len(loader), ctx.device)
+        parts = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+        history: dict[str, list] = {"iterations": [], "epochs": []}
+        start = 1
+        if state is not None:
+            restore(state, **parts)
+            history, start = state["history"], state["epoch"] + 1
+            log.info("resuming after epoch %d of %d from %s", state["epoch"], p.epochs, folder)
+        del state
+        if ctx.world_size > 1:
+            ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        log.info(
+            "training %s on %d images (%s), %d iterations/epoch, device %s x%d",
+            p.arch, len(dataset), ", ".join(classes), len(loader), ctx.device, ctx.world_size,
+        )  # fmt: skip
+
+        for epoch in range(start, p.epochs + 1):
+            rows, summary = train_one_epoch(
+                model, loader, optimizer, scheduler, scaler, epoch, p, ctx, folder
+            )
+            history["iterations"].extend(rows)
+            history["epochs"].append(summary)
+            if ctx.main:
+                save_checkpoint(folder, epoch, {"model": model, **parts}, identity, history)
+                remove_older_checkpoints(folder, epoch, p.keep_checkpoints)
+                write_reports(reports, history, peak_gpu_mb(ctx))
+                log.info("epoch %d: loss %.4f, %.1f s", epoch, summary["loss"], summary["seconds"])
+            barrier(ctx)
+
+        model_path = out_dir / "model.pt"
+        if ctx.main:
+            record = model_record(model, classes, p.arch, p.min_size, p.max_size, params)
+            save_torch(model_path, record)
+            write_reports(reports, history, peak_gpu_mb(ctx))
+            log.info("wrote %s and %s", model_path, reports)
+        barrier(ctx)
+        return model_path

@@ -1,0 +1,99 @@
+"""Where and how this process trains: torchrun's process group, its device, seeds, determinism."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from cocoseg.core.config import TrainParams
+from cocoseg.core.device import resolve_device
+
+PACKAGE_LOG = logging.getLogger("cocoseg")
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where this process trains: its rank among `world_size` and its device."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        """Rank 0 alone writes files and shows progress."""
+        return self.rank == 0
+
+
+def setup(device_name: str) -> Context:
+    """Join the torchrun process group when there is one; pick this process's device."""
+    device = resolve_device(device_name)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Context(device)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Context(device, dist.get_rank(), dist.get_world_size())
+
+
+@contextlib.contextmanager
+def session(p: TrainParams) -> Iterator[Context]:
+    """This process's Context with train.deterministic on; all undone when the run ends.
+
+    Ranks other than 0 log warnings only (the package logger's level, restored after).
+    """
+    ctx = setup(p.device)
+    previous = set_deterministic(p.deterministic)
+    level = PACKAGE_LOG.level
+    if not ctx.main:
+        PACKAGE_LOG.setLevel(logging.WARNING)
+    try:
+        yield ctx
+    finally:
+        PACKAGE_LOG.setLevel(level)
+        set_deterministic(previous)
+        if ctx.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def barrier(ctx: Context) -> None:
+    """Wait for every rank (a no-op without DDP)."""
+    if ctx.world_size > 1:
+        dist.barrier()
+
+
+def seed_all(seed: int) -> None:
+    """Seed Python, NumPy and torch (every device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_deterministic(on: bool) -> bool:
+    """Switch torch's deterministic algorithms; return the previous setting."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = on
+    torch.use_deterministic_algorithms(on, warn_only=True)  # roi_align backward has no det. kernel
+    return previous
+
+
+def peak_gpu_mb(ctx: Context) -> float | None:
+    """Peak GPU memory allocated by this process, in MiB, where there is a GPU."""
+    if ctx.device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(ctx.device) / 2**20

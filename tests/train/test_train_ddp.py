@@ -1,0 +1,50 @@
+"""Two-process DistributedDataParallel on the CPU (gloo) through torchrun."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import synthcoco
+import yaml
+
+from cocoseg.core.model import load_trained_model
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_and_rank_0_alone_writes(tmp_path):
+    subset = synthcoco.make_subset(tmp_path / "subset", n_train=4, size=(64, 64))
+    raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    raw["train"].update(
+        weights="none", epochs=1, batch_size=2, num_workers=0, min_size=64, max_size=64,
+        warmup_iters=1, amp=False, device="cpu",
+    )  # fmt: skip
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    out, reports = tmp_path / "models", tmp_path / "reports"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        str(PROJECT / "stages" / "train.py"), "--params", str(params), "--subset", str(subset),
+        "--out", str(out), "--reports", str(reports),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "device cpu x2" in proc.stderr  # both ranks joined; only rank 0 logs
+    assert proc.stderr.count("wrote ") == 1
+
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["epoch_01.pt", "model.pt"]
+    _, classes = load_trained_model(out / "model.pt")
+    assert classes == ["person", "cat", "sports ball", "book"]
+    with (reports / "iterations.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1  # 4 images, 2 per rank, batch 2: one step per rank
+    with (reports / "epochs.csv").open() as f:
+        (epoch,) = list(csv.DictReader(f))
+    assert float(epoch["images_per_s"]) > 0 and epoch["epoch"] == "1"
