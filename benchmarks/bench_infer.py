@@ -3,7 +3,7 @@
 On the same images, model (Mask R-CNN R50-FPN, random weights: nothing is downloaded) and
 batch size, per device:
 
-- ours: `cocoseg.predict.inference.predict_images` (DataLoader decoding in workers, masks
+- ours: `cocoseg.core.inference.predict_images` (DataLoader decoding in workers, masks
   thresholded on the device, RLE encoding in a thread beside the loop, AMP on CUDA);
 - plain: serial PIL decode, `model(images)`, threshold, `pycocotools.mask.encode`, in turn;
 - model only: the images already decoded and on the device, `model(images)` alone.
@@ -35,8 +35,8 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 from torchvision.transforms.v2 import functional as F
 
+from cocoseg.core.inference import predict_images
 from cocoseg.core.model import build_model
-from cocoseg.predict.inference import predict_images
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "coco-sample"
 

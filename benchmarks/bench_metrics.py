@@ -16,6 +16,7 @@ import time
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from cocoseg.core import cocoeval
 from cocoseg.evaluate import metrics
 
 WIDTH, HEIGHT = 640, 480
@@ -91,7 +92,7 @@ def main() -> None:
     )
     times = []
     for _ in range(args.repeat):
-        gt = metrics.coco_from_dataset(dataset)  # COCOeval marks its ground truth: a fresh one
+        gt = cocoeval.coco_from_dataset(dataset)  # COCOeval marks its ground truth: a fresh one
         start = time.perf_counter()
         preds = metrics.check_predictions(raw, gt, "benchmark")
         evaluation = metrics.evaluate(gt, preds, score_threshold=0.5)

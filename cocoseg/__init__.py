@@ -3,11 +3,11 @@
 The package is grouped by stage. `core` is what every stage shares and imports nothing above
 it; each stage folder imports `core` and never a sibling:
 
-    core/      params, stage runner, errors, atomic writes, images, model, COCO facts, drawing
+    core/      params, stage runner, errors, atomic writes, images, model, inference, COCO, drawing
     data/      download -> cocofile -> subset (placing the images) -> eda
     train/     dataset -> transforms -> sampler -> optim -> checkpoints -> runtime -> engine
     evaluate/  matching -> metrics and error_analysis -> reports
-    predict/   inference -> outputs
+    predict/   outputs (overlays, contact sheet) of core's inference
 
 Each folder's `__init__` names its public functions (imported lazily, on first use).
 """

@@ -28,8 +28,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace, params: Params) -> None:
     """Predict every val image (in id order) and write the results."""
+    from cocoseg.core.inference import run_trained_model  # torch: once arguments are parsed
     from cocoseg.core.inputs import subset_images
-    from cocoseg.predict.inference import run_trained_model  # torch: once arguments are parsed
 
     images, classes = subset_images(args.subset, "val")
     items = sorted((image.id, image.path) for image in images)

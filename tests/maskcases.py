@@ -8,7 +8,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from cocoseg.evaluate import metrics
+from cocoseg.core import cocoeval
 
 
 def box(x0: int, y0: int, x1: int, y1: int, size: tuple[int, int]) -> np.ndarray:
@@ -46,7 +46,7 @@ def gt_coco(
     height, width = size
     images = [{"id": i, "height": height, "width": width, "file_name": f"{i}.jpg"} for i in objects]
     categories = [{"id": c, "name": n} for c, n in cats.items()]
-    return metrics.coco_from_dataset(
+    return cocoeval.coco_from_dataset(
         {"images": images, "annotations": anns, "categories": categories}
     )
 

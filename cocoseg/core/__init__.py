@@ -4,7 +4,8 @@ Public: load_params, parse_params, Params (config); run_stage, stage_parser (cli
 CocosegError, ParamError, DataError, OutputError (errors); atomic_write, read_json,
 write_json, write_csv (io); resolve_device (device); build_model, load_trained_model,
 model_record (model); read_rgb, decode_image (images); folder_images, subset_images,
-split_paths (inputs); size_name, SPLITS (coco).
+split_paths (inputs); size_name, SPLITS (coco); run_cocoeval, summary (cocoeval);
+predict_images, run_trained_model (inference: the one fast path).
 """
 
 from cocoseg.core.exports import lazy_exports
@@ -19,7 +20,8 @@ EXPORTS = {
     "build_model": "model", "load_trained_model": "model", "model_record": "model",
     "read_rgb": "images", "decode_image": "images",
     "folder_images": "inputs", "subset_images": "inputs", "split_paths": "inputs",
-    "size_name": "coco", "SPLITS": "coco",
+    "size_name": "coco", "SPLITS": "coco", "run_cocoeval": "cocoeval", "summary": "cocoeval",
+    "predict_images": "inference", "run_trained_model": "inference",
 }  # fmt: skip
 __getattr__ = lazy_exports(__name__, EXPORTS)
 __all__ = sorted(EXPORTS)

@@ -11,8 +11,6 @@ Conventions shared by every number here:
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,42 +22,23 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from cocoseg.core.cocoeval import (
+    Number,
+    coco_from_dataset,
+    run_cocoeval,
+    summary,
+)
 from cocoseg.core.errors import DataError
 from cocoseg.core.inputs import classes_path
 from cocoseg.core.io import read_json, write_csv, write_json
 from cocoseg.evaluate.matching import CROWD, TP, Matching, match
 
-SUMMARY_NAMES = (
-    "AP",
-    "AP50",
-    "AP75",
-    "APs",
-    "APm",
-    "APl",
-    "AR1",
-    "AR10",
-    "AR100",
-    "ARs",
-    "ARm",
-    "ARl",
-)
 IOU_TYPES = ("segm", "bbox")
 DECIMALS = 6
 PER_CLASS_METRICS = ("segm_AP", "bbox_AP")  # the per-class numbers metrics.json keeps
 
-Number = float | None
-
 
 # --- loading and checking -------------------------------------------------------------------
-
-
-def coco_from_dataset(dataset: dict[str, Any]) -> COCO:
-    """A pycocotools COCO index over an in-memory dataset, without its console chatter."""
-    coco = COCO()
-    coco.dataset = dataset
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
 
 
 def load_ground_truth(path: str | Path) -> COCO:
@@ -162,41 +141,6 @@ def load_predictions(path: str | Path, gt: COCO) -> list[dict[str, Any]]:
 
 
 # --- COCO mAP -------------------------------------------------------------------------------
-
-
-def results_coco(gt: COCO, preds: Sequence[dict[str, Any]], iou_type: str) -> COCO:
-    """Predictions as pycocotools' loadRes builds them, on copies; also for zero predictions.
-
-    For segm the box is left out, so small/medium/large use the mask's area (as
-    torchvision's and detectron2's evaluators do), not the box's.
-    """
-    if not preds:
-        empty = {"images": gt.dataset["images"], "categories": gt.dataset["categories"]}
-        return coco_from_dataset({**empty, "annotations": []})
-    keep = ("image_id", "category_id", "score", "segmentation" if iou_type == "segm" else "bbox")
-    anns = [{k: p[k] for k in keep} for p in preds]
-    with contextlib.redirect_stdout(io.StringIO()):
-        return gt.loadRes(anns)
-
-
-def run_cocoeval(gt: COCO, preds: Sequence[dict[str, Any]], iou_type: str) -> COCOeval:
-    """COCOeval evaluated, accumulated and summarised (quietly) for 'segm' or 'bbox'."""
-    evaluator = COCOeval(gt, results_coco(gt, preds, iou_type), iou_type)
-    with contextlib.redirect_stdout(io.StringIO()):
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return evaluator
-
-
-def _coco_number(value: float) -> Number:
-    """COCO's -1 (nothing to score) as None, anything else as float."""
-    return None if value < 0 else float(value)
-
-
-def summary(evaluator: COCOeval) -> dict[str, Number]:
-    """The twelve numbers `summarize()` prints, by name (AP, AP50, ... ARl)."""
-    return {name: _coco_number(v) for name, v in zip(SUMMARY_NAMES, evaluator.stats, strict=True)}
 
 
 def _mean_valid(values: np.ndarray) -> Number:

@@ -1,13 +1,12 @@
-"""Stages infer and predict: the trained model over images, to COCO results and overlays.
+"""Stage predict: the trained model over test images or a folder, to results and overlays.
 
-Public: predict_images, run_trained_model (inference: the one fast path); predict,
-prepare_output (outputs).
+The inference path itself is core's (cocoseg.core.inference): stages infer and train use it
+too. Public: predict, prepare_output (outputs).
 """
 
 from cocoseg.core.exports import lazy_exports
 
 EXPORTS = {
-    "predict_images": "inference", "run_trained_model": "inference",
     "predict": "outputs", "prepare_output": "outputs",
 }  # fmt: skip
 __getattr__ = lazy_exports(__name__, EXPORTS)

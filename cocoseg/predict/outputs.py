@@ -28,11 +28,11 @@ from PIL import Image
 from cocoseg.core.config import PredictParams
 from cocoseg.core.errors import DataError, OutputError, os_fault_message
 from cocoseg.core.images import read_rgb
+from cocoseg.core.inference import add_category_names, run_trained_model
 from cocoseg.core.inputs import InputImage
 from cocoseg.core.io import write_json
 from cocoseg.core.overlays import class_colors, overlay, save_png
 from cocoseg.core.visualize import contact_sheet
-from cocoseg.predict.inference import add_category_names, run_trained_model
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,11 @@ import maskcases
 import pytest
 from pycocotools.cocoeval import COCOeval, Params
 
-from cocoseg.core import coco
+from cocoseg.core import coco, cocoeval
 from cocoseg.core.errors import DataError
 from cocoseg.data import eda
 from cocoseg.evaluate import error_analysis as ea
-from cocoseg.evaluate import matching, metrics
+from cocoseg.evaluate import matching
 
 BOUNDARY_AREAS = (0.0, 1023.9, 1024.0, 1024.5, 9215.0, 9216.0, 9216.5, 1e6)
 
@@ -31,13 +31,13 @@ def objects_with_areas(areas):
     )
     for ann, area in zip(gt.dataset["annotations"], areas, strict=True):
         ann["area"] = area
-    return metrics.coco_from_dataset(gt.dataset)
+    return cocoeval.coco_from_dataset(gt.dataset)
 
 
 def cocoeval_sizes(areas) -> list[str]:
     """Per area, the first of small/medium/large whose range COCOeval counts the object in."""
     gt = objects_with_areas(areas)
-    evaluator = COCOeval(gt, metrics.results_coco(gt, [], "segm"), "segm")
+    evaluator = COCOeval(gt, cocoeval.results_coco(gt, [], "segm"), "segm")
     with contextlib.redirect_stdout(io.StringIO()):
         evaluator.evaluate()
     counted: dict[int, list[str]] = {ann_id: [] for ann_id in gt.anns}

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from cocoseg.core.images import BACKGROUND, read_rgb
+from cocoseg.core.inference import ImageFiles
 from cocoseg.core.io import write_json
-from cocoseg.predict.inference import ImageFiles
 from cocoseg.train.dataset import coco_dataset
 from cocoseg.train.transforms import build_transforms
 

@@ -21,9 +21,9 @@ from cocoseg.core.cli import run_stage
 from cocoseg.core.config import EvaluateParams
 from cocoseg.core.errors import DataError
 from cocoseg.core.images import read_rgb
+from cocoseg.core.inference import ImageFiles, decode_workers, predict_images, to_coco_results
 from cocoseg.core.model import build_model, model_record
 from cocoseg.evaluate import reports as evaluation
-from cocoseg.predict.inference import ImageFiles, decode_workers, predict_images, to_coco_results
 from stages import evaluate as evaluate_stage
 from stages import infer as infer_stage
 

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pycocotools.cocoeval import COCOeval
 
+from cocoseg.core import cocoeval
 from cocoseg.evaluate import error_analysis as ea
 from cocoseg.evaluate import matching, metrics
 from cocoseg.evaluate.matching import CROWD, TP
@@ -140,7 +141,7 @@ def synthetic_predictions(gt, rng: np.random.Generator) -> list[dict]:
 def cocoeval_outcomes(gt, preds: list[dict], max_dets: int = 100) -> dict[str, set]:
     """COCOeval's own matching at IoU 0.5, area all: dt ids are 1 + index in `preds`."""
     with contextlib.redirect_stdout(io.StringIO()):
-        evaluator = COCOeval(gt, metrics.results_coco(gt, preds, "segm"), "segm")
+        evaluator = COCOeval(gt, cocoeval.results_coco(gt, preds, "segm"), "segm")
         evaluator.params.areaRng, evaluator.params.areaRngLbl = [[0, 1e5**2]], ["all"]
         evaluator.params.iouThrs, evaluator.params.maxDets = np.array([0.5]), [max_dets]
         evaluator.evaluate()
@@ -175,7 +176,7 @@ def our_outcomes(m: matching.Matching, preds: list[dict]) -> dict[str, set]:
 
 @pytest.mark.real_data
 def test_tp_fp_fn_equal_cocoevals_own_matching_on_real_annotations(coco_sample):
-    gt = metrics.coco_from_dataset(four_class_sample(coco_sample, 40))
+    gt = cocoeval.coco_from_dataset(four_class_sample(coco_sample, 40))
     assert any(a["iscrowd"] for a in gt.dataset["annotations"])
     preds = metrics.check_predictions(synthetic_predictions(gt, np.random.default_rng(3)), gt, "p")
     everything = matching.match(gt, preds)

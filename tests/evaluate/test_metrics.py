@@ -17,6 +17,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from cocoseg.core import cocoeval
 from cocoseg.core.errors import DataError
 from cocoseg.evaluate import matching, metrics
 
@@ -178,7 +179,7 @@ def assert_same_as_pycocotools(gt_file: Path, preds_file: Path, threshold: float
     preds = metrics.load_predictions(preds_file, gt)
     m = metrics.evaluate(gt, preds, threshold).metrics
     for iou_type in metrics.IOU_TYPES:
-        ours = metrics.run_cocoeval(gt, preds, iou_type)
+        ours = cocoeval.run_cocoeval(gt, preds, iou_type)
         direct = direct_cocoeval(gt_file, preds_file, iou_type)
         assert np.array_equal(ours.stats, direct.stats), iou_type
         assert list(m[iou_type].values()) == metrics.rounded(list(map(coco_value, direct.stats)))
@@ -374,7 +375,7 @@ def test_reports_are_nested_json_and_csvs_dvc_can_plot(tmp_path):
 
     written = json.loads((tmp_path / "m.json").read_text())
     assert written == metrics.headline(evaluation.metrics)
-    assert list(written["segm"]) == list(metrics.SUMMARY_NAMES) == list(written["bbox"])
+    assert list(written["segm"]) == list(cocoeval.SUMMARY_NAMES) == list(written["bbox"])
     assert set(written) == {"segm", "bbox", "iou", "dice", "match", "per_class"}
     assert written["per_class"]["b"] == {"segm_AP": None, "bbox_AP": None}  # the rest: csv
     assert written["iou"] == {"mean": evaluation.metrics["iou"]["mean"]}

@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from pycocotools import mask as mask_utils
 
+from cocoseg.core import cocoeval
+from cocoseg.core.inference import encode_masks
 from cocoseg.evaluate import matching, metrics
-from cocoseg.predict.inference import encode_masks
 
 # Decorator, not a profile: other test files keep their own hypothesis settings.
 SETTINGS = settings(deadline=None, max_examples=80, suppress_health_check=[HealthCheck.too_slow])
@@ -76,7 +77,7 @@ def test_encoded_model_masks_decode_back_with_the_same_area(n, shape, data):
 @given(shapes, st.data())
 def test_uncompressed_rle_predictions_keep_their_pixels(shape, data):
     mask = data.draw(arrays(np.bool_, shape))
-    gt = metrics.coco_from_dataset(
+    gt = cocoeval.coco_from_dataset(
         {
             "images": [{"id": 1, "height": shape[0], "width": shape[1]}],
             "annotations": [],
@@ -104,7 +105,7 @@ def test_a_polygon_and_its_rasterised_rle_agree(radius, sides, phase, h, w):
     polygon_rle = mask_utils.merge(mask_utils.frPyObjects([poly], h, w))
     area = float(mask_utils.area(polygon_rle))
     assume(area > 0)
-    gt = metrics.coco_from_dataset(
+    gt = cocoeval.coco_from_dataset(
         {
             "images": [{"id": 1, "height": h, "width": w}],
             "annotations": [
@@ -135,7 +136,7 @@ def scenes(draw: st.DrawFn) -> tuple[list, list]:
 @given(scenes(), st.floats(0, 1))
 def test_greedy_matching_equals_brute_force_and_counts_stay_consistent(scene, threshold):
     gts, preds = scene
-    gt = metrics.coco_from_dataset(
+    gt = cocoeval.coco_from_dataset(
         {
             "images": [{"id": 1, "height": 10, "width": 12}],
             "annotations": [

@@ -1,0 +1,75 @@
+"""COCO mAP with pycocotools: quiet COCO indexes, loadRes on copies, COCOeval's summary.
+
+Shared by stage evaluate (the report) and stage train (validation after each epoch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Sequence
+from typing import Any
+
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+SUMMARY_NAMES = (
+    "AP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "AR1",
+    "AR10",
+    "AR100",
+    "ARs",
+    "ARm",
+    "ARl",
+)
+
+Number = float | None
+
+
+def coco_from_dataset(dataset: dict[str, Any]) -> COCO:
+    """A pycocotools COCO index over an in-memory dataset, without its console chatter."""
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def results_coco(gt: COCO, preds: Sequence[dict[str, Any]], iou_type: str) -> COCO:
+    """Predictions as pycocotools' loadRes builds them, on copies; also for zero predictions.
+
+    For segm the box is left out, so small/medium/large use the mask's area (as
+    torchvision's and detectron2's evaluators do), not the box's.
+    """
+    if not preds:
+        empty = {"images": gt.dataset["images"], "categories": gt.dataset["categories"]}
+        return coco_from_dataset({**empty, "annotations": []})
+    keep = ("image_id", "category_id", "score", "segmentation" if iou_type == "segm" else "bbox")
+    anns = [{k: p[k] for k in keep} for p in preds]
+    with contextlib.redirect_stdout(io.StringIO()):
+        return gt.loadRes(anns)
+
+
+def run_cocoeval(gt: COCO, preds: Sequence[dict[str, Any]], iou_type: str) -> COCOeval:
+    """COCOeval evaluated, accumulated and summarised (quietly) for 'segm' or 'bbox'."""
+    evaluator = COCOeval(gt, results_coco(gt, preds, iou_type), iou_type)
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator
+
+
+def _coco_number(value: float) -> Number:
+    """COCO's -1 (nothing to score) as None, anything else as float."""
+    return None if value < 0 else float(value)
+
+
+def summary(evaluator: COCOeval) -> dict[str, Number]:
+    """The twelve numbers `summarize()` prints, by name (AP, AP50, ... ARl)."""
+    return {name: _coco_number(v) for name, v in zip(SUMMARY_NAMES, evaluator.stats, strict=True)}
