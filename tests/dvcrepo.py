@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
+from paramfiles import write_params
 
 PROJECT = Path(__file__).resolve().parents[1]
 COPIED = ["cocoseg", "stages", "dvc.yaml", "params.yaml", "pyproject.toml"]
@@ -52,17 +52,6 @@ def dvc(
     return run(repo, sys.executable, "-m", "dvc", *args, check=check, timeout=timeout)
 
 
-def deep_update(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Merge overrides into base section by section (a copy; base is left alone)."""
-    merged = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_update(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def make_dvc_repo(path: Path, params: dict[str, Any] | None = None) -> Path:
     """Copy the project into `path`, apply param overrides, git init + dvc init + commit."""
     path.mkdir(parents=True, exist_ok=True)
@@ -72,10 +61,7 @@ def make_dvc_repo(path: Path, params: dict[str, Any] | None = None) -> Path:
             shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, path / name)
-    raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    (path / "params.yaml").write_text(
-        yaml.safe_dump(deep_update(raw, params or {}), sort_keys=False)
-    )
+    write_params(path / "params.yaml", params)  # the recipe, not the user's params.yaml
     run(path, "git", "init", "-q", "-b", "main")
     run(path, "git", "config", "user.email", "tests@cocoseg.invalid")
     run(path, "git", "config", "user.name", "cocoseg tests")

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from dvcrepo import dvc, make_dvc_repo
+from paramfiles import recipe
 
 PROJECT = Path(__file__).resolve().parents[1]
-CLASSES = yaml.safe_load((PROJECT / "params.yaml").read_text())["subset"]["classes"]
+CLASSES = recipe()["subset"]["classes"]
 # The charts of evaluate's tables; the training-loss charts are left to DVCLive's own.
 EVAL_CHARTS = {
     "Mask precision-recall per class, IoU 0.5",
@@ -82,5 +82,4 @@ def test_chart_axes_have_real_titles(charts, chart_id):
 def test_chart_titles_name_no_unresolved_param(charts, chart_id):
     title = charts[chart_id]["title"]["text"]
     assert title and "${" not in title
-    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    assert not [key for key in param_keys(params) if "." in key and key in title], title
+    assert not [key for key in param_keys(recipe()) if "." in key and key in title], title

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import synthcoco
-from dvcrepo import deep_update, dvc, make_dvc_repo
+from dvcrepo import dvc, make_dvc_repo
+from paramfiles import deep_update
 from test_pipeline import tiny_params
 
 pytestmark = pytest.mark.slow

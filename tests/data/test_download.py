@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import requests
 import synthcoco
-import yaml
 from dvcrepo import PROJECT, dvc, dvc_env, make_dvc_repo, stages_ran
 from httpserver import FileServer
+from paramfiles import write_params
 
 from cocoseg.core.errors import DataError, DownloadError
 from cocoseg.data.download import (
@@ -399,12 +399,8 @@ def test_valid_json_with_unbalanced_braces_in_strings_is_accepted(tmp_path: Path
 # --- the stage --------------------------------------------------------------------------------
 
 
-def write_params(path: Path, **data: object) -> Path:
-    raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    raw["data"].update(data)
-    raw["subset"]["test_from"] = "val2017"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+def stage_params(path: Path, **data: object) -> Path:
+    return write_params(path, {"data": data, "subset": {"test_from": "val2017"}})
 
 
 def run_stage(tmp_path: Path, params: Path) -> subprocess.CompletedProcess[str]:
@@ -422,7 +418,7 @@ def run_stage(tmp_path: Path, params: Path) -> subprocess.CompletedProcess[str]:
 def test_stage_script_writes_the_manifest(
     server: FileServer, tmp_path: Path, synthetic_root: Path
 ) -> None:
-    params = write_params(tmp_path / "p.yaml", coco_root="coco", base_url=server.url, timeout=5.0)
+    params = stage_params(tmp_path / "p.yaml", coco_root="coco", base_url=server.url, timeout=5.0)
     proc = run_stage(tmp_path, params)
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((tmp_path / "data" / "download.json").read_text())
@@ -435,7 +431,7 @@ def test_stage_script_writes_the_manifest(
 
 def test_stage_script_reports_a_failure_in_one_line(server: FileServer, tmp_path: Path) -> None:
     url = server.url + "/missing"
-    params = write_params(tmp_path / "p.yaml", coco_root="coco", base_url=url, retries=0)
+    params = stage_params(tmp_path / "p.yaml", coco_root="coco", base_url=url, retries=0)
     proc = run_stage(tmp_path, params)
     assert proc.returncode == 2
     assert f"error: {url}/annotations/annotations_trainval2017.zip: HTTP 404" in proc.stderr
@@ -445,7 +441,7 @@ def test_stage_script_reports_a_failure_in_one_line(server: FileServer, tmp_path
 
 def test_stage_offline_fails_within_seconds_in_one_line(tmp_path: Path) -> None:
     # params.yaml's retries (5) with 1 s backoff: retrying the lookup would take over 15 s.
-    params = write_params(tmp_path / "p.yaml", coco_root="coco", base_url=UNRESOLVABLE)
+    params = stage_params(tmp_path / "p.yaml", coco_root="coco", base_url=UNRESOLVABLE)
     start = time.monotonic()
     proc = run_stage(tmp_path, params)
     elapsed = time.monotonic() - start
@@ -462,7 +458,7 @@ def test_stage_names_a_coco_copy_without_annotations_in_one_line(
     server: FileServer, tmp_path: Path
 ) -> None:
     (tmp_path / "coco" / "train2017").mkdir(parents=True)
-    params = write_params(tmp_path / "p.yaml", coco_root="coco", base_url=server.url)
+    params = stage_params(tmp_path / "p.yaml", coco_root="coco", base_url=server.url)
     proc = run_stage(tmp_path, params)
     assert proc.returncode == 2
     assert proc.stderr.startswith(

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import synthcoco
 import torch
-import yaml
-from dvcrepo import deep_update, dvc, make_dvc_repo, run, stages_ran
+from dvcrepo import dvc, make_dvc_repo, run, stages_ran
+from paramfiles import write_params
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
@@ -164,11 +164,8 @@ def subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def params_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
     evaluate = {"device": "cpu", "n_samples": 2, "score_threshold": 0.3}
-    path = tmp_path_factory.mktemp("params") / "params.yaml"
-    path.write_text(yaml.safe_dump(deep_update(raw, {"evaluate": evaluate})))
-    return path
+    return write_params(tmp_path_factory.mktemp("params") / "params.yaml", {"evaluate": evaluate})
 
 
 def stage(params_file: Path, subset: Path, *args: str | Path, module=evaluate_stage) -> int:

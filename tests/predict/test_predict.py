@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import synthcoco
 import torch
+from paramfiles import write_params
 from PIL import Image
 from pycocotools.coco import COCO
 
@@ -26,6 +27,12 @@ from stages import predict as predict_stage
 PROJECT = Path(__file__).resolve().parents[2]
 CLASSES = ["person", "cat", "sports ball", "book"]
 CPU = PredictParams(device="cpu")
+
+
+def params_folder(folder: Path) -> Path:
+    """A folder holding the recipe's params.yaml, to run a stage from."""
+    write_params(folder / "params.yaml", {"predict": {"score_threshold": 0.5}})
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -125,12 +132,12 @@ def test_threshold_one_keeps_nothing_but_writes_everything(
 def test_dvc_mode_writes_test_json(model_file: Path, tmp_path: Path, monkeypatch):
     subset = synthcoco.make_subset(tmp_path / "subset", n_train=1, n_val=1, n_test=1)
     out = tmp_path / "reports" / "predictions"
-    monkeypatch.chdir(PROJECT)  # params.yaml
+    monkeypatch.chdir(params_folder(tmp_path))  # predict.score_threshold 0.5, the recipe's
     argv = ["--model", str(model_file), "--subset", str(subset), "--out", str(out)]
     assert run_stage(predict_stage.main, predict_stage.parser(), argv) == 0
     test = json.loads((subset / "annotations" / "test.json").read_text())
     results = json.loads((out / "test.json").read_text())
-    threshold = 0.5  # params.yaml's predict.score_threshold
+    threshold = 0.5  # the recipe's predict.score_threshold
     assert all(r["score"] >= threshold for r in results)
     assert {r["image_id"] for r in results} <= {img["id"] for img in test["images"]}
     assert json.loads((out / "images.json").read_text())["images"][0]["id"] == 20_000
@@ -143,7 +150,7 @@ def test_undecodable_image_is_named_before_the_model_loads(tmp_path: Path, capsy
     folder.mkdir()
     Image.new("RGB", (40, 30)).save(folder / "good.png")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 this is not really a jpeg")
-    monkeypatch.chdir(PROJECT)
+    monkeypatch.chdir(params_folder(tmp_path))
     argv = ["--model", str(tmp_path / "absent.pt"), "--images", str(folder), "--out", str(tmp_path)]
     assert run_stage(predict_stage.main, predict_stage.parser(), argv) == 2
     err = capsys.readouterr().err
@@ -152,7 +159,7 @@ def test_undecodable_image_is_named_before_the_model_loads(tmp_path: Path, capsy
 
 
 def test_folder_mode_refuses_bad_arguments(tmp_path: Path, capsys, monkeypatch):
-    monkeypatch.chdir(PROJECT)
+    monkeypatch.chdir(params_folder(tmp_path))
     parser = predict_stage.parser()
     assert run_stage(predict_stage.main, parser, ["--images", str(tmp_path)]) == 2
     assert "--out" in capsys.readouterr().err
@@ -179,7 +186,7 @@ def test_a_bad_out_is_refused_in_one_line_before_the_model_loads(
         out, expected = folder / "predictions", "is inside --images"
     else:
         out, expected = Path("/proc/cocoseg-out"), "/proc/cocoseg-out: "  # not creatable
-    monkeypatch.chdir(PROJECT)
+    monkeypatch.chdir(params_folder(tmp_path))
     argv = ["--model", str(tmp_path / "absent.pt"), "--images", str(folder), "--out", str(out)]
     assert run_stage(predict_stage.main, predict_stage.parser(), argv) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import synthcoco
-import yaml
+from paramfiles import write_params
 
 from cocoseg.core.model import load_trained_model
 
@@ -20,13 +20,11 @@ PROJECT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_torchrun_two_processes_train_and_rank_0_alone_writes(tmp_path):
     subset = synthcoco.make_subset(tmp_path / "subset", n_train=4, size=(64, 64))
-    raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    raw["train"].update(
-        weights="none", epochs=1, batch_size=2, num_workers=0, min_size=64, max_size=64,
-        warmup_iters=1, amp=False, device="cpu",
-    )  # fmt: skip
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(raw))
+    train = {
+        "weights": "none", "epochs": 1, "batch_size": 2, "num_workers": 0, "min_size": 64,
+        "max_size": 64, "warmup_iters": 1, "amp": False, "device": "cpu",
+    }  # fmt: skip
+    params = write_params(tmp_path / "params.yaml", {"train": train})
     out, reports = tmp_path / "models", tmp_path / "reports"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
