@@ -4,7 +4,7 @@ The package is grouped by stage. `core` is what every stage shares and imports n
 it; each stage folder imports `core` and never a sibling:
 
     core/      params, stage runner, errors, atomic writes, images, model, inference, COCO, drawing
-    data/      download -> cocofile -> subset (placing the images) -> eda
+    data/      download -> archives -> cocofile -> subset (placing the images) -> eda
     train/     dataset -> transforms -> sampler -> optim -> checkpoints -> runtime -> engine
     evaluate/  matching -> metrics and error_analysis -> reports
     predict/   outputs (overlays, contact sheet) of core's inference

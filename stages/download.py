@@ -15,7 +15,7 @@ from pathlib import Path
 from cocoseg.core.cli import log, run_stage, stage_parser
 from cocoseg.core.config import Params
 from cocoseg.core.io import write_json
-from cocoseg.data.download import ensure_annotations
+from cocoseg.data.archives import ensure_annotations
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,13 +1,13 @@
 """Stages download, subset and eda: COCO's annotation files -> data/subset -> its figures.
 
-Public: ensure_annotations, download_file (download); read_coco (cocofile); make_subset
-(subset); place_images (placing); run_eda (eda).
+Public: download_file (download); ensure_annotations (archives); read_coco (cocofile);
+make_subset (subset); place_images (placing); run_eda (eda).
 """
 
 from cocoseg.core.exports import lazy_exports
 
 EXPORTS = {
-    "ensure_annotations": "download", "download_file": "download", "read_coco": "cocofile",
+    "ensure_annotations": "archives", "download_file": "download", "read_coco": "cocofile",
     "make_subset": "subset", "place_images": "placing", "run_eda": "eda",
 }  # fmt: skip
 __getattr__ = lazy_exports(__name__, EXPORTS)

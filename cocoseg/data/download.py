@@ -1,37 +1,28 @@
-"""HTTP downloads with resume, retry and progress, and COCO's annotation archives.
+"""HTTP downloads with resume, retry and progress.
 
 `download_file` streams one URL to `<dest>.part`, resumes it with a Range request, retries
 transient failures with exponential backoff, verifies it and only then renames it to
 `dest`, so `dest` is either absent or complete. A host that does not resolve or refuses
-the connection fails at once (HostUnreachable): backoff cannot fix those. `ensure_annotations`
-uses it to fetch COCO's zip archives and extracts only the annotation files the pipeline reads.
+the connection fails at once (HostUnreachable): backoff cannot fix those.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
 import os
 import random
 import re
-import shutil
 import socket
 import time
-import zipfile
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
-import orjson
 import requests
 from tqdm import tqdm
 
-from cocoseg.core.coco import ANNOTATION_FILES, ARCHIVES, LABELLED_SOURCES
 from cocoseg.core.errors import DataError, DownloadError, OutputError, Terminated, os_fault_message
-from cocoseg.core.io import atomic_write, part_path, safe_join
+from cocoseg.core.io import part_path
 from cocoseg.core.signals import stop_requested
 
 log = logging.getLogger(__name__)
@@ -280,201 +271,3 @@ def download_file(
     _verified(url, part, verify)
     os.replace(part, dest)
     return dest
-
-
-# --- COCO annotation archives -------------------------------------------------------------
-
-TEST_INFO = ANNOTATION_FILES["test2017"]
-CACHE_DIR = ".downloads"
-
-
-def needed_files(need_test_info: bool) -> list[str]:
-    """The annotation files (under annotations/) the pipeline reads."""
-    sources = [*LABELLED_SOURCES, "test2017"] if need_test_info else LABELLED_SOURCES
-    return [ANNOTATION_FILES[source] for source in sources]
-
-
-def check_archive(archive: Path, members: list[str]) -> None:
-    """Refuse a file that is no zip, holds a member whose path leaves its folder, or lacks one.
-
-    Every member name is checked, not only the wanted ones: an archive carrying a path
-    traversal is hostile (or broken) as a whole.
-    """
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            names = zf.namelist()
-    except (zipfile.BadZipFile, OSError) as err:
-        raise DataError(f"{archive}: not a readable zip archive: {err}") from None
-    for name in names:
-        try:
-            safe_join(archive.parent, name)
-        except DataError:
-            raise DataError(
-                f"{archive}: refusing archive with member {name!r}, whose path leaves "
-                "the extraction folder"
-            ) from None
-    missing = [m for m in members if m not in names]
-    if missing:
-        raise DataError(f"{archive}: lacks member(s) {missing}; not COCO's archive?")
-
-
-def extract_members(archive: Path, members: list[str], target: Path) -> list[Path]:
-    """Stream the named members of `archive` to their paths under `target`; return them.
-
-    Each member goes through a temp file renamed only after its CRC matched, so a corrupt
-    archive leaves nothing behind; it raises DataError naming the archive and member.
-    """
-    check_archive(archive, members)
-    written = []
-    with zipfile.ZipFile(archive) as zf:
-        for member in members:
-            dest = safe_join(target, member)
-            try:
-                with zf.open(member) as src, atomic_write(dest, "wb") as out:
-                    shutil.copyfileobj(src, out, CHUNK)
-            except (zipfile.BadZipFile, zlib.error, EOFError) as err:
-                raise DataError(f"{archive}: member {member} is corrupt: {err}") from None
-            written.append(dest)
-    return written
-
-
-def inspect_json(path: Path) -> dict[str, Any]:
-    """Size and md5 of a JSON file, refusing one that is truncated; one chunked read.
-
-    Cheap completeness test in the same pass as the md5: the text starts with '{', ends
-    with '}' and its braces and brackets balance (a truncated object never balances). Only
-    when that fails is the file fully parsed, so odd-but-valid JSON is not refused.
-    """
-    md5, size, depth = hashlib.md5(), 0, [0, 0]
-    first = last = b""
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            md5.update(chunk)
-            size += len(chunk)
-            first = first or chunk.lstrip()[:1]
-            last = chunk.rstrip()[-1:] or last
-            depth[0] += chunk.count(b"{") - chunk.count(b"}")
-            depth[1] += chunk.count(b"[") - chunk.count(b"]")
-    looks_whole = first == b"{" and last == b"}" and depth == [0, 0]
-    if not looks_whole:
-        try:
-            orjson.loads(path.read_bytes())
-        except orjson.JSONDecodeError as err:
-            raise DataError(
-                f"{path}: truncated or corrupt ({size} bytes, {err}); delete it to fetch it again"
-            ) from None
-    return {"size": size, "md5": md5.hexdigest()}
-
-
-def _missing_by_archive(ann_dir: Path, names: list[str]) -> dict[str, list[str]]:
-    """The needed files not yet in ann_dir, grouped by the archive that holds them."""
-    grouped: dict[str, list[str]] = {}
-    for name in names:
-        if not (ann_dir / name).exists():
-            grouped.setdefault(ARCHIVES[name], []).append(name)
-    return grouped
-
-
-def _listed(names: list[str]) -> str:
-    """Annotation file names as a user finds them under data.coco_root."""
-    return ", ".join(f"annotations/{name}" for name in names)
-
-
-def check_coco_root(coco_root: Path, names: list[str], base_url: str) -> None:
-    """Refuse a data.coco_root that is a COCO copy (train2017/ or val2017/) with no annotations.
-
-    Such a folder is a wrong or half-copied root, not a download target: say so before any
-    request. A folder that does not exist yet (the default data/coco), or one that already
-    holds some of the files or an earlier run's partial download, is filled by downloading.
-    """
-    if coco_root.exists() and not coco_root.is_dir():
-        raise DataError(f"data.coco_root = {coco_root} is a file, not a folder")
-    images = [f"{d}/" for d in LABELLED_SOURCES if (coco_root / d).is_dir()]
-    if not images or any((coco_root / "annotations" / n).exists() for n in names):
-        return
-    zips = ", ".join(dict.fromkeys(ARCHIVES[n] for n in names))
-    raise DataError(
-        f"data.coco_root = {coco_root} exists (has {', '.join(images)}) but has no "
-        f"{_listed(names)}: set data.coco_root to the COCO copy that holds them, or unzip "
-        f"{zips} from {base_url.rstrip('/')}/annotations/ into it"
-    )
-
-
-def offline_hint(coco_root: Path, names: list[str]) -> str:
-    """What to do when data.base_url cannot be reached: use a local copy, or get network."""
-    test_note = " (the last as subset.test_from is test2017)" if TEST_INFO in names else ""
-    return (
-        f"To work offline, set data.coco_root (now {coco_root}) to an existing COCO copy with "
-        f"{_listed(names)}{test_note}; images in its train2017/ and val2017/ are fetched from "
-        "each image's coco_url only when missing. Or get network access to data.base_url"
-    )
-
-
-def _fetch_archive(url: str, archive: Path, members: list[str], **http: Any) -> None:
-    """Download an archive (resuming a partial one) unless a sound copy is already cached."""
-    if archive.exists():
-        try:
-            check_archive(archive, members)
-            return
-        except DataError as err:
-            log.warning("discarding cached %s: %s", archive, err)
-            archive.unlink()
-    log.info("downloading %s to %s", url, archive)
-    download_file(url, archive, verify=lambda p: check_archive(p, members), **http)
-
-
-def _extract_and_discard(archive: Path, members: list[str], coco_root: Path, url: str) -> None:
-    """Extract members, then delete the archive; a corrupt one is deleted too (refetched)."""
-    try:
-        paths = extract_members(archive, members, coco_root)
-    except DataError as err:
-        archive.unlink(missing_ok=True)
-        raise DownloadError(f"{url}: {err}; deleted it, re-run to download again") from None
-    for path in paths:
-        log.info("extracted %s from %s", path, url)
-    archive.unlink()
-
-
-def ensure_annotations(
-    coco_root: Path,
-    base_url: str,
-    *,
-    need_test_info: bool,
-    retries: int = 5,
-    timeout: float = 60.0,
-    progress: bool = True,
-    backoff: float = 1.0,
-) -> dict[str, Any]:
-    """Make coco_root/annotations hold the needed COCO-2017 files; return their manifest.
-
-    Present files are checked (not truncated) and reused without any request, so a local
-    copy works offline. Missing ones are extracted from COCO's zips, fetched into
-    coco_root/.downloads and deleted once extracted. A COCO copy with none of the files
-    fails before any request (check_coco_root); an unreachable base_url fails at once with
-    the offline way out (offline_hint). Messages name the params keys data.coco_root etc.
-    """
-    coco_root = Path(coco_root)
-    ann_dir = coco_root / "annotations"
-    names = needed_files(need_test_info)
-    check_coco_root(coco_root, names, base_url)
-    # Check present copies first: a truncated one fails before anything is fetched.
-    files = {n: inspect_json(ann_dir / n) for n in names if (ann_dir / n).exists()}
-    http = {"retries": retries, "timeout": timeout, "progress": progress, "backoff": backoff}
-    try:
-        for zip_name, wanted in _missing_by_archive(ann_dir, names).items():
-            url = f"{base_url.rstrip('/')}/annotations/{zip_name}"
-            archive = coco_root / CACHE_DIR / zip_name
-            members = [f"annotations/{name}" for name in wanted]
-            _fetch_archive(url, archive, members, **http)
-            _extract_and_discard(archive, members, coco_root, url)
-            files.update({name: inspect_json(ann_dir / name) for name in wanted})
-    except HostUnreachable as err:
-        raise HostUnreachable(f"{err}. {offline_hint(coco_root, names)}") from None
-    finally:
-        with contextlib.suppress(OSError):
-            (coco_root / CACHE_DIR).rmdir()  # only if empty: a .part stays to be resumed
-    return {
-        "coco_root": str(coco_root),
-        "base_url": base_url,
-        "files": {name: files[name] for name in names},
-    }

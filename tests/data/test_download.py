@@ -24,14 +24,9 @@ from httpserver import FileServer
 from paramfiles import write_params
 
 from cocoseg.core.errors import DataError, DownloadError
-from cocoseg.data.download import (
-    CACHE_DIR,
-    HostUnreachable,
-    download_file,
-    ensure_annotations,
-    inspect_json,
-    part_path,
-)
+from cocoseg.core.io import part_path
+from cocoseg.data.archives import CACHE_DIR, ensure_annotations, inspect_json
+from cocoseg.data.download import HostUnreachable, download_file
 
 TRAINVAL = "/annotations/annotations_trainval2017.zip"
 TESTINFO = "/annotations/image_info_test2017.zip"
