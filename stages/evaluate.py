@@ -1,7 +1,8 @@
 """Stage evaluate: score the val predictions of stage infer against the val ground truth.
 
-Reads reports/eval/predictions.json and writes reports/metrics.json (COCO mAP for segm and
-bbox, greedy IoU, Dice, P/R/F1; a DVC metrics file), reports/eval/per_class.csv,
+Reads reports/eval/predictions.json and writes reports/metrics.json (the headline: mask and
+box AP, greedy IoU, Dice, P/R/F1; a DVC metrics file), reports/eval/details.json (every
+number: COCO's twelve per type, per class, counts, errors), reports/eval/per_class.csv,
 reports/eval/pr_iou50.csv and pr_iou50_95.csv (mask precision-recall per class), the error
 breakdown (errors.csv, errors_per_class.csv, errors.png, confusion.json/.csv,
 worst_images.png) and reports/eval/samples.png, all under reports/eval. No model is needed,
@@ -53,10 +54,8 @@ def main(args: argparse.Namespace, params: Params) -> None:
     images_dir, ann_file = split_paths(args.subset, "val")
     gt = metrics.load_ground_truth(ann_file)
     preds = metrics.load_predictions(args.predictions or DEFAULT_PREDICTIONS, gt)
-    eval_dir = args.eval_dir or (None if args.predictions else DEFAULT_EVAL_DIR)
-    eval_dir = Path(eval_dir) if eval_dir else None
-    out = args.out or DEFAULT_OUT
-    scores = evaluation.write_reports(gt, preds, p, out, eval_dir, images_dir)
+    out, details, eval_dir = output_paths(args)
+    scores = evaluation.write_reports(gt, preds, p, (out, details, eval_dir), images_dir)
     m = scores.metrics
     log.info(
         "evaluate: %d predictions on %d images: segm AP %s, bbox AP %s, IoU %s, Dice %s -> %s",
@@ -70,10 +69,22 @@ def main(args: argparse.Namespace, params: Params) -> None:
     )
 
 
-def outputs(args: argparse.Namespace) -> list[str]:
-    """The files and folder this run writes (for the stale temp-file sweep)."""
+def output_paths(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
+    """(metrics file, details file, folder of tables and figures or None).
+
+    Details go into the eval folder, or without one beside the metrics file
+    (`theirs_metrics.json` -> `theirs_metrics.details.json`).
+    """
+    out = Path(args.out or DEFAULT_OUT)
     eval_dir = args.eval_dir or (None if args.predictions else DEFAULT_EVAL_DIR)
-    return [args.out or DEFAULT_OUT, *([eval_dir] if eval_dir else [])]
+    eval_dir = Path(eval_dir) if eval_dir else None
+    details = eval_dir / "details.json" if eval_dir else out.with_suffix(".details.json")
+    return out, details, eval_dir
+
+
+def outputs(args: argparse.Namespace) -> list[Path]:
+    """The files and folder this run writes (for the stale temp-file sweep)."""
+    return [path for path in output_paths(args) if path is not None]
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ from cocoseg.evaluate.matching import CROWD, TP, Matching, match
 
 IOU_TYPES = ("segm", "bbox")
 DECIMALS = 6
-PER_CLASS_METRICS = ("segm_AP", "bbox_AP")  # the per-class numbers metrics.json keeps
 
 
 # --- loading and checking -------------------------------------------------------------------
@@ -316,26 +315,30 @@ def curve_rows(
 
 
 def headline(m: dict[str, Any]) -> dict[str, Any]:
-    """What metrics.json keeps: the numbers compared across experiments (`dvc exp show`).
+    """What metrics.json keeps: the few numbers compared across experiments (`dvc exp show`).
 
-    Per class only segm_AP and bbox_AP; greedy IoU and Dice only their means. Everything
-    per class is in per_class.csv.
+    Mask and box AP, greedy IoU and Dice (means), precision, recall and F1 at IoU 0.5.
+    Everything else (COCO's twelve numbers, per class, counts, errors) is in details.json.
     """
     return {
-        **m,
-        "iou": {"mean": m["iou"]["mean"]},
-        "dice": {"mean": m["dice"]["mean"]},
-        "per_class": {
-            name: {k: row[k] for k in PER_CLASS_METRICS} for name, row in m["per_class"].items()
-        },
+        "segm": {"AP": m["segm"]["AP"]},
+        "bbox": {"AP": m["bbox"]["AP"]},
+        "iou": m["iou"]["mean"],
+        "dice": m["dice"]["mean"],
+        **{k: m["match"][k] for k in ("precision", "recall", "f1")},
     }
 
 
 def write_reports(
-    evaluation: Evaluation, metrics_path: str | Path, eval_dir: str | Path | None
+    evaluation: Evaluation,
+    metrics_path: str | Path,
+    details_path: str | Path,
+    eval_dir: str | Path | None,
 ) -> None:
-    """The metrics JSON (headline numbers) and, with an eval_dir, per_class.csv and pr_<iou>.csv."""
+    """metrics.json (headline), details.json (every number) and, with an eval_dir, the
+    per_class.csv and pr_<iou>.csv tables."""
     write_json(metrics_path, headline(evaluation.metrics))
+    write_json(details_path, evaluation.metrics)
     if eval_dir is None:
         return
     eval_dir = Path(eval_dir)

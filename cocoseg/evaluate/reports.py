@@ -33,13 +33,14 @@ def write_reports(
     gt: COCO,
     preds: list[dict],
     p: EvaluateParams,
-    out: str | Path,
-    eval_dir: Path | None,
+    paths: tuple[str | Path, str | Path, Path | None],
     images_dir: Path,
 ) -> metrics.Evaluation:
-    """metrics.json at `out`; with an eval_dir also the tables, curves and figures."""
+    """paths = (metrics.json, details.json, eval folder or None); with a folder also the
+    tables, curves and figures."""
+    out, details, eval_dir = paths
     evaluation, errors = score(gt, preds, p)
-    metrics.write_reports(evaluation, out, eval_dir)
+    metrics.write_reports(evaluation, out, details, eval_dir)
     if eval_dir is not None:
         error_analysis.write_error_reports(errors, eval_dir)
         visualize.error_bars(

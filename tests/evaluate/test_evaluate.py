@@ -210,13 +210,19 @@ def test_stages_predict_score_and_write_every_report(subset, params_file, tmp_pa
     gt = COCO(str(subset / "annotations" / "val.json"))
     assert len(gt.loadRes(str(preds_file)).anns) == len(json.loads(preds_file.read_text())) > 0
     written = json.loads(out.read_text())
-    assert set(written) == {"segm", "bbox", "iou", "dice", "match", "per_class", "errors"}
-    assert list(written["per_class"]) == CLASSES
+    assert set(written) == {"segm", "bbox", "iou", "dice", "precision", "recall", "f1"}
+    details = json.loads((eval_dir / "details.json").read_text())
+    assert set(details) == {"segm", "bbox", "iou", "dice", "match", "per_class", "errors"}
+    assert list(details["per_class"]) == CLASSES
+    assert (
+        written["segm"]["AP"] == details["segm"]["AP"] and written["f1"] == details["match"]["f1"]
+    )
 
     # The same predictions scored from the file alone give the same metrics, no model needed.
     again = tmp_path / "again.json"
     assert stage(params_file, subset, "--predictions", preds_file, "--out", again) == 0
     assert json.loads(again.read_text()) == written
+    assert json.loads((tmp_path / "again.details.json").read_text()) == details
 
     header = (eval_dir / "per_class.csv").read_text().splitlines()[0]
     assert header.startswith("class,n_gt,segm_AP,segm_AP50,segm_AP75,bbox_AP")
@@ -229,7 +235,7 @@ def test_stages_predict_score_and_write_every_report(subset, params_file, tmp_pa
         with Image.open(eval_dir / name) as png:
             assert png.format == "PNG"
     confusion = json.loads((eval_dir / "confusion.json").read_text())
-    counts = written["errors"]["all"]
+    counts = details["errors"]["all"]
     false_positives = sum(counts[k] for k in ("localisation", "duplicate", "background"))
     assert sum(r["actual"] == "background" for r in confusion) == false_positives
 
@@ -253,9 +259,8 @@ def test_evaluate_figures_are_titled_with_the_score_threshold(subset, tmp_path, 
     preds.append({"image_id": image["id"], "category_id": 1, "bbox": [0, 0, 6, 6],
                   "score": 0.9, "segmentation": rle})  # fmt: skip
     params = EvaluateParams(score_threshold=0.35, n_samples=2)
-    evaluation.write_reports(
-        gt, preds, params, tmp_path / "m.json", tmp_path, subset / "images" / "val"
-    )
+    paths = (tmp_path / "m.json", tmp_path / "d.json", tmp_path)
+    evaluation.write_reports(gt, preds, params, paths, subset / "images" / "val")
     assert sorted(figures) == ["errors.png", "samples.png", "worst_images.png"]
     errors = figures["errors.png"].axes[0]
     assert "0.35" in errors.get_title() and errors.get_xlabel() and errors.get_ylabel()
@@ -273,19 +278,21 @@ def test_a_model_that_detects_nothing_still_gets_a_report(subset, params_file, t
     assert infer_then_evaluate(params_file, subset, model_file, tmp_path) == 0
     assert json.loads((eval_dir / "predictions.json").read_text()) == []
     m = json.loads(out.read_text())
-    assert m["segm"]["AP"] == m["bbox"]["AP"] == m["iou"]["mean"] == m["match"]["recall"] == 0.0
-    assert m["match"]["precision"] is None and m["match"]["fp"] == 0
+    assert m["segm"]["AP"] == m["bbox"]["AP"] == m["iou"] == m["recall"] == 0.0
+    assert m["precision"] is None
+    assert json.loads((eval_dir / "details.json").read_text())["match"]["fp"] == 0
     assert (eval_dir / "samples.png").exists()
 
 
-def test_scoring_a_predictions_file_writes_only_the_metrics(subset, params_file, tmp_path):
+def test_scoring_a_predictions_file_writes_metrics_and_details(subset, params_file, tmp_path):
     preds_file = tmp_path / "theirs.json"
     preds_file.write_text(json.dumps(perfect_predictions(subset)))
     out = tmp_path / "theirs_metrics.json"
     assert stage(params_file, subset, "--predictions", preds_file, "--out", out) == 0
     m = json.loads(out.read_text())
-    assert m["segm"]["AP"] == m["bbox"]["AP"] == m["dice"]["mean"] == m["iou"]["mean"] == 1.0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["theirs.json", "theirs_metrics.json"]
+    assert m["segm"]["AP"] == m["bbox"]["AP"] == m["dice"] == m["iou"] == 1.0
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["theirs.json", "theirs_metrics.details.json", "theirs_metrics.json"]
 
 
 def test_predictions_mode_needs_an_explicit_out(subset, params_file, tmp_path, capsys):
@@ -350,7 +357,8 @@ def test_a_model_for_other_classes_is_refused(subset, params_file, tmp_path, cap
 
 # --- through DVC ------------------------------------------------------------------------------
 
-MATCH_KEYS = ("iou.", "dice.", "match.", "errors.all.")
+MATCH_KEYS = ("iou", "dice", "match.", "errors.all.", "precision", "recall", "f1")
+DETAILS = "reports/eval/details.json"
 MATCH_PER_CLASS = {"iou", "dice", "precision", "recall", "f1", "tp", "fp", "fn"}
 
 
@@ -382,7 +390,7 @@ def test_dvc_repro_then_exp_run_changes_only_the_matching_numbers(tmp_path):
 
     first = dvc(repo, "repro", "evaluate")
     assert {"train", "infer", "evaluate"} <= stages_ran(first.stdout)
-    baseline = json.loads((repo / "reports" / "metrics.json").read_text())
+    baseline = json.loads((repo / DETAILS).read_text())
     assert baseline["match"]["tp"] + baseline["match"]["fp"] == 0  # threshold 1: none kept
     scores = [p["score"] for p in json.loads((repo / "reports/eval/predictions.json").read_text())]
     assert any(s >= 0.3 for s in scores), "the tiny model should detect something above 0.3"
@@ -391,12 +399,14 @@ def test_dvc_repro_then_exp_run_changes_only_the_matching_numbers(tmp_path):
 
     exp = dvc(repo, "exp", "run", "-S", "evaluate.score_threshold=0.3", "evaluate")
     assert stages_ran(exp.stdout) == {"check_params", "evaluate"}, exp.stdout
-    diff = dvc(repo, "metrics", "diff", "HEAD", "--json")
-    changed = json.loads(diff.stdout)["reports/metrics.json"]
-    assert changed["match.fp"]["new"] > 0, diff.stdout
-    assert all(is_matching_number(key) for key in changed), sorted(changed)
-    table = dvc(repo, "metrics", "diff", "HEAD").stdout
-    assert "match.fp" in table and "segm.AP" not in table
+    diff = dvc(repo, "metrics", "diff", "HEAD", "--json", "--targets", "reports/metrics.json",
+               DETAILS)  # fmt: skip
+    changed = json.loads(diff.stdout)
+    assert changed[DETAILS]["match.fp"]["new"] > 0, diff.stdout
+    for path in ("reports/metrics.json", DETAILS):
+        assert all(is_matching_number(key) for key in changed[path]), sorted(changed[path])
+    table = dvc(repo, "metrics", "diff", "HEAD").stdout  # the headline file only
+    assert "recall" in table and "segm.AP" not in table and "match.fp" not in table
 
     # The mask threshold feeds inference: both stages rerun and the masks' numbers move.
     run(repo, "git", "add", "-A")
@@ -405,4 +415,4 @@ def test_dvc_repro_then_exp_run_changes_only_the_matching_numbers(tmp_path):
     assert stages_ran(exp.stdout) == {"check_params", "infer", "evaluate"}, exp.stdout
     changed = json.loads(dvc(repo, "metrics", "diff", "HEAD", "--json").stdout)
     changed = changed["reports/metrics.json"]
-    assert any(key.startswith(("iou.", "dice.", "segm.")) for key in changed), changed
+    assert any(key.startswith(("iou", "dice", "segm.")) for key in changed), changed

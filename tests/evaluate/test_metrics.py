@@ -371,20 +371,25 @@ def test_reports_are_nested_json_and_csvs_dvc_can_plot(tmp_path):
     gt = gt_coco(objects)
     preds = [pred(1, 1, box(0, 0, 10, 10), 0.9), pred(2, 1, box(4, 4, 14, 14), 0.8)]
     evaluation = metrics.evaluate(gt, metrics.check_predictions(preds, gt, "t"), 0.5)
-    metrics.write_reports(evaluation, tmp_path / "m.json", tmp_path / "eval")
+    metrics.write_reports(evaluation, tmp_path / "m.json", tmp_path / "d.json", tmp_path / "eval")
 
+    # metrics.json: the few numbers `dvc exp show` compares; details.json: every number.
     written = json.loads((tmp_path / "m.json").read_text())
-    assert written == metrics.headline(evaluation.metrics)
-    assert list(written["segm"]) == list(cocoeval.SUMMARY_NAMES) == list(written["bbox"])
-    assert set(written) == {"segm", "bbox", "iou", "dice", "match", "per_class"}
-    assert written["per_class"]["b"] == {"segm_AP": None, "bbox_AP": None}  # the rest: csv
-    assert written["iou"] == {"mean": evaluation.metrics["iou"]["mean"]}
-    assert written["per_class"]["a"]["segm_AP"] == evaluation.metrics["per_class"]["a"]["segm_AP"]
+    details = json.loads((tmp_path / "d.json").read_text())
+    assert written == {
+        "segm": {"AP": details["segm"]["AP"]}, "bbox": {"AP": details["bbox"]["AP"]},
+        "iou": details["iou"]["mean"], "dice": details["dice"]["mean"],
+        "precision": details["match"]["precision"], "recall": details["match"]["recall"],
+        "f1": details["match"]["f1"],
+    }  # fmt: skip
+    assert details == json.loads(json.dumps(evaluation.metrics))
+    assert list(details["segm"]) == list(cocoeval.SUMMARY_NAMES) == list(details["bbox"])
+    assert details["per_class"]["b"]["segm_AP"] is None  # no ground truth: null, not -1
 
     with (tmp_path / "eval" / "per_class.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["class"] for r in rows] == ["a", "b"]
-    assert rows[0]["segm_AP"] == str(written["per_class"]["a"]["segm_AP"])
+    assert rows[0]["segm_AP"] == str(details["per_class"]["a"]["segm_AP"])
     assert rows[1]["segm_AP"] == ""  # no ground truth: an empty cell, not -1
 
     for name in ("pr_iou50.csv", "pr_iou50_95.csv"):
