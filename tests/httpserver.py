@@ -1,6 +1,6 @@
 """A real HTTP server on 127.0.0.1 for download tests: serves a folder, with Range and faults.
 
-    with FileServer(folder) as server:
+    with FileServer(folder, delay=0.2) as server:   # delay: seconds before each answer
         server.fail("/a.zip", times=2)          # next 2 GETs of /a.zip answer 503
         server.cut("/a.zip", after=1000)        # next GET sends 1000 body bytes, then hangs up
         server.replace("/a.zip", b"junk")       # serve these bytes instead of the file
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -41,9 +42,10 @@ class _Faults:
 class FileServer:
     """Serve `root` over HTTP on 127.0.0.1 (a free port) in a background thread."""
 
-    def __init__(self, root: str | Path, *, ranges: bool = True) -> None:
+    def __init__(self, root: str | Path, *, ranges: bool = True, delay: float = 0.0) -> None:
         self.root = Path(root)
         self.ranges = ranges  # False: ignore Range headers, like some servers do
+        self.delay = delay  # a slow server: downloads stay in flight
         self.requests: list[Request] = []
         self._faults: dict[str, _Faults] = {}
         self._lock = threading.Lock()
@@ -111,6 +113,7 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
             """Keep test output quiet."""
 
         def do_GET(self) -> None:
+            time.sleep(server.delay)
             path = unquote(urlsplit(self.path).path)
             request = Request(path, self.headers.get("Range"))
             server._record(request)

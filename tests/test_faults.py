@@ -9,22 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import synthcoco
 import torch
 import yaml
+from httpserver import FileServer
 from torch.utils.data import DataLoader, Dataset
 
 from cocoseg.core.cli import failure_line
@@ -270,31 +268,13 @@ def test_sigterm_mid_epoch_ends_in_one_line_and_the_next_run_resumes(tmp_path):
     assert load_record(models / "model.pt")["classes"] == synthcoco.TARGET_NAMES
 
 
-class _SlowHandler(SimpleHTTPRequestHandler):
-    """A plain web server that takes a second per file: downloads are in flight for long."""
-
-    def do_GET(self) -> None:
-        time.sleep(1.0)
-        super().do_GET()
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Quiet."""
-
-
 @pytest.fixture
 def slow_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A web server taking a second per file: downloads are in flight for long."""
     folder = tmp_path / "served"
     folder.mkdir()
-    httpd = ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_SlowHandler, directory=str(folder))
-    )
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", folder
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
+    with FileServer(folder, delay=1.0) as server:
+        yield server.url, folder
 
 
 def test_sigterm_during_the_subset_downloads_is_one_line_and_leaves_no_partial_file(

@@ -6,17 +6,14 @@ and breaks one thing in it.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -407,31 +404,13 @@ def test_hostile_file_name_is_refused_naming_the_image(root, tmp_path, hostile):
 # --------------------------------------------------------------------------- interruption
 
 
-class SlowHandler(SimpleHTTPRequestHandler):
-    """Serves files like a plain web server, a fifth of a second per request."""
-
-    def do_GET(self) -> None:
-        time.sleep(0.2)
-        super().do_GET()
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Quiet."""
-
-
 @pytest.fixture
 def slow_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """(base url, folder it serves) of a slow HTTP server on 127.0.0.1."""
+    """(base url, folder it serves) of a web server taking a fifth of a second per file."""
     folder = tmp_path / "served"
     folder.mkdir()
-    handler = functools.partial(SlowHandler, directory=str(folder))
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", folder
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
+    with FileServer(folder, delay=0.2) as server:
+        yield server.url, folder
 
 
 def stage(params: Path, out: Path) -> subprocess.Popen:
