@@ -103,6 +103,9 @@ class TrainParams(_Section):
     keep_checkpoints: NonNegInt = 0  # 0 keeps all; N keeps the newest N
     anchor_sizes: Annotated[list[PositiveInt], PerFpnLevel] = _list(*ANCHOR_SIZES)
     anchor_ratios: Annotated[list[PositiveFloat], Meta(min_length=1)] = _list(*ANCHOR_RATIOS)
+    eval_every: NonNegInt = 1  # score val mAP every N epochs and after the last; 0 = off
+    select: Literal["last", "best"] = "last"  # model.pt: the last epoch or the best val segm AP
+    patience: NonNegInt = 0  # stop after N epochs without a better val segm AP; 0 = off
 
 
 class EvaluateParams(_Section):
@@ -159,6 +162,9 @@ def _check_cross_fields(params: Params) -> None:
             f"train.anchor_sizes = {train.anchor_sizes!r} must be strictly increasing "
             "(one size per FPN level, finest first)"
         )
+    for key, value in (("select", train.select), ("patience", train.patience)):
+        if value not in ("last", 0) and train.eval_every == 0:
+            raise ParamError(f"train.{key} = {value} needs train.eval_every > 0 (got 0)")
 
 
 def _check_finite(value: Any, name: str) -> None:

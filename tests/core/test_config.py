@@ -84,6 +84,13 @@ def test_the_project_params_file_is_valid_and_names_every_key():
         ({"train": {"keep_checkpoints": -1}}, r"train.keep_checkpoints = -1 .* must be >= 0$"),
         ({"train": {"keep_checkpoints": 1.5}}, r"train.keep_checkpoints = 1.5 must be an integer"),
         (
+            {"train": {"select": "best", "eval_every": 0}},
+            r"^params.yaml: train.select = best needs train.eval_every > 0 \(got 0\)$",
+        ),
+        ({"train": {"patience": 3, "eval_every": 0}}, r"train.patience = 3 needs train.eval_every"),
+        ({"train": {"select": "first"}}, r"train.select = 'first' is not allowed"),
+        ({"train": {"eval_every": -1}}, r"train.eval_every = -1 is out of range: must be >= 0"),
+        (
             {"train": {"anchor_sizes": [32, 64, 128, 256]}},
             r"train.anchor_sizes = \[32, 64, 128, 256\] must have exactly 5 entries: "
             r"one size per FPN level \(5 levels\)",
