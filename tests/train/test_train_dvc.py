@@ -39,7 +39,7 @@ def test_dvc_repro_train_then_exp_run_lr_reruns_train_not_subset(tmp_path):
     exp = dvc(repo, "exp", "run", "-S", "train.lr=0.01", "train")
     assert stages_ran(exp.stdout) == {"check_params", "train"}, exp.stdout
     log = exp.stdout + exp.stderr
-    assert "params.lr: 0.005 -> 0.01" in log and "starting fresh" in log  # no stale resume
+    assert "train params changed: lr: 0.005 -> 0.01): starting fresh" in log  # no stale resume
 
     plots = json.loads(dvc(repo, "plots", "show", "--json").stdout)
     drawn = json.dumps(plots)
