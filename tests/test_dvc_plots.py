@@ -10,15 +10,27 @@ import pytest
 from dvcrepo import dvc, make_dvc_repo
 from paramfiles import recipe
 
+from cocoseg.train.trainlog import LOSS_PARTS, epoch_summary, open_log, write_log
+
 PROJECT = Path(__file__).resolve().parents[1]
 CLASSES = recipe()["subset"]["classes"]
-# The charts of evaluate's tables; the training-loss charts are left to DVCLive's own.
+# The charts of evaluate's tables, and of the train stage's DVCLive log.
 EVAL_CHARTS = {
     "Mask precision-recall per class, IoU 0.5",
     "Mask precision-recall per class, IoU 0.5:0.95",
     "reports/eval/per_class.csv",
     "reports/eval/confusion.json",
 }
+TRAIN_CHARTS = {
+    "Training loss per iteration",
+    "Training loss components per iteration",
+    "Learning rate per iteration",
+    "Training loss per epoch",
+    "Validation AP per epoch",
+    "Seconds per epoch",
+    "Training throughput per epoch",
+}
+CHARTS = EVAL_CHARTS | TRAIN_CHARTS
 # What DVC titles an axis with when dvc.yaml names none.
 FALLBACK_TITLES = {"", "x", "y", "step", "dvc_inferred_y_value"}
 
@@ -47,11 +59,26 @@ def write_eval_tables(eval_dir: Path) -> None:
     (eval_dir / "confusion.json").write_text(json.dumps(confusion))
 
 
+def write_train_log(reports: Path) -> None:
+    """The train stage's DVCLive files, written by trainlog from a two-epoch history."""
+    history: dict[str, list] = {"iterations": [], "epochs": [], "val": []}
+    for epoch in (1, 2):
+        losses = {k: 1.0 / epoch for k in ("loss", *LOSS_PARTS)}
+        rows = [{"iteration": 2 * epoch + i - 1, "epoch": epoch, "lr": 0.005, **losses}
+                for i in (0, 1)]  # fmt: skip
+        history["iterations"] += rows
+        history["epochs"].append(epoch_summary(rows, n_images=4, seconds=2.0))
+        history["val"].append({"epoch": epoch, "segm_AP": 0.1 * epoch, "segm_AP50": 0.2 * epoch,
+                               "bbox_AP": 0.1, "bbox_AP50": 0.2, "val_seconds": 1.0})  # fmt: skip
+    write_log(open_log(reports), history, selected_epoch=2)
+
+
 @pytest.fixture(scope="module")
 def charts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     """Vega spec per chart id, as `dvc plots show --json` renders the project's dvc.yaml."""
     repo = make_dvc_repo(tmp_path_factory.mktemp("plots"))
     write_eval_tables(repo / "reports" / "eval")
+    write_train_log(repo / "reports" / "train")
     shown = json.loads(dvc(repo, "plots", "show", "--json").stdout)["data"]
     return {
         chart_id: renders[0]["content"]
@@ -61,16 +88,17 @@ def charts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]
 
 
 def axis_titles(spec: dict[str, Any]) -> tuple[str, str]:
-    """(x, y) axis titles of a vega-lite spec, faceted (confusion) or not."""
+    """(x, y) axis titles of a vega-lite spec: faceted (confusion), layered (linear) or plain."""
     encoding = spec.get("encoding") or spec["spec"]["encoding"]
-    return encoding["x"].get("title", ""), encoding["y"].get("title", "")
+    y = encoding.get("y") or spec["layer"][0]["encoding"]["y"]
+    return encoding["x"].get("title", ""), y.get("title", "")
 
 
-def test_every_evaluate_chart_is_drawn(charts):
-    assert set(charts) >= EVAL_CHARTS
+def test_every_evaluate_and_train_chart_is_drawn(charts):
+    assert set(charts) >= CHARTS
 
 
-@pytest.mark.parametrize("chart_id", sorted(EVAL_CHARTS))
+@pytest.mark.parametrize("chart_id", sorted(CHARTS))
 def test_chart_axes_have_real_titles(charts, chart_id):
     x_title, y_title = axis_titles(charts[chart_id])
     assert x_title not in FALLBACK_TITLES and y_title not in FALLBACK_TITLES
@@ -78,7 +106,7 @@ def test_chart_axes_have_real_titles(charts, chart_id):
         assert x_title == "recall" and y_title.startswith("precision")
 
 
-@pytest.mark.parametrize("chart_id", sorted(EVAL_CHARTS))
+@pytest.mark.parametrize("chart_id", sorted(CHARTS))
 def test_chart_titles_name_no_unresolved_param(charts, chart_id):
     title = charts[chart_id]["title"]["text"]
     assert title and "${" not in title

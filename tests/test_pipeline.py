@@ -42,6 +42,7 @@ def tiny_params(coco_root: Path, n_train: int, n_val: int, n_test: int) -> dict:
             "warmup_iters": 2,
             "amp": False,
             "device": "cpu",
+            "eval_every": 1,
         },
         "evaluate": {"n_samples": 2, "device": "cpu", "score_threshold": 0.05, "num_workers": 0},
         "predict": {"device": "cpu", "score_threshold": 0.05, "num_workers": 0},
@@ -73,7 +74,13 @@ def check_outputs(repo: Path) -> None:
     record = torch.load(repo / "models" / "model.pt", weights_only=True)
     assert record_keys <= set(record) and record["classes"] == synthcoco.TARGET_NAMES
     assert sorted((repo / "models" / "checkpoints").glob("epoch_*.pt"))
-    assert (repo / "reports" / "train" / "iterations.csv").read_text().startswith("iteration")
+    live = repo / "reports" / "train" / "live"
+    epochs = [row["epoch"] for row in json.loads((live / "plots/custom/epochs.json").read_text())]
+    scored = json.loads((live / "plots" / "custom" / "val.json").read_text())
+    assert [row["epoch"] for row in scored] == epochs and epochs  # eval_every 1: every epoch
+    assert all(0 <= row["segm_AP"] <= 1 for row in scored)
+    assert json.loads((live / "metrics.json").read_text())["step"] == epochs[-1]
+    assert json.loads((repo / "reports/train/summary.json").read_text())["epochs"] == len(epochs)
 
     metrics = json.loads((repo / "reports" / "metrics.json").read_text())
     assert set(metrics) == {"segm", "bbox", "iou", "dice", "precision", "recall", "f1"}
@@ -95,10 +102,12 @@ def check_exp_show_is_readable(repo: Path) -> None:
     for rev in shown:
         for path, data in (rev.get("data", {}).get("metrics") or {}).items():
             metrics[path] = data["data"]
-    assert set(metrics) == {"reports/metrics.json", "reports/train/metrics.json"}, set(metrics)
+    assert set(metrics) == {"reports/metrics.json", "reports/train/live/metrics.json"}, metrics
     assert set(metrics["reports/metrics.json"]) == {
         "segm", "bbox", "iou", "dice", "precision", "recall", "f1"
     }  # fmt: skip
+    train = metrics["reports/train/live/metrics.json"]
+    assert set(train) == {"train", "val", "selected_epoch", "step"}, train
 
 
 def test_full_pipeline_on_synthetic_data(tmp_path):
@@ -161,6 +170,7 @@ def test_full_pipeline_on_synthetic_data(tmp_path):
     dvc(repo, "plots", "show", "-o", str(html_dir))
     page = (html_dir / "index.html").read_text()
     assert "Training loss per iteration" in page and "<html" in page.lower()
+    assert "Val COCO AP after each scored epoch" in page  # DVCLive's val AP per epoch
     assert "Confusion at mask IoU 0.5" in page and "worst_images.png" in page  # error plots
 
     # Share through a local remote, then restore everything into a fresh clone.

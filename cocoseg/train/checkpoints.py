@@ -6,8 +6,9 @@ and training data (the train json and the bytes of every train image, `data_fing
 all equal this run's: DVC does not hash a COCO copy's image folders, so the pixels of an
 image may change under the same annotation file. `epochs` itself may differ (raising it continues
 training, lowering it finishes from that epoch's checkpoint) except with the `cosine`
-schedule, whose curve depends on it. `train.keep_checkpoints` also never counts. Otherwise
-the old checkpoints are removed and training starts fresh. Delete `models/checkpoints` to
+schedule, whose curve depends on it. `train.keep_checkpoints` and `train.select` (which epoch
+model.pt holds) never count. Otherwise the old checkpoints (and best.pt) are removed and
+training starts fresh. Delete `models/checkpoints` to
 force a fresh start. Every .pt file is read by `cocoseg.core.model.load_record` (weights only).
 """
 
@@ -27,7 +28,7 @@ from cocoseg.core.model import load_record
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
-NOT_IN_RESUME_KEY = ("keep_checkpoints",)  # how many files are kept does not change training
+NOT_IN_RESUME_KEY = ("keep_checkpoints", "select")  # what is kept does not change training
 
 
 def checkpoint_path(folder: Path, epoch: int) -> Path:
@@ -153,8 +154,9 @@ def find_resume(folder: Path, identity: dict[str, Any], epochs: int) -> dict[str
 
 
 def clear_checkpoints(folder: Path) -> None:
-    """Remove old checkpoints and temp files a killed write left behind."""
-    stale = [p for _, p in checkpoints(folder)] + list(folder.glob(".epoch_*.tmp"))
+    """Remove old checkpoints, best.pt and temp files a killed write left behind."""
+    stale = [p for _, p in checkpoints(folder)] + list(folder.glob(".*.pt.*.tmp"))
+    stale += [folder / "best.pt"] if (folder / "best.pt").exists() else []
     for path in stale:
         path.unlink(missing_ok=True)
     if stale:

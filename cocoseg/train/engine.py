@@ -2,9 +2,10 @@
 
 `train` reads in order: join the torchrun process group if any (runtime), load the train split
 (dataset), pick a checkpoint to resume from (checkpoints), build the model, batches (sampler)
-and SGD with its schedule (optim), then train epoch by epoch with AMP and clipping, saving a
-checkpoint and the logs (trainlog) after each. Under
-`torchrun`, each process trains its share through DistributedDataParallel; rank 0 writes.
+and SGD with its schedule (optim), then train epoch by epoch with AMP and clipping, scoring
+val mAP when due (validate), saving a checkpoint, best.pt (selection) and the DVCLive log
+(trainlog) after each, and stopping early when val AP stalls (selection). Under `torchrun`,
+each process trains its share through DistributedDataParallel; rank 0 writes.
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ from cocoseg.train.dataset import class_names, coco_dataset
 from cocoseg.train.optim import make_optimizer
 from cocoseg.train.runtime import Context, barrier, peak_gpu_mb, seed_all, session
 from cocoseg.train.sampler import set_epoch, train_loader
-from cocoseg.train.trainlog import LOSS_PARTS, epoch_summary, write_reports
+from cocoseg.train.selection import recover_best, save_best, selected, stalled
+from cocoseg.train.trainlog import LOSS_PARTS, epoch_summary, open_log, write_log, write_summary
 from cocoseg.train.transforms import SKIPS_MODEL_RESIZE, build_transforms
+from cocoseg.train.validate import val_set, validate_if_due
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +215,8 @@ def train(
         if ctx.main:
             remove_stale_temps(folder)  # a killed run's half-written checkpoint
         state = find_resume(folder, identity, p.epochs)
+        if state is not None and p.select == "best" and not recover_best(folder, state, ctx.main):
+            state = None
         barrier(ctx)  # every rank has read before rank 0 may clear
         if state is None and ctx.main:
             clear_checkpoints(folder)
@@ -222,7 +227,7 @@ def train(
         )
         optimizer, scheduler, scaler = make_optimizer(model, p, len(loader), ctx.device)
         parts = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
-        history: dict[str, list] = {"iterations": [], "epochs": []}
+        history: dict[str, list] = {"iterations": [], "epochs": [], "val": []}
         start = 1
         if state is not None:
             restore(state, **parts)
@@ -236,25 +241,43 @@ def train(
             "training %s on %d images (%s), %d iterations/epoch, device %s x%d",
             p.arch, len(dataset), ", ".join(classes), len(loader), ctx.device, ctx.world_size,
         )  # fmt: skip
+        val = val_set(subset_dir) if ctx.main and p.eval_every else None
+        live = open_log(reports) if ctx.main else None
+        if live is not None:
+            write_log(live, history)  # the checkpoint's epochs, each once
 
         for epoch in range(start, p.epochs + 1):
+            if stalled(history["val"], p.patience):
+                log.info("stopping early: no better val segm AP for %d epochs", p.patience)
+                break
             rows, summary = train_one_epoch(
                 model, loader, optimizer, scheduler, scaler, epoch, p, ctx, folder
             )
             history["iterations"].extend(rows)
             history["epochs"].append(summary)
-            if ctx.main:
+            validate_if_due(model, epoch, history, val, p, ctx)
+            if live is not None:
                 save_checkpoint(folder, epoch, {"model": model, **parts}, identity, history)
+                if p.select == "best":
+                    save_best(folder, model, history)
                 remove_older_checkpoints(folder, epoch, p.keep_checkpoints)
-                write_reports(reports, history, peak_gpu_mb(ctx))
-                log.info("epoch %d: loss %.4f, %.1f s", epoch, summary["loss"], summary["seconds"])
+                write_log(live, history)
+                log.info(
+                    "epoch %d: loss %.4f, %.1f s", epoch, summary["loss"], summary["train_seconds"]
+                )
             barrier(ctx)
+        # A run resumed at fewer train.epochs scores its new last epoch here.
+        validate_if_due(model, history["epochs"][-1]["epoch"], history, val, p, ctx)
 
         model_path = out_dir / "model.pt"
-        if ctx.main:
+        if live is not None:
+            epoch, weights, row = selected(folder, model, history, p.select)
             record = model_record(model, classes, p.arch, p.min_size, p.max_size, params)
+            record.update(model=weights, epoch=epoch, val=row)
             save_torch(model_path, record)
-            write_reports(reports, history, peak_gpu_mb(ctx))
-            log.info("wrote %s and %s", model_path, reports)
+            write_log(live, history, selected_epoch=epoch)
+            live.end()
+            write_summary(reports, history, record, peak_gpu_mb(ctx))
+            log.info("wrote %s (epoch %d) and %s", model_path, epoch, reports)
         barrier(ctx)
         return model_path

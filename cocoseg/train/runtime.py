@@ -74,6 +74,15 @@ def barrier(ctx: Context) -> None:
         dist.barrier()
 
 
+def broadcast(obj: object, ctx: Context) -> object:
+    """Rank 0's `obj` on every rank (the others wait for it); itself without DDP."""
+    if ctx.world_size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def seed_all(seed: int) -> None:
     """Seed Python, NumPy and torch (every device)."""
     random.seed(seed)

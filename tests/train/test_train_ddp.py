@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import csv
+import json
 import os
 import subprocess
 import sys
@@ -22,7 +22,7 @@ def test_torchrun_two_processes_train_and_rank_0_alone_writes(tmp_path):
     subset = synthcoco.make_subset(tmp_path / "subset", n_train=4, size=(64, 64))
     train = {
         "weights": "none", "epochs": 1, "batch_size": 2, "num_workers": 0, "min_size": 64,
-        "max_size": 64, "warmup_iters": 1, "amp": False, "device": "cpu",
+        "max_size": 64, "warmup_iters": 1, "amp": False, "device": "cpu", "eval_every": 1,
     }  # fmt: skip
     params = write_params(tmp_path / "params.yaml", {"train": train})
     out, reports = tmp_path / "models", tmp_path / "reports"
@@ -40,9 +40,11 @@ def test_torchrun_two_processes_train_and_rank_0_alone_writes(tmp_path):
     assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["epoch_01.pt", "model.pt"]
     _, classes = load_trained_model(out / "model.pt")
     assert classes == ["person", "cat", "sports ball", "book"]
-    with (reports / "iterations.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) == 1  # 4 images, 2 per rank, batch 2: one step per rank
-    with (reports / "epochs.csv").open() as f:
-        (epoch,) = list(csv.DictReader(f))
-    assert float(epoch["images_per_s"]) > 0 and epoch["epoch"] == "1"
+    live = reports / "live"
+    iterations = json.loads((live / "plots" / "custom" / "iterations.json").read_text())
+    assert len(iterations) == 1  # 4 images, 2 per rank, batch 2: one step per rank
+    (epoch,) = json.loads((live / "plots" / "custom" / "epochs.json").read_text())
+    assert epoch["images_per_s"] > 0 and epoch["epoch"] == 1
+    (val,) = json.loads((live / "plots" / "custom" / "val.json").read_text())  # rank 0 scored
+    assert val["epoch"] == 1 and 0 <= val["segm_AP"] <= 1
+    assert json.loads((live / "metrics.json").read_text())["step"] == 1

@@ -1,4 +1,4 @@
-"""The train stage under DVC: repro from synthetic COCO, then an experiment on train.lr."""
+"""The train stage under DVC: repro from synthetic COCO, its metrics, an experiment on train.lr."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def test_dvc_repro_train_then_exp_run_lr_reruns_train_not_subset(tmp_path):
                    "strategy": "random", "workers": 1},
         "train": {"weights": "none", "epochs": 1, "batch_size": 2, "num_workers": 0,
                   "min_size": 64, "max_size": 64, "warmup_iters": 1, "amp": False,
-                  "device": "cpu"},
+                  "device": "cpu", "eval_every": 1},
     }  # fmt: skip
     repo = make_dvc_repo(tmp_path / "repo", params)
 
@@ -29,9 +29,15 @@ def test_dvc_repro_train_then_exp_run_lr_reruns_train_not_subset(tmp_path):
     assert stages_ran(first.stdout) == {"check_params", "download", "subset", "train"}, first.stdout
     assert (repo / "models" / "model.pt").exists()
     assert (repo / "models" / "checkpoints" / "epoch_01.pt").exists()
-    metrics = json.loads(dvc(repo, "metrics", "show", "--json").stdout)
-    train_metrics = json.dumps(metrics)
-    assert "reports/train/metrics.json" in train_metrics and "images_per_s" in train_metrics
+    # DVCLive's summary is the stage's one metrics file: a few numbers, the epoch as its step.
+    shown = json.loads(dvc(repo, "metrics", "show", "--json").stdout)
+    (workspace,) = shown.values()
+    metrics = {path: m["data"] for path, m in workspace["data"].items() if "data" in m}
+    assert set(metrics) == {"reports/train/live/metrics.json"}, metrics  # evaluate's not yet run
+    live = metrics["reports/train/live/metrics.json"]
+    assert set(live) == {"train", "val", "selected_epoch", "step"}, live
+    assert set(live["val"]) == {"segm_AP", "bbox_AP"} and 0 <= live["val"]["segm_AP"] <= 1
+    assert (live["step"], live["selected_epoch"]) == (1, 1) and live["train"]["loss"] > 0
     assert stages_ran(dvc(repo, "repro", "train").stdout) == set()
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-q", "-m", "baseline")
@@ -43,6 +49,6 @@ def test_dvc_repro_train_then_exp_run_lr_reruns_train_not_subset(tmp_path):
 
     plots = json.loads(dvc(repo, "plots", "show", "--json").stdout)
     drawn = json.dumps(plots)
-    for column in ("loss", "loss_mask", "loss_rpn_box_reg", "Training loss per iteration",
-                   "Training loss per epoch"):  # fmt: skip
+    for column in ("loss", "loss_mask", "loss_rpn_box_reg", "segm_AP", "bbox_AP50",
+                   "Training loss per iteration", "Validation AP per epoch"):  # fmt: skip
         assert column in drawn, column

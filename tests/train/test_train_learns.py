@@ -125,7 +125,8 @@ def test_a_non_finite_loss_stops_the_run_naming_iteration_parts_and_images(tmp_p
     assert f"{kept} is kept" in message
     assert load_record(kept)["epoch"] == 1
     assert not (out / "checkpoints" / "epoch_02.pt").exists() and not (out / "model.pt").exists()
-    assert len((reports / "iterations.csv").read_text().splitlines()) == 2  # header + iteration 1
+    logged = json.loads((reports / "live" / "plots" / "custom" / "iterations.json").read_text())
+    assert [row["iteration"] for row in logged] == [1]  # epoch 1's, kept with its checkpoint
 
 
 def crowded_subset(root: Path, n: int = 100, side: int = 128) -> Path:

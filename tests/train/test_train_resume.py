@@ -1,8 +1,12 @@
-"""Resume: which checkpoint a re-run picks up, and a SIGKILLed run ending as if uninterrupted."""
+"""Resume: which checkpoint a re-run picks up, and a SIGKILLed run ending as if uninterrupted.
+
+The DVCLive log a resumed run leaves holds each epoch once, in order, with the values of an
+uninterrupted run (timings aside), however far the killed run had logged.
+"""
 
 from __future__ import annotations
 
-import csv
+import json
 import logging
 import os
 import signal
@@ -15,7 +19,7 @@ import numpy as np
 import pytest
 import synthcoco
 import torch
-import yaml
+from paramfiles import write_params
 from PIL import Image
 
 from cocoseg.core.config import TrainParams, to_dict
@@ -112,9 +116,11 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, c
     assert "epoch_02.pt" in caplog.text
 
 
-def test_keep_checkpoints_is_no_reason_to_start_fresh(tmp_path):
+def test_keep_checkpoints_and_select_are_no_reason_to_start_fresh(tmp_path):
     fake_checkpoint(tmp_path, 1, keep_checkpoints=0)
     assert find_resume(tmp_path, identity(keep_checkpoints=2), 6)["epoch"] == 1
+    assert find_resume(tmp_path, identity(select="best"), 6)["epoch"] == 1
+    assert find_resume(tmp_path, identity(eval_every=2), 6) is None  # another log
 
 
 @pytest.mark.parametrize(
@@ -132,9 +138,10 @@ def test_keep_checkpoints_leaves_the_newest_n_after_each_epoch(tmp_path, keep, l
     assert load_record(out / "checkpoints" / "epoch_02.pt")["epoch"] == 2
 
 
-def test_fresh_start_clears_old_checkpoints_and_killed_temp_files(tmp_path):
+def test_fresh_start_clears_old_checkpoints_best_pt_and_killed_temp_files(tmp_path):
     fake_checkpoint(tmp_path, 1)
     (tmp_path / ".epoch_02.pt.x1y2.tmp").write_bytes(b"half")
+    (tmp_path / "best.pt").write_bytes(b"another run's best epoch")
     (tmp_path / "notes.txt").write_text("kept")
     clear_checkpoints(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
@@ -145,17 +152,16 @@ def test_fresh_start_clears_old_checkpoints_and_killed_temp_files(tmp_path):
 TRAIN = {
     "weights": "none", "epochs": 2, "batch_size": 2, "num_workers": 0, "min_size": 64,
     "max_size": 64, "augment": "flip_rotate_color", "warmup_iters": 2, "schedule": "cosine",
-    "amp": False, "device": "cpu", "deterministic": True, "seed": 7,
+    "amp": False, "device": "cpu", "deterministic": True, "seed": 7, "eval_every": 1,
 }  # fmt: skip
+TIMINGS = ("train_seconds", "images_per_s", "val_seconds")
 
 
 def stage_cmd(root: Path, subset: Path, run: str) -> list[str]:
     """`python stages/train.py` writing under root/run."""
     params = root / "params.yaml"
     if not params.exists():
-        raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
-        raw["train"].update(TRAIN)
-        params.write_text(yaml.safe_dump(raw))
+        write_params(params, {"train": TRAIN})
     out = root / run
     return [
         sys.executable, str(PROJECT / "stages" / "train.py"), "--params", str(params),
@@ -194,9 +200,24 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["model"]
 
 
-def read_rows(path: Path, drop: tuple[str, ...] = ()) -> list[dict[str, str]]:
-    with path.open() as f:
-        return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(f)]
+def read_log(reports: Path) -> dict[str, object]:
+    """What DVCLive wrote: its summary and the rows of each custom plot, timings left out."""
+    live = reports / "live"
+    log = {"summary": json.loads((live / "metrics.json").read_text())}
+    for name in ("iterations", "epochs", "val"):
+        rows = json.loads((live / "plots" / "custom" / f"{name}.json").read_text())
+        log[name] = [{k: v for k, v in row.items() if k not in TIMINGS} for row in rows]
+    return log
+
+
+def steps(log: dict) -> tuple[list, list, list, int]:
+    """The iteration, epoch and val epoch numbers logged, and the summary's step."""
+    return (
+        [r["iteration"] for r in log["iterations"]],
+        [r["epoch"] for r in log["epochs"]],
+        [r["epoch"] for r in log["val"]],
+        log["summary"]["step"],
+    )
 
 
 @pytest.mark.slow
@@ -208,6 +229,7 @@ def test_sigkill_mid_epoch_then_rerun_ends_like_an_uninterrupted_run(tmp_path):
     killed = tmp_path / "killed"
     kill_mid_epoch_2(cmd, killed / "models" / "checkpoints")
     assert not (killed / "models" / "model.pt").exists()
+    assert steps(read_log(killed / "reports")) == ([1, 2], [1], [1], 1)  # logged up to epoch 1
     rerun = run_stage(cmd)
     assert "resuming after epoch 1 of 2" in rerun.stderr
 
@@ -215,14 +237,11 @@ def test_sigkill_mid_epoch_then_rerun_ends_like_an_uninterrupted_run(tmp_path):
     expected, got = weights(whole / "models" / "model.pt"), weights(killed / "models" / "model.pt")
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected), "weights differ"
-    # Nothing lost, nothing twice: the logs equal the uninterrupted run's (timings aside).
-    timing = ("seconds", "images_per_s")
-    for name, drop in (("iterations.csv", ()), ("epochs.csv", timing)):
-        rows = read_rows(killed / "reports" / name, drop)
-        assert rows == read_rows(whole / "reports" / name, drop), name
-    assert [r["iteration"] for r in read_rows(killed / "reports" / "iterations.csv")] == [
-        "1", "2", "3", "4",
-    ]  # fmt: skip
+    # Nothing lost, nothing twice: the log equals the uninterrupted run's (timings aside).
+    expected_log = read_log(whole / "reports")
+    assert steps(expected_log) == ([1, 2, 3, 4], [1, 2], [1, 2], 2)
+    assert expected_log["summary"]["selected_epoch"] == 2
+    assert read_log(killed / "reports") == expected_log
 
     # DVC deletes model.pt before re-running a stage: the finished checkpoint restores it.
     (killed / "models" / "model.pt").unlink()
@@ -230,3 +249,10 @@ def test_sigkill_mid_epoch_then_rerun_ends_like_an_uninterrupted_run(tmp_path):
     assert "resuming after epoch 2 of 2" in again.stderr
     restored = weights(killed / "models" / "model.pt")
     assert all(torch.equal(expected[k], restored[k]) for k in expected)
+    assert read_log(killed / "reports") == expected_log
+
+    # Killed after epoch 2 was logged but before its checkpoint: epoch 2 is logged once.
+    checkpoint_path(whole / "models" / "checkpoints", 2).unlink()
+    (whole / "models" / "model.pt").unlink()
+    assert "resuming after epoch 1 of 2" in run_stage(stage_cmd(tmp_path, subset, "whole")).stderr
+    assert read_log(whole / "reports") == expected_log

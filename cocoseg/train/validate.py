@@ -1,0 +1,90 @@
+"""Val COCO mAP during training (train.eval_every): the one inference path, then COCOeval.
+
+Rank 0 scores data/subset's val split, the images the evaluate stage scores, batched and
+without figures; the other ranks wait for its row. The next epoch reseeds every generator
+before it draws (train_one_epoch), so validation cannot shift training's random stream: a
+resumed run trains exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from pycocotools.coco import COCO
+
+from cocoseg.core.cocoeval import coco_from_dataset, run_cocoeval, summary
+from cocoseg.core.config import TrainParams
+from cocoseg.core.errors import DataError
+from cocoseg.core.inference import predict_images
+from cocoseg.core.inputs import split_paths, subset_images
+from cocoseg.core.io import read_json
+from cocoseg.train.runtime import Context, broadcast
+
+log = logging.getLogger(__name__)
+
+ValSet = tuple[list[tuple[int, Path]], COCO]
+
+
+def val_set(subset_dir: str | Path) -> ValSet:
+    """The val split's (image id, path) items and its ground truth as a COCO index."""
+    images, _ = subset_images(subset_dir, "val")
+    _, ann_file = split_paths(subset_dir, "val")
+    if not images:
+        raise DataError(f"{ann_file}: no val images to score; set train.eval_every=0")
+    return [(image.id, image.path) for image in images], coco_from_dataset(read_json(ann_file))
+
+
+def due(epoch: int, p: TrainParams) -> bool:
+    """Every `eval_every` epochs and after the last one (never with eval_every 0)."""
+    return p.eval_every > 0 and (epoch % p.eval_every == 0 or epoch == p.epochs)
+
+
+def score(
+    model: torch.nn.Module, val: ValSet, epoch: int, p: TrainParams, device: torch.device
+) -> dict[str, Any]:
+    """segm and bbox AP and AP50 of the model on the val set, and the seconds it took."""
+    start = time.perf_counter()
+    module = getattr(model, "module", model)  # DDP's wrapper would sync with absent ranks
+    items, gt = val
+    try:
+        preds = predict_images(
+            module, items, device=device, batch_size=p.batch_size, num_workers=p.num_workers,
+            amp=p.amp, progress=False,
+        )  # fmt: skip
+    finally:
+        module.train()
+    row: dict[str, Any] = {"epoch": epoch}
+    for iou_type in ("segm", "bbox"):
+        numbers = summary(run_cocoeval(gt, preds, iou_type))
+        row[f"{iou_type}_AP"], row[f"{iou_type}_AP50"] = numbers["AP"], numbers["AP50"]
+    row["val_seconds"] = time.perf_counter() - start
+    return row
+
+
+def validate_if_due(
+    model: torch.nn.Module,
+    epoch: int,
+    history: dict[str, list],
+    val: ValSet | None,
+    p: TrainParams,
+    ctx: Context,
+) -> None:
+    """Score `epoch` on rank 0 when it is due and not yet scored; every rank gets the row."""
+    if not due(epoch, p) or any(row["epoch"] == epoch for row in history["val"]):
+        return
+    row = score(model, val, epoch, p, ctx.device) if ctx.main else None  # type: ignore[arg-type]
+    row = broadcast(row, ctx)
+    history["val"].append(row)
+    log.info(
+        "epoch %d val: segm AP %s, bbox AP %s (%.1f s)",
+        epoch, _fmt(row["segm_AP"]), _fmt(row["bbox_AP"]), row["val_seconds"],
+    )  # fmt: skip
+
+
+def _fmt(value: float | None) -> str:
+    """An AP for the log; COCO's 'nothing to score' as n/a."""
+    return "n/a" if value is None else f"{value:.4f}"
