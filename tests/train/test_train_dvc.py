@@ -1,4 +1,6 @@
-"""The train stage under DVC: repro from synthetic COCO, its metrics, an experiment on train.lr."""
+"""The train stage under DVC: repro from synthetic COCO, its metrics, the model as a registry
+artifact (`dvc artifacts get`), then an experiment on train.lr.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +8,11 @@ import json
 
 import pytest
 import synthcoco
+import torch
 from dvcrepo import dvc, make_dvc_repo, run, stages_ran
 
 pytestmark = pytest.mark.slow
+ARTIFACT = "cocoseg-maskrcnn"  # dvc.yaml's artifacts: entry for models/model.pt
 
 
 def test_dvc_repro_train_then_exp_run_lr_reruns_train_not_subset(tmp_path):
@@ -41,6 +45,13 @@ def test_dvc_repro_train_then_exp_run_lr_reruns_train_not_subset(tmp_path):
     assert stages_ran(dvc(repo, "repro", "train").stdout) == set()
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-q", "-m", "baseline")
+
+    # The model registry: a GTO version tag, then `dvc artifacts get` by name, offline.
+    run(repo, "git", "tag", "-a", f"{ARTIFACT}@v0.1.0", "-m", "Registering version v0.1.0")
+    dvc(repo, "artifacts", "get", ".", ARTIFACT, "-o", str(tmp_path / "got.pt"))
+    got = (tmp_path / "got.pt").read_bytes()
+    assert got == (repo / "models" / "model.pt").read_bytes()
+    assert torch.load(tmp_path / "got.pt", weights_only=True)["epoch"] == 1
 
     exp = dvc(repo, "exp", "run", "-S", "train.lr=0.01", "train")
     assert stages_ran(exp.stdout) == {"check_params", "train"}, exp.stdout
