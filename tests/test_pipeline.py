@@ -143,7 +143,8 @@ def test_full_pipeline_on_synthetic_data(tmp_path):
     assert (repo / "models" / "model.pt").read_bytes() == model_bytes
     assert (repo / "data" / "subset" / "annotations" / "train.json").exists()
     run(repo, "git", "checkout", "params.yaml")
-    infinite = dvc(repo, "exp", "run", "-S", "train.lr=.inf", check=False)
+    # Hydra's spelling (DVC parses -S with it): `inf` is a float, `.inf` the string '.inf'.
+    infinite = dvc(repo, "exp", "run", "-S", "train.lr=inf", check=False)
     assert infinite.returncode != 0
     assert "train.lr = inf must be a finite number" in infinite.stdout + infinite.stderr
     run(repo, "git", "checkout", "params.yaml")
