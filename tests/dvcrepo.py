@@ -31,12 +31,17 @@ def dvc_env() -> dict[str, str]:
 
 
 def run(
-    repo: Path, *cmd: str, check: bool = True, timeout: float = 1200
+    repo: Path,
+    *cmd: str,
+    check: bool = True,
+    timeout: float = 1200,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a command in repo; on failure the assertion shows its whole output."""
+    """Run a command in repo (`env` added to DVC's); on failure the assertion shows its output."""
     proc = subprocess.run(
-        list(cmd), cwd=repo, env=dvc_env(), capture_output=True, text=True, timeout=timeout
-    )
+        list(cmd), cwd=repo, env={**dvc_env(), **(env or {})}, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
     if check and proc.returncode != 0:
         raise AssertionError(
             f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n"

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
+import sys
 from pathlib import Path
 
 import pytest
 import synthcoco
 import torch
-from dvcrepo import dvc, make_dvc_repo, run, stages_ran
+from dvcrepo import PROJECT, dvc, make_dvc_repo, run, stages_ran
 from PIL import Image
 from pycocotools.coco import COCO
 
@@ -110,6 +112,25 @@ def check_exp_show_is_readable(repo: Path) -> None:
     assert set(train) == {"train", "val", "selected_epoch", "step"}, train
 
 
+def readme_exp_show() -> list[str]:
+    """The README's one `dvc exp show` recipe, as arguments."""
+    readme = (PROJECT / "README.md").read_text()
+    (line,) = [s for s in readme.splitlines() if s.startswith("dvc exp show --only-changed")][:1]
+    return shlex.split(line)[1:]
+
+
+def check_the_readme_exp_show_fits_120_columns(repo: Path) -> None:
+    """The varied param and the headline metrics, whole, in a 120-column terminal."""
+    table = run(repo, sys.executable, "-m", "dvc", *readme_exp_show(), "--no-pager",
+                env={"COLUMNS": "120"}).stdout  # fmt: skip
+    lines = [line.rstrip() for line in table.splitlines() if line.strip()]
+    assert max(map(len, lines)) <= 120, table
+    header = next(line for line in lines if "Experiment" in line).split()
+    wanted = ["train.loss", "segm.AP", "bbox.AP", "iou", "dice", "recall", "f1", "train.lr"]
+    assert all(name in header for name in wanted) and "…" not in header, table
+    assert not any("/" in name for name in header), table  # no dependency columns
+
+
 def test_full_pipeline_on_synthetic_data(tmp_path):
     coco_root = synthcoco.make_coco_root(
         tmp_path / "coco", n_train=12, n_val=8, n_test=0, size=(96, 128)
@@ -162,6 +183,8 @@ def test_full_pipeline_on_synthetic_data(tmp_path):
     assert stages_ran(exp.stdout) == CHECK | {"train", "infer", "evaluate", "predict"}, exp.stdout
     assert "lr: 1e-05" in (repo / "params.yaml").read_text()
     assert torch.load(repo / "models" / "model.pt", weights_only=True)["params"]["lr"] == 1e-5
+
+    check_the_readme_exp_show_fits_120_columns(repo)
 
     diff = dvc(repo, "metrics", "diff", "HEAD", "--all", "--json")
     changed = json.loads(diff.stdout)
