@@ -31,6 +31,7 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import FrozenBatchNorm2d
 
 from cocoseg.errors import DataError, ParamError
+from cocoseg.paste import BatchedPasteTransform
 
 log = logging.getLogger("cocoseg")
 
@@ -84,13 +85,16 @@ def build_model(
 ) -> MaskRCNN:
     """A randomly initialised Mask R-CNN with heads for `num_classes` (background included).
 
-    Extra keyword arguments (weights, weights_backbone, ...) go to torchvision's builder.
+    Its transform pastes all of an image's masks at once (`cocoseg.paste`): the same masks as
+    torchvision's, without its per-detection loop. Extra keyword arguments (weights,
+    weights_backbone, ...) go to torchvision's builder.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
     kwargs.setdefault("weights", None)
     kwargs.setdefault("weights_backbone", None)
     model = ARCHS[arch](num_classes=num_classes, min_size=min_size, max_size=max_size, **kwargs)
+    model.transform = BatchedPasteTransform.like(model.transform)
     return set_anchors(model, anchor_sizes, anchor_ratios)
 
 
