@@ -16,8 +16,6 @@ models one, leaving torchvision's classes untouched for other code.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torchvision
 from torch import Tensor
@@ -33,8 +31,7 @@ from torchvision.models.detection.transform import (
 )
 
 CHUNK_BYTES = 128 * 2**20  # scratch per step: memory stays flat however many masks
-SCRATCH_BYTES = 64  # per grid pixel: indices, float32 and float64 intermediates
-CPU_WIDTH_SPREAD = 1.5  # CPU: widest box over narrowest in a group (a GPU prefers few groups)
+SCRATCH_BYTES = 96  # per pasted pixel: indices, float32 and float64 intermediates
 PASTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # PyTorch's CPU bilinear kernel sends outputs with h + w <= 128 to its channels-last kernel
 # (four taps at once, float32 weights); larger ones to its generic kernel (along x, then y;
@@ -64,13 +61,13 @@ def paste_masks(
     four_tap = uses_four_tap_kernel(int_boxes, masks.device)
     sizes = torch.stack([regions[:, 2], regions[:, 3], four_tap.to(torch.int64)])
     widths, heights, four_taps = sizes.tolist()  # the one device-to-host sync
-    spread = CPU_WIDTH_SPREAD if masks.device.type == "cpu" else math.inf
-    for group in mask_groups(widths, heights, four_taps, padded.shape[-1], spread):
+    for group in mask_groups(widths, heights, four_taps, padded.shape[-1]):
         index = torch.tensor(group, device=masks.device)
+        counts = [sum(widths[m] for m in group), sum(heights[m] for m in group),
+                  sum(widths[m] * heights[m] for m in group)]  # fmt: skip
         _paste_group(
-            padded[index, 0], int_boxes[index], regions[index], index, out.view(-1, width),
-            height, max(widths[m] for m in group), sum(heights[m] for m in group),
-            four_tap=bool(four_taps[group[0]]),
+            padded[index, 0], int_boxes[index], regions[index], index, out.view(-1),
+            (height, width), counts, four_tap=bool(four_taps[group[0]]),
         )  # fmt: skip
     return out
 
@@ -103,28 +100,24 @@ def mask_groups(
     heights: list[int],
     four_taps: list[int],
     mask_size: int,
-    spread: float = math.inf,
     budget: int = CHUNK_BYTES,
 ) -> list[list[int]]:
-    """Masks that paste something, grouped by kernel and width, each within `budget` scratch.
+    """Masks that paste something, grouped by kernel, each group within `budget` of scratch.
 
-    A group is computed on a grid as wide as its widest box: widths within `spread` of each
-    other waste little of it. A mask over the budget alone goes in a group of its own.
+    A mask's scratch grows with its pixels and its columns (a mask column per box column);
+    a mask over the budget alone goes in a group of its own.
     """
     pasting = [m for m, (w, h) in enumerate(zip(widths, heights, strict=True)) if w and h]
-    order = sorted(pasting, key=lambda m: (four_taps[m], widths[m]))
     groups: list[list[int]] = []
-    rows = 0
-    for m in order:
-        if groups:
-            first = groups[-1][0]
-            grid = (rows + heights[m] + (len(groups[-1]) + 1) * mask_size) * widths[m]
-            apart = four_taps[m] != four_taps[first] or widths[m] > spread * widths[first]
-        if not groups or apart or grid * SCRATCH_BYTES > budget:
+    used = 0
+    for m in sorted(pasting, key=four_taps.__getitem__):
+        scratch = widths[m] * (heights[m] + mask_size) * SCRATCH_BYTES
+        apart = not groups or four_taps[m] != four_taps[groups[-1][0]]
+        if apart or used + scratch > budget:
             groups.append([])
-            rows = 0
+            used = 0
         groups[-1].append(m)
-        rows += heights[m]
+        used += scratch
     return groups
 
 
@@ -133,51 +126,74 @@ def _paste_group(
     int_boxes: Tensor,
     regions: Tensor,
     index: Tensor,
-    image_rows: Tensor,
-    height: int,
-    grid_width: int,
-    n_rows: int,
+    flat_out: Tensor,
+    image_shape: tuple[int, int],
+    counts: list[int],
     *,
     four_tap: bool,
 ) -> None:
-    """Write a group of masks into `image_rows`, the (N*H, W) view of the output.
+    """Write a group of masks into `flat_out`, the output viewed as one dimension.
 
-    The group's box columns lie on a (masks, grid_width) grid (past a box's width, its last
-    column again). Each padded mask row is sampled at the two taps of every grid column; each
-    image row a box covers combines two of those rows, as the kernel does.
+    Along x: each box column of each mask ("column items") takes the two taps of every padded
+    mask row. Along y: each pixel of each box row combines two rows of its column item, as
+    the kernel does. `counts`: the group's column items, box rows and pixels.
     """
     device, size = padded.device, padded.shape[-1]
+    height, width = image_shape
+    n_columns, n_rows, n_pixels = counts
     x0, y0, widths, heights = regions.unbind(1)
     box_w, box_h = box_sizes(int_boxes)
     stored = padded.dtype if padded.device.type == "cpu" and not four_tap else torch.float32
 
-    column = torch.minimum(torch.arange(grid_width, device=device), widths[:, None] - 1)
-    x_offset = x0[:, None] + column - int_boxes[:, :1]
-    x_lo, x_hi, wx_lo, wx_hi = kernel_taps(x_offset, box_w[:, None], size, stored)
-    values = padded.float()
-    taps = (-1, size, -1)  # every mask row at each grid column
-    at_lo, at_hi = (values.gather(2, x[:, None].expand(taps)) for x in (x_lo, x_hi))
+    column_mask, column_x = _spans(widths, x0, n_columns)
+    x_offset = column_x - int_boxes[column_mask, 0]
+    x_lo, x_hi, wx_lo, wx_hi = kernel_taps(x_offset, box_w[column_mask], size, stored)
+    by_column = padded.float().transpose(1, 2).contiguous()  # (masks, x, y)
+    at_lo, at_hi = by_column[column_mask, x_lo], by_column[column_mask, x_hi]  # (items, S)
 
-    row_mask = torch.repeat_interleave(torch.arange(len(index), device=device), heights,
-                                       output_size=n_rows)  # fmt: skip
-    first_row = torch.cumsum(heights, 0) - heights
-    image_y = y0[row_mask] + torch.arange(n_rows, device=device) - first_row[row_mask]
-    y_offset = image_y - int_boxes[row_mask, 1]
+    row_mask, row_y = _spans(heights, y0, n_rows)
+    y_offset = row_y - int_boxes[row_mask, 1]
     y_lo, y_hi, wy_lo, wy_hi = kernel_taps(y_offset, box_h[row_mask], size, stored)
-    wy_lo, wy_hi = wy_lo[:, None], wy_hi[:, None]
+    row_width = widths[row_mask]
+    first_pixel = torch.cumsum(row_width, 0) - row_width
+    first_item = (torch.cumsum(widths, 0) - widths)[row_mask]
+    image_row = index[row_mask] * height + row_y
+    # Pixel p of row r is column item first_item[r] + (p - first_pixel[r]) and lands at
+    # image_row[r] * width + x0 + (p - first_pixel[r]): per row, a base plus p.
+    per_row = torch.stack(
+        [first_item - first_pixel, y_lo, y_hi, image_row * width + x0[row_mask] - first_pixel],
+        dim=1,
+    )
+    pixel_item, pixel_lo, pixel_hi, pixel_target = torch.repeat_interleave(
+        per_row, row_width, dim=0, output_size=n_pixels
+    ).unbind(1)
+    pixel = torch.arange(n_pixels, device=device)
+    item = pixel_item + pixel
+    lo, hi = item * size + pixel_lo, item * size + pixel_hi
+    row_weights = torch.stack([wy_lo, wy_hi], dim=1)
+    w_lo, w_hi = torch.repeat_interleave(
+        row_weights, row_width, dim=0, output_size=n_pixels
+    ).unbind(1)
     if four_tap:
+        at_lo, at_hi = at_lo.reshape(-1), at_hi.reshape(-1)
+        x_w_lo, x_w_hi = wx_lo[item], wx_hi[item]
         pasted = four_tap_interpolation(
-            (at_lo[row_mask, y_lo], at_hi[row_mask, y_lo], at_lo[row_mask, y_hi],
-             at_hi[row_mask, y_hi]),
-            (wy_lo * wx_lo[row_mask], wy_lo * wx_hi[row_mask], wy_hi * wx_lo[row_mask],
-             wy_hi * wx_hi[row_mask]),
-        )  # fmt: skip
+            (at_lo[lo], at_hi[lo], at_lo[hi], at_hi[hi]),
+            (w_lo * x_w_lo, w_lo * x_w_hi, w_hi * x_w_lo, w_hi * x_w_hi),
+        )
     else:
-        across = fma32(at_lo, wx_lo[:, None], at_hi * wx_hi[:, None])  # (masks, S, grid)
-        pasted = fma32(across[row_mask, y_lo], wy_lo, across[row_mask, y_hi] * wy_hi)
-    target_row = (index[row_mask] * height + image_y)[:, None].expand(-1, grid_width)
-    target_column = x0[row_mask, None] + column[row_mask]
-    image_rows[target_row, target_column] = pasted.to(image_rows.dtype)
+        across = fma32(at_lo, wx_lo[:, None], at_hi * wx_hi[:, None]).reshape(-1)
+        pasted = fma32(across[lo], w_lo, across[hi] * w_hi)
+    flat_out[pixel_target + pixel] = pasted.to(flat_out.dtype)
+
+
+def _spans(lengths: Tensor, starts: Tensor, total: int) -> tuple[Tensor, Tensor]:
+    """For spans of `lengths` from `starts` (`total` elements): each element's span and value."""
+    owner = torch.repeat_interleave(
+        torch.arange(len(lengths), device=lengths.device), lengths, output_size=total
+    )
+    first = torch.cumsum(lengths, 0) - lengths
+    return owner, torch.arange(total, device=lengths.device) - first[owner] + starts[owner]
 
 
 def interpolation_taps(offsets: Tensor, sizes: Tensor, in_size: int) -> tuple[Tensor, ...]:
