@@ -156,35 +156,31 @@ def _paste_group(
     y_lo, y_hi, wy_lo, wy_hi = kernel_taps(y_offset, box_h[row_mask], size, stored)
     row_width = widths[row_mask]
     first_pixel = torch.cumsum(row_width, 0) - row_width
-    first_item = (torch.cumsum(widths, 0) - widths)[row_mask]
-    image_row = index[row_mask] * height + row_y
-    # Pixel p of row r is column item first_item[r] + (p - first_pixel[r]) and lands at
+    # Pixel p of row r is column item first_item[r] + (p - first_pixel[r]), and it lands at
     # image_row[r] * width + x0 + (p - first_pixel[r]): per row, a base plus p.
-    per_row = torch.stack(
-        [first_item - first_pixel, y_lo, y_hi, image_row * width + x0[row_mask] - first_pixel],
-        dim=1,
+    item_base = (torch.cumsum(widths, 0) - widths)[row_mask] - first_pixel
+    target_base = (index[row_mask] * height + row_y) * width + x0[row_mask] - first_pixel
+    per_row = torch.stack([item_base * size + y_lo, y_hi - y_lo, target_base, item_base], 1)
+    pixel_row = torch.repeat_interleave(
+        torch.arange(n_rows, device=device), row_width, output_size=n_pixels
     )
-    pixel_item, pixel_lo, pixel_hi, pixel_target = torch.repeat_interleave(
-        per_row, row_width, dim=0, output_size=n_pixels
-    ).unbind(1)
     pixel = torch.arange(n_pixels, device=device)
-    item = pixel_item + pixel
-    lo, hi = item * size + pixel_lo, item * size + pixel_hi
-    row_weights = torch.stack([wy_lo, wy_hi], dim=1)
-    w_lo, w_hi = torch.repeat_interleave(
-        row_weights, row_width, dim=0, output_size=n_pixels
-    ).unbind(1)
+    lo_base, step, target, item = per_row.index_select(0, pixel_row).unbind(1)
+    lo = lo_base + pixel * size  # in (items * S,): column item, then mask row
+    hi = lo + step
+    w_lo, w_hi = torch.stack([wy_lo, wy_hi], 1).index_select(0, pixel_row).unbind(1)
     if four_tap:
         at_lo, at_hi = at_lo.reshape(-1), at_hi.reshape(-1)
-        x_w_lo, x_w_hi = wx_lo[item], wx_hi[item]
+        item = item + pixel
+        x_w_lo, x_w_hi = wx_lo.index_select(0, item), wx_hi.index_select(0, item)
         pasted = four_tap_interpolation(
-            (at_lo[lo], at_hi[lo], at_lo[hi], at_hi[hi]),
+            tuple(at.index_select(0, tap) for tap in (lo, hi) for at in (at_lo, at_hi)),
             (w_lo * x_w_lo, w_lo * x_w_hi, w_hi * x_w_lo, w_hi * x_w_hi),
         )
     else:
         across = fma32(at_lo, wx_lo[:, None], at_hi * wx_hi[:, None]).reshape(-1)
-        pasted = fma32(across[lo], w_lo, across[hi] * w_hi)
-    flat_out[pixel_target + pixel] = pasted.to(flat_out.dtype)
+        pasted = fma32(across.index_select(0, lo), w_lo, across.index_select(0, hi) * w_hi)
+    flat_out.put_(target + pixel, pasted.to(flat_out.dtype))
 
 
 def _spans(lengths: Tensor, starts: Tensor, total: int) -> tuple[Tensor, Tensor]:
