@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torchvision.transforms.v2 import functional as F
 
-from cocoseg import rle
+from cocoseg import inference, rle
 from cocoseg.inference import predict_images, to_coco_results
 from cocoseg.model import build_model
 from cocoseg.rle import crop_bounds, crop_rles, gather_crops
@@ -142,3 +143,26 @@ def test_predict_images_matches_full_image_encoding_in_input_order(tmp_path: Pat
             for (image_id, _), output in zip(batch, model(images), strict=True):
                 expected += reference_results(image_id, output, 0.5)
     assert len(expected) > 0 and results == expected
+
+
+def test_an_interrupt_stops_inference_and_leaves_no_encoder_thread(tmp_path: Path, monkeypatch):
+    items = []
+    for image_id in range(1, 6):
+        Image.new("RGB", (20, 16), (image_id, 0, 0)).save(tmp_path / f"{image_id}.png")
+        items.append((image_id, tmp_path / f"{image_id}.png"))
+    calls = []
+
+    def model_then_interrupt(model, images, device, amp):
+        calls.append(len(images))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        n = 3
+        output = {"boxes": torch.rand(n, 4), "labels": torch.ones(n, dtype=torch.int64),
+                  "scores": torch.rand(n), "masks": torch.rand(n, 1, 16, 20)}  # fmt: skip
+        return [output for _ in images]
+
+    monkeypatch.setattr(inference, "_run_model", model_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        predict_images(torch.nn.Identity(), items, device="cpu", batch_size=2, progress=False)
+    assert calls == [2, 2]
+    assert not [t for t in threading.enumerate() if t.name.startswith("rle")]  # the encoder
