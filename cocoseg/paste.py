@@ -35,7 +35,8 @@ SCRATCH_BYTES = 96  # per pasted pixel: indices, float32 and float64 intermediat
 PASTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # PyTorch's CPU bilinear kernel sends outputs with h + w <= 128 to its channels-last kernel
 # (four taps at once, float32 weights); larger ones to its generic kernel (along x, then y;
-# weights stored in the input dtype). CUDA's kernel computes like the generic one, in float32.
+# weights stored in the input dtype). CUDA's kernel, as its source reads, goes along x then y
+# with float32 weights (tests/test_paste.py checks that where a GPU is).
 CPU_FOUR_TAP_MAX = 128
 
 
