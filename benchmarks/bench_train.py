@@ -29,6 +29,8 @@ It prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import platform
@@ -135,6 +137,36 @@ def checked(losses: dict[str, float]) -> dict[str, float]:
     return losses
 
 
+def own_random_streams(
+    steps: dict[str, Callable[[], object]], device: torch.device, seed: int = 0
+) -> dict[str, Callable[[], None]]:
+    """The steps, each drawing from its own random stream, every stream seeded alike.
+
+    Taking turns, the loops would otherwise share one stream: the same sampled proposals
+    (the same work, the same losses) need each loop's draws to follow its own sequence.
+    """
+    cuda = device.type == "cuda"
+    torch.manual_seed(seed)
+    start = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if cuda else None)
+    states = dict.fromkeys(steps, start)
+
+    def own(name: str, step: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            cpu, gpu = states[name]
+            torch.set_rng_state(cpu)
+            if cuda:
+                torch.cuda.set_rng_state(gpu, device)
+            step()
+            states[name] = (
+                torch.get_rng_state(),
+                torch.cuda.get_rng_state(device) if cuda else None,
+            )
+
+        return run
+
+    return {name: own(name, step) for name, step in steps.items()}
+
+
 def interleaved(
     steps: dict[str, Callable[[], object]], device: torch.device, warmup: int, iters: int
 ) -> dict[str, list[float]]:
@@ -187,13 +219,13 @@ def bench_iterations(device: torch.device, args: argparse.Namespace) -> dict:
         ref_schedule.step()
 
     steps = {"cocoseg.engine.train_step": ours, "torchvision reference": reference}
-    seconds = interleaved(steps, device, args.warmup, args.iters)
+    seconds = interleaved(own_random_streams(steps, device), device, args.warmup, args.iters)
     out: dict[str, Any] = {}
     for name, times in seconds.items():
         mean = sum(times) / len(times)
         out[name] = {"s_per_iter": round(mean, 3), "images_per_s": round(len(images) / mean, 2),
                      "best_s_per_iter": round(min(times), 3)}  # fmt: skip
-    ours_s, reference_s = (out[name]["s_per_iter"] for name in steps)
+    ours_s, reference_s = (min(seconds[name]) for name in steps)  # best steps: load spikes out
     out["ours_vs_reference"] = round(reference_s / ours_s, 3)
     out["warmup_steps"], out["timed_steps"] = args.warmup, args.iters
     out["last_loss"] = {k: round(v, 4) for k, v in losses.items()}  # finite, or it stopped
@@ -244,7 +276,8 @@ def reference_augment() -> T.Compose:
 def reference_loader(subset: Path, args: argparse.Namespace, device: torch.device) -> DataLoader:
     """references/detection style: CocoDetection + v2 transforms, images without objects out."""
     images, ann_file = split_paths(subset, "train")
-    raw = CocoDetection(str(images), str(ann_file), transforms=reference_augment())
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        raw = CocoDetection(str(images), str(ann_file), transforms=reference_augment())
     keys = {"boxes", "labels", "masks", "image_id"}
     dataset = wrap_dataset_for_transforms_v2(raw, target_keys=keys)
     coco = raw.coco
