@@ -1,25 +1,33 @@
-"""Benchmark: the project's inference path beside a plain loop and the model alone.
+"""Benchmark: the project's inference path beside a plain loop, the model alone, the mask paste.
 
-On the same images, model (Mask R-CNN R50-FPN, random weights: nothing is downloaded) and
-batch size, per device:
+On the same images, weights (Mask R-CNN R50-FPN, random: nothing is downloaded; such a model
+keeps 100 detections per image, the worst case for postprocessing) and batch size, per device:
 
-- ours: `cocoseg.core.inference.predict_images` (DataLoader decoding in workers, masks
-  thresholded on the device, RLE encoding in a thread beside the loop, AMP on CUDA);
-- plain: serial PIL decode, `model(images)`, threshold, `pycocotools.mask.encode`, in turn;
-- model only: the images already decoded and on the device, `model(images)` alone.
+- ours: `cocoseg.core.inference.predict_images` (DataLoader decoding in workers, the model with
+  its batched mask paste, mask crops thresholded on the device, RLE encoding in a thread
+  beside the loop, AMP on CUDA);
+- plain: serial PIL decode, torchvision's model as shipped (its per-detection mask paste),
+  threshold, `pycocotools.mask.encode`, in turn;
+- model only: the images already decoded and on the device, `model(images)` alone, with our
+  batched paste and with torchvision's (`torchvision_model_only`);
+- paste: the mask paste alone, 100 masks and boxes from the model's own heads at the first
+  image's size: torchvision's `paste_masks_in_image` and `cocoseg.core.paste.paste_masks`
+  (`paste_output_ms`: allocating and zeroing the output, which both pay).
 
+Every method is warmed up first, then they run interleaved, the best of `--repeat` kept.
 With no argument it takes the first 12 val images of the real COCO sample beside the
 checkout (synthetic images where it is absent) at a small size on the CPU; on a GPU:
 
     python benchmarks/bench_infer.py --device cuda --images 100 --min-size 800 \\
         --max-size 1333 --batch-size 8 --workers 8 --coco-root /path/to/coco
 
-It ends by printing one JSON object (images/s of each, detections, device, torch, ...).
+It prints one JSON object (images/s and ms of each, ratios, detections, device, torch, ...).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import platform
@@ -33,10 +41,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.transforms.v2 import functional as F
 
 from cocoseg.core.inference import predict_images
 from cocoseg.core.model import build_model
+from cocoseg.core.paste import paste_masks
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "coco-sample"
 
@@ -121,6 +132,32 @@ def run_model_only(model, tensors: list[torch.Tensor], device, args) -> int:
     return count
 
 
+def stock_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The same weights with torchvision's own transform: its per-detection mask paste."""
+    stock = copy.deepcopy(model)
+    t = model.transform
+    stock.transform = GeneralizedRCNNTransform(
+        t.min_size, t.max_size, t.image_mean, t.image_std, t.size_divisible, t.fixed_size
+    )
+    return stock.eval()
+
+
+def head_masks(model, image: torch.Tensor, device, n: int = 100) -> tuple:
+    """n mask probabilities and boxes as the model's heads hand them to the paste (cycled to n).
+
+    Returns masks (n, 1, 28, 28), boxes in image coordinates and the image's (H, W).
+    """
+    size = tuple(image.shape[-2:])
+    with torch.inference_mode(), torch.autocast(device.type, enabled=device.type == "cuda"):
+        resized, _ = model.transform([image])
+        features = model.backbone(resized.tensors)
+        proposals, _ = model.rpn(resized, features)
+        (found,), _ = model.roi_heads(features, proposals, resized.image_sizes)
+    boxes = resize_boxes(found["boxes"], resized.image_sizes[0], size)
+    repeat = torch.arange(n, device=boxes.device) % max(1, len(boxes))
+    return found["masks"][repeat], boxes[repeat], size
+
+
 def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
     """Seconds one call takes, device work included, and what it returned."""
     synchronize(device)
@@ -131,47 +168,58 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
 
 
 def bench(device: torch.device, paths: list[Path], args: argparse.Namespace) -> dict[str, Any]:
-    """images/s of ours, plain and model-only on one device; detections of each."""
-    outputs: dict[str, Any] = {}
+    """Every method on one device, warmed up, interleaved, best of args.repeat."""
     torch.manual_seed(0)
     model = build_model("maskrcnn_resnet50_fpn", 5, min_size=args.min_size, max_size=args.max_size)
     model.to(device).eval()
+    stock = stock_model(model)
     items = list(enumerate(paths, start=1))
     tensors = []
     for path in paths:
         with Image.open(path) as image:
             tensor = F.pil_to_tensor(image.convert("RGB"))
         tensors.append(F.to_dtype(tensor, torch.float32, scale=True).to(device))
+    masks, boxes, size = head_masks(model, tensors[0], device)
+    methods: dict[str, Callable[[], Any]] = {
+        "torchvision_model": lambda: run_model_only(stock, tensors, device, args),
+        "model": lambda: run_model_only(model, tensors, device, args),
+        "ours": lambda: run_ours(model, items, device, args),
+        "plain": lambda: run_plain(stock, items, device, args),
+        "paste_torchvision": lambda: paste_masks_in_image(masks, boxes, size),
+        "paste_ours": lambda: paste_masks(masks, boxes, size),
+        "paste_output": lambda: masks.new_zeros((len(masks), 1, *size)),
+    }
     # Warm-up over every image: each new input shape costs the first pass extra (kernel
     # choice, allocations), which would otherwise fall on whichever method runs first.
-    run_model_only(model, tensors, device, args)
-    warm = items[: args.batch_size]
-    run_ours(model, warm, device, args), run_plain(model, warm, device, args)
+    for fn in methods.values():
+        fn()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     best: dict[str, float] = {}
+    outputs: dict[str, Any] = {}
     for _ in range(args.repeat):  # interleaved, best of each: fair under drifting load
-        for name, fn in (
-            ("ours", lambda: run_ours(model, items, device, args)),
-            ("plain", lambda: run_plain(model, items, device, args)),
-            ("model", lambda: run_model_only(model, tensors, device, args)),
-        ):
-            seconds, value = timed(fn, device)
+        for name, fn in methods.items():
+            seconds, outputs[name] = timed(fn, device)
             best[name] = min(seconds, best.get(name, math.inf))
-            outputs[name] = value
-    ours_s, plain_s, model_s = best["ours"], best["plain"], best["model"]
-    ours, plain, model_detections = outputs["ours"], outputs["plain"], outputs["model"]
     n = len(paths)
     out = {
         "device": str(device),
-        "ours_images_per_s": round(n / ours_s, 3),
-        "plain_images_per_s": round(n / plain_s, 3),
-        "model_only_images_per_s": round(n / model_s, 3),
-        "ours_vs_plain": round(plain_s / ours_s, 3),
-        "ours_vs_model_only": round(model_s / ours_s, 3),
-        "detections": len(ours),
-        "plain_detections": len(plain),
-        "model_only_detections": model_detections,
+        "torchvision_model_only_images_per_s": round(n / best["torchvision_model"], 3),
+        "model_only_images_per_s": round(n / best["model"], 3),
+        "ours_images_per_s": round(n / best["ours"], 3),
+        "plain_images_per_s": round(n / best["plain"], 3),
+        "paste_ms_torchvision": round(1000 * best["paste_torchvision"], 2),
+        "paste_ms_ours": round(1000 * best["paste_ours"], 2),
+        "paste_output_ms": round(1000 * best["paste_output"], 2),
+        "model_only_vs_torchvision": round(best["torchvision_model"] / best["model"], 3),
+        "ours_vs_model_only": round(best["model"] / best["ours"], 3),
+        "ours_vs_plain": round(best["plain"] / best["ours"], 3),
+        "paste_speedup": round(best["paste_torchvision"] / best["paste_ours"], 3),
+        "paste_masks": len(masks),
+        "paste_image_size": list(size),
+        "detections": len(outputs["ours"]),
+        "plain_detections": len(outputs["plain"]),
+        "model_only_detections": outputs["model"],
     }
     if device.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(device)
@@ -189,7 +237,7 @@ def main() -> None:
     parser.add_argument("--min-size", type=int, default=320)
     parser.add_argument("--max-size", type=int, default=512)
     parser.add_argument("--coco-root", type=Path, default=SAMPLE, help="a COCO copy with val2017/")
-    parser.add_argument("--repeat", type=int, default=2, help="timed passes of each; best kept")
+    parser.add_argument("--repeat", type=int, default=3, help="timed passes of each; best kept")
     args = parser.parse_args()
     report: dict[str, Any] = {
         "torch": torch.__version__, "images": args.images, "batch_size": args.batch_size,
@@ -209,7 +257,6 @@ def main() -> None:
                 runs.append({"device": name, "skipped": "CUDA is not available here"})
                 continue
             runs.append(bench(torch.device(name), paths, args))
-            print(json.dumps(runs[-1]), flush=True)
     report.update(runs[0] if len(runs) == 1 else {"runs": runs})
     print(json.dumps(report))
 

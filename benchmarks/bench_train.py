@@ -5,32 +5,39 @@ layer1 fixed; random weights, as nothing is downloaded, see `fresh`), batch, opt
 AMP (CUDA only). Both loops warm the learning rate up with the recipe's schedule
 (train.warmup_iters, warmup_factor): from random weights, full-rate steps drive the mask loss
 from ~7 to ~90 within four iterations here (fp16 autocast), inf/NaN on a GPU under AMP.
+Each loop first takes `--warmup` (at least 5) untimed steps; then the loops take turns, a
+step (or an epoch) each, so that a change in the machine's load falls on all of them.
 
 - iteration (default): `cocoseg.train.engine.train_step` beside the same step written the way
   references/detection/engine.py does it, on two synthetic 640x480 images with 3 shapes
   each, resized by the model to min_size/max_size (800/1333). Data loading excluded.
 - `--epoch`: whole epochs with data loading: the train stage's loop (cocoseg.train.engine:
-  CocoDetection through cocoseg.train.dataset, the `train.augment` preset, aspect-ratio batches,
-  `train_one_epoch`) beside a reference-style loop (CocoDetection + transforms.v2 with a
-  horizontal flip, DataLoader with aspect-ratio batches, the reference's step), on the
-  train split of a subset folder (default data/subset; else one is made from --coco-root).
+  CocoDetection through cocoseg.data, aspect-ratio batches, `train_one_epoch`) beside a
+  reference-style loop (CocoDetection + transforms.v2, DataLoader with aspect-ratio
+  batches, the reference's step), on the train split of a subset folder (default
+  data/subset; else one is made from --coco-root). Both augment the same way (the
+  reference's horizontal flip); our loop with the `--augment` preset is reported beside
+  them, and each loader's throughput alone (no model) too.
 
-    python benchmarks/bench_train.py [--device cpu|cuda] [--iters 3] [--warmup 1]
-    python benchmarks/bench_train.py --epoch --device cuda --batch-size 8 --workers 8 \
+    python benchmarks/bench_train.py [--device cpu|cuda] [--iters 3] [--warmup 5]
+    python benchmarks/bench_train.py --epoch --device cuda --batch-size 8 --workers 8 \\
         --images 200 --epochs 3 --coco-root /path/to/coco
 
-It prints one JSON line per device, then the whole report.
+It prints one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import platform
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -130,18 +137,55 @@ def checked(losses: dict[str, float]) -> dict[str, float]:
     return losses
 
 
-def timed(step: Callable[[], object], device: torch.device, warmup: int, iters: int) -> float:
-    """Mean seconds per call after `warmup` untimed calls."""
+def own_random_streams(
+    steps: dict[str, Callable[[], object]], device: torch.device, seed: int = 0
+) -> dict[str, Callable[[], None]]:
+    """The steps, each drawing from its own random stream, every stream seeded alike.
+
+    Taking turns, the loops would otherwise share one stream: the same sampled proposals
+    (the same work, the same losses) need each loop's draws to follow its own sequence.
+    """
+    cuda = device.type == "cuda"
+    torch.manual_seed(seed)
+    start = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if cuda else None)
+    states = dict.fromkeys(steps, start)
+
+    def own(name: str, step: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            cpu, gpu = states[name]
+            torch.set_rng_state(cpu)
+            if cuda:
+                torch.cuda.set_rng_state(gpu, device)
+            step()
+            states[name] = (
+                torch.get_rng_state(),
+                torch.cuda.get_rng_state(device) if cuda else None,
+            )
+
+        return run
+
+    return {name: own(name, step) for name, step in steps.items()}
+
+
+def interleaved(
+    steps: dict[str, Callable[[], object]], device: torch.device, warmup: int, iters: int
+) -> dict[str, list[float]]:
+    """Seconds of each of `iters` timed calls per step, the steps taking turns.
+
+    First `warmup` untimed calls of each, in turns too.
+    """
     for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
+        for step in steps.values():
+            step()
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(iters):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / iters
+        for name, step in steps.items():
+            synchronize(device)
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
 
 
 def warmup(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
@@ -154,10 +198,13 @@ def bench_iterations(device: torch.device, args: argparse.Namespace) -> dict:
     """Seconds/iteration and images/s, ours and the reference's, data loading excluded."""
     images, targets = synthetic_batch()
     amp = device.type == "cuda"
-    results, losses = {}, {}
+    losses = {}
     model, optimizer = fresh(device, args.min_size, args.max_size, images)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     schedule, ctx = warmup(optimizer), Context(device)
+    ref_model, ref_optimizer = fresh(device, args.min_size, args.max_size, images)
+    ref_scaler = torch.amp.GradScaler(device.type) if amp else None
+    ref_schedule = warmup(ref_optimizer)
 
     def ours() -> None:
         losses["cocoseg"] = checked(
@@ -165,21 +212,22 @@ def bench_iterations(device: torch.device, args: argparse.Namespace) -> dict:
         )["loss"]
         schedule.step()
 
-    results["cocoseg.train.engine.train_step"] = timed(ours, device, args.warmup, args.iters)
-    del model, optimizer
-    model, optimizer = fresh(device, args.min_size, args.max_size, images)
-    ref_scaler = torch.amp.GradScaler(device.type) if amp else None
-    ref_schedule = warmup(optimizer)
-
     def reference() -> None:
-        losses["reference"] = reference_step(model, images, targets, optimizer, ref_scaler, device)
+        losses["reference"] = reference_step(
+            ref_model, images, targets, ref_optimizer, ref_scaler, device
+        )
         ref_schedule.step()
 
-    results["torchvision reference"] = timed(reference, device, args.warmup, args.iters)
-    out: dict[str, Any] = {
-        name: {"s_per_iter": round(s, 3), "images_per_s": round(len(images) / s, 2)}
-        for name, s in results.items()
-    }
+    steps = {"cocoseg.train.engine.train_step": ours, "torchvision reference": reference}
+    seconds = interleaved(own_random_streams(steps, device), device, args.warmup, args.iters)
+    out: dict[str, Any] = {}
+    for name, times in seconds.items():
+        mean = sum(times) / len(times)
+        out[name] = {"s_per_iter": round(mean, 3), "images_per_s": round(len(images) / mean, 2),
+                     "best_s_per_iter": round(min(times), 3)}  # fmt: skip
+    ours_s, reference_s = (min(seconds[name]) for name in steps)  # best steps: load spikes out
+    out["ours_vs_reference"] = round(reference_s / ours_s, 3)
+    out["warmup_steps"], out["timed_steps"] = args.warmup, args.iters
     out["last_loss"] = {k: round(v, 4) for k, v in losses.items()}  # finite, or it stopped
     if device.type == "cuda":
         out["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
@@ -217,14 +265,19 @@ def calibration_batch(subset: Path) -> tuple:
     return tuple(dataset[i][0] for i in range(min(2, len(dataset))))
 
 
-def reference_loader(subset: Path, args: argparse.Namespace, device: torch.device) -> DataLoader:
-    """references/detection style: CocoDetection + v2 transforms, images without objects out."""
-    images, ann_file = split_paths(subset, "train")
-    transforms = T.Compose(
+def reference_augment() -> T.Compose:
+    """references/detection's training transforms: a horizontal flip, then to float."""
+    return T.Compose(
         [T.ToImage(), T.RandomHorizontalFlip(0.5), T.ToDtype(torch.float, scale=True),
          T.ConvertBoundingBoxFormat("XYXY"), T.SanitizeBoundingBoxes(), T.ToPureTensor()]
     )  # fmt: skip
-    raw = CocoDetection(str(images), str(ann_file), transforms=transforms)
+
+
+def reference_loader(subset: Path, args: argparse.Namespace, device: torch.device) -> DataLoader:
+    """references/detection style: CocoDetection + v2 transforms, images without objects out."""
+    images, ann_file = split_paths(subset, "train")
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        raw = CocoDetection(str(images), str(ann_file), transforms=reference_augment())
     keys = {"boxes", "labels", "masks", "image_id"}
     dataset = wrap_dataset_for_transforms_v2(raw, target_keys=keys)
     coco = raw.coco
@@ -253,54 +306,105 @@ def reference_epoch(model, loader, optimizer, schedule, scaler, device) -> tuple
     return n, loss
 
 
-def timed_epochs(run_epoch: Callable[[int], int], device: torch.device, epochs: int) -> list:
-    """images/s of each epoch, device work included."""
-    rates = []
-    for epoch in range(1, epochs + 1):
-        synchronize(device)
-        start = time.perf_counter()
-        n = run_epoch(epoch)
-        synchronize(device)
-        rates.append(round(n / (time.perf_counter() - start), 2))
-    return rates
+@dataclass
+class EpochLoop:
+    """One training loop: its loader, and an epoch of it returning the images it saw."""
+
+    loader: DataLoader
+    run_epoch: Callable[[int], int]
+
+
+def our_loop(
+    device: torch.device, p: TrainParams, subset: Path, augment: T.Compose, calibration: tuple,
+    last: dict[str, float], name: str,
+) -> EpochLoop:  # fmt: skip
+    """The train stage's loop (`train_one_epoch`) over the train split augmented by `augment`."""
+    model, _ = fresh(device, p.min_size, p.max_size, calibration)
+    dataset = coco_dataset(subset, "train", augment)
+    loader = train_loader(dataset, p, pin_memory=device.type == "cuda")
+    optimizer, scheduler, scaler = make_optimizer(model, p, len(loader), device)
+    ctx = Context(device)
+
+    def run_epoch(epoch: int) -> int:
+        rows, _ = train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch, p, ctx)
+        last[name] = rows[-1]["loss"]
+        return len(dataset)
+
+    return EpochLoop(loader, run_epoch)
+
+
+def reference_loop(
+    device: torch.device, args: argparse.Namespace, p: TrainParams, subset: Path,
+    calibration: tuple, last: dict[str, float], name: str,
+) -> EpochLoop:  # fmt: skip
+    """The reference-style loop: its own loader and step."""
+    model, optimizer = fresh(device, p.min_size, p.max_size, calibration)
+    scaler = torch.amp.GradScaler(device.type) if p.amp else None
+    loader, schedule = reference_loader(subset, args, device), warmup(optimizer)
+
+    def run_epoch(epoch: int) -> int:
+        n, last[name] = reference_epoch(model, loader, optimizer, schedule, scaler, device)
+        return n
+
+    return EpochLoop(loader, run_epoch)
+
+
+def loader_rate(loader: DataLoader, device: torch.device) -> float:
+    """images/s of one pass over the loader alone, batches moved to the device."""
+    synchronize(device)
+    start, n = time.perf_counter(), 0
+    for images, _ in loader:
+        for image in images:
+            image.to(device, non_blocking=True)
+        n += len(images)
+    synchronize(device)
+    return n / (time.perf_counter() - start)
 
 
 def bench_epochs(device: torch.device, args: argparse.Namespace, subset: Path) -> dict:
-    """images/s per epoch of the train stage's loop and of the reference-style loop."""
+    """images/s per epoch of our loop and the reference's (same augmentation), our preset's.
+
+    Each loop first runs whole untimed epochs until it has taken `args.warmup` steps; then
+    the loops take turns, an epoch each. Then each loader alone, in turns, best pass kept.
+    """
     p = train_params(args, device)
     calibration = calibration_batch(subset)
-    model, _ = fresh(device, p.min_size, p.max_size, calibration)
-    dataset = coco_dataset(subset, "train", build_transforms(p.augment, p.min_size, p.max_size))
-    loader = train_loader(dataset, p, pin_memory=device.type == "cuda")
-    optimizer, scheduler, scaler = make_optimizer(model, p, len(loader), device)
-    ctx, last = Context(device), {}
-
-    def ours(epoch: int) -> int:
-        rows, _ = train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch, p, ctx)
-        last["cocoseg"] = rows[-1]["loss"]
-        return len(dataset)
-
-    out: dict[str, Any] = {"cocoseg.train.engine": timed_epochs(ours, device, args.epochs)}
-    del model, optimizer
-    model, optimizer = fresh(device, p.min_size, p.max_size, calibration)
-    ref_scaler = torch.amp.GradScaler(device.type) if p.amp else None
-    ref_loader, ref_schedule = reference_loader(subset, args, device), warmup(optimizer)
-
-    def reference(epoch: int) -> int:
-        n, last["reference"] = reference_epoch(
-            model, ref_loader, optimizer, ref_schedule, ref_scaler, device
-        )
-        return n
-
-    out["torchvision reference"] = timed_epochs(reference, device, args.epochs)
-    steady = slice(1, None) if args.epochs > 1 else slice(None)  # the first epoch warms up
-    for name in ("cocoseg.train.engine", "torchvision reference"):
-        rates = out[name][steady]
-        out[f"{name} images_per_s"] = round(sum(rates) / len(rates), 2)
-    out["ours_vs_reference"] = round(
-        out["cocoseg.train.engine images_per_s"] / out["torchvision reference images_per_s"], 3
+    last: dict[str, float] = {}
+    same, ref, preset = (
+        "cocoseg.train.engine",
+        "torchvision reference",
+        f"cocoseg.train.engine ({p.augment})",
     )
-    out["images"], out["augment"] = len(dataset), p.augment
+    preset_augment = build_transforms(p.augment, p.min_size, p.max_size)
+    loops = {
+        same: our_loop(device, p, subset, reference_augment(), calibration, last, same),
+        ref: reference_loop(device, args, p, subset, calibration, last, ref),
+        preset: our_loop(device, p, subset, preset_augment, calibration, last, preset),
+    }
+    warm = {name: math.ceil(args.warmup / len(loop.loader)) for name, loop in loops.items()}
+    for epoch in range(1, max(warm.values()) + 1):
+        for name, loop in loops.items():
+            if epoch <= warm[name]:
+                loop.run_epoch(epoch)
+    out: dict[str, Any] = {name: [] for name in loops}
+    for epoch in range(1, args.epochs + 1):
+        for name, loop in loops.items():
+            synchronize(device)
+            start = time.perf_counter()
+            n = loop.run_epoch(warm[name] + epoch)
+            synchronize(device)
+            out[name].append(round(n / (time.perf_counter() - start), 2))
+    for name in loops:
+        out[f"{name} images_per_s"] = round(sum(out[name]) / len(out[name]), 2)
+    out["ours_vs_reference"] = round(out[f"{same} images_per_s"] / out[f"{ref} images_per_s"], 3)
+    loader_best: dict[str, float] = {}
+    for _ in range(args.epochs):
+        for name, loop in loops.items():
+            loader_best[name] = max(loader_rate(loop.loader, device), loader_best.get(name, 0))
+    out["loader_only_images_per_s"] = {k: round(v, 2) for k, v in loader_best.items()}
+    out["images"], out["warmup_epochs"] = len(loops[same].loader.dataset), warm
+    out["augment"] = {same: "horizontal flip (the reference's)", ref: "horizontal flip",
+                      preset: p.augment}  # fmt: skip
     out["last_loss"] = {k: round(v, 4) for k, v in last.items()}
     if device.type == "cuda":
         out["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
@@ -318,7 +422,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", action="append", help="cpu, cuda (default: cpu + cuda)")
     parser.add_argument("--iters", type=int, default=3, help="iteration mode: timed steps")
-    parser.add_argument("--warmup", type=int, default=1, help="iteration mode: untimed steps")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps of each loop first")
     parser.add_argument("--min-size", type=int, default=800)
     parser.add_argument("--max-size", type=int, default=1333)
     parser.add_argument("--epoch", action="store_true", help="whole epochs, data loading in")
@@ -330,6 +434,8 @@ def main() -> None:
     parser.add_argument("--subset", type=Path, default=Path("data/subset"))
     parser.add_argument("--coco-root", type=Path, default=SAMPLE)
     args = parser.parse_args()
+    if args.warmup < 5:
+        parser.error("--warmup: at least 5 steps (the first ones pay for allocations and kernels)")
     report: dict[str, Any] = {
         "mode": "epoch" if args.epoch else "iteration", "min_size": args.min_size,
         "max_size": args.max_size, "torch": torch.__version__,
@@ -348,7 +454,6 @@ def main() -> None:
                 report["gpu"] = torch.cuda.get_device_name(device)
             run = bench_epochs(device, args, subset) if subset else bench_iterations(device, args)
             report[name] = run
-            print(json.dumps({name: run}), flush=True)
     print(json.dumps(report, indent=2))
 
 

@@ -61,3 +61,9 @@ def pred(image_id: int, cat: int, mask: np.ndarray, score: float = 0.9) -> dict:
         "score": score,
         "segmentation": r,
     }
+
+
+def encode_masks(masks: np.ndarray) -> list[dict]:
+    """Binary masks (N, H, W) as COCO RLEs with `counts` as str, straight from pycocotools."""
+    rles = mask_utils.encode(np.asfortranarray(masks.astype(np.uint8).transpose(1, 2, 0)))
+    return [{**rle, "counts": rle["counts"].decode("ascii")} for rle in rles]

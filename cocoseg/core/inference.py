@@ -1,9 +1,11 @@
 """Batched Mask R-CNN inference to COCO results with RLE masks: the one path for val and predict.
 
 The loop keeps the model busy: images are decoded in DataLoader workers (uint8, pinned on
-CUDA), masks are thresholded on the device and come back as bytes, and RLE encoding runs in
-a thread beside the loop, at most `MAX_PENDING` batches behind, so memory stays flat however
-many images there are. Results come back in input order whatever `num_workers` is.
+CUDA); on the device each mask is thresholded within its own bounding box only, and those
+crops, not full-image masks, go to the host (pinned, without blocking, on CUDA). RLE
+encoding (`cocoseg.core.rle`: numpy and pycocotools' run compression, little time under the GIL)
+runs in a thread beside the loop, at most `MAX_PENDING` batches behind, so memory stays flat
+however many images there are. Results come back in input order whatever `num_workers` is.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as F
 from tqdm import tqdm
@@ -28,6 +29,7 @@ from cocoseg.core.device import resolve_device
 from cocoseg.core.errors import DataError
 from cocoseg.core.images import read_rgb
 from cocoseg.core.model import load_trained_model
+from cocoseg.core.rle import crop_bounds, crop_rles, gather_crops
 from cocoseg.core.signals import worker_init
 
 log = logging.getLogger(__name__)
@@ -101,41 +103,52 @@ def to_model_input(image: torch.Tensor, device: torch.device) -> torch.Tensor:
     return F.to_dtype(image.to(device, non_blocking=True), torch.float32, scale=True)
 
 
-def threshold_masks(probabilities: torch.Tensor, mask_threshold: float) -> torch.Tensor:
-    """(N, 1, H, W) mask probabilities as a dense (N, W, H) uint8 block: 1 where > threshold.
+def host_detections(
+    outputs: list[dict[str, torch.Tensor]], mask_threshold: float
+) -> tuple[list[dict[str, Any]], torch.cuda.Event | None]:
+    """Each image's detections on their way to the host: boxes, labels, scores, mask crops.
 
-    Computed on the model's device. Each mask is stored column-major, pycocotools' layout,
-    so once on the host and viewed as (N, H, W) it is encoded without a copy.
+    A mask is kept as its pixels above `mask_threshold` inside their bounding box (`crops`
+    at `bounds`, see `cocoseg.core.rle`). One sync for the whole batch (the crops' sizes). On
+    CUDA the copies land in pinned memory without blocking the loop: wait for the returned
+    event before reading them.
     """
-    return (probabilities[:, 0] > mask_threshold).transpose(1, 2).to(torch.uint8).contiguous()
+    probabilities = [output["masks"][:, 0] for output in outputs]
+    bounds = [crop_bounds(p, mask_threshold) for p in probabilities]
+    host_bounds = torch.cat(bounds).cpu().split([len(b) for b in bounds])  # the one sync
+    detections = []
+    for output, p, b, on_host in zip(outputs, probabilities, bounds, host_bounds, strict=True):
+        crops = gather_crops(p, b, on_host.tolist()) > mask_threshold
+        detections.append(
+            {
+                "boxes": _to_host(output["boxes"].float()),
+                "labels": _to_host(output["labels"]),
+                "scores": _to_host(output["scores"].float()),
+                "crops": _to_host(crops),
+                "bounds": on_host,
+                "size": tuple(p.shape[1:]),
+            }
+        )
+    event = None
+    if any(p.device.type == "cuda" for p in probabilities):
+        event = torch.cuda.Event()
+        event.record()
+    return detections, event
 
 
-def host_output(output: dict[str, torch.Tensor], mask_threshold: float) -> dict[str, Any]:
-    """One image's detections moved to the host: boxes, labels, scores and thresholded masks."""
-    return {
-        "boxes": output["boxes"].float().cpu(),
-        "labels": output["labels"].cpu(),
-        "scores": output["scores"].float().cpu(),
-        "masks": threshold_masks(output["masks"], mask_threshold).cpu().transpose(1, 2),
-    }
-
-
-def encode_masks(masks: torch.Tensor) -> list[dict[str, Any]]:
-    """Binary masks (N, H, W) as compressed COCO RLEs with `counts` as str."""
-    if masks.shape[0] == 0:
-        return []
-    array = masks.to(torch.uint8).cpu().numpy().transpose(1, 2, 0)  # (H, W, N)
-    rles = mask_utils.encode(np.asfortranarray(array))  # no copy when column-major already
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("ascii")
-    return rles
+def _to_host(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy on the host: from CUDA into pinned memory without waiting for it."""
+    if tensor.device.type != "cuda":
+        return tensor.cpu()
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    return host.copy_(tensor, non_blocking=True)
 
 
 def coco_results(image_id: int, detections: dict[str, Any]) -> list[dict[str, Any]]:
     """One image's host detections as COCO results: xywh boxes, RLE masks."""
     boxes = detections["boxes"]
     xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
-    rles = encode_masks(detections["masks"])
+    rles = crop_rles(detections["crops"].numpy(), detections["bounds"].numpy(), *detections["size"])
     return [
         {
             "image_id": int(image_id),
@@ -150,16 +163,17 @@ def coco_results(image_id: int, detections: dict[str, Any]) -> list[dict[str, An
     ]
 
 
-def to_coco_results(
-    image_id: int, output: dict[str, torch.Tensor], mask_threshold: float = 0.5
+def encode_batch(
+    image_ids: list[int], detections: list[dict[str, Any]], event: torch.cuda.Event | None
 ) -> list[dict[str, Any]]:
-    """One image's model output as COCO results: xywh boxes, RLE masks (prob > threshold)."""
-    return coco_results(image_id, host_output(output, mask_threshold))
-
-
-def _encode_batch(batch: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """COCO results of one batch of host detections (runs in the encoder thread)."""
-    return [r for image_id, detections in batch for r in coco_results(image_id, detections)]
+    """COCO results of one batch of `host_detections` (runs in the encoder thread)."""
+    if event is not None:
+        event.synchronize()  # the copies to the host have landed
+    return [
+        r
+        for image_id, d in zip(image_ids, detections, strict=True)
+        for r in coco_results(image_id, d)
+    ]
 
 
 def _run_model(
@@ -199,11 +213,9 @@ def predict_images(
                     if isinstance(image, DataError):
                         raise image
                 outputs = _run_model(model, [image for _, image in batch], device, amp)
-                on_host = [
-                    (image_id, host_output(output, mask_threshold))
-                    for (image_id, _), output in zip(batch, outputs, strict=True)
-                ]
-                pending.append(encoder.submit(_encode_batch, on_host))
+                detections, event = host_detections(outputs, mask_threshold)
+                image_ids = [image_id for image_id, _ in batch]
+                pending.append(encoder.submit(encode_batch, image_ids, detections, event))
                 while len(pending) > MAX_PENDING:
                     results.extend(pending.popleft().result())
         while pending:

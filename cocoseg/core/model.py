@@ -32,6 +32,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from cocoseg.core.config import ANCHOR_RATIOS, ANCHOR_SIZES
 from cocoseg.core.errors import DataError, ParamError, os_fault, os_fault_message
+from cocoseg.core.paste import BatchedPasteTransform
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +86,16 @@ def build_model(
 ) -> MaskRCNN:
     """A randomly initialised Mask R-CNN with heads for `num_classes` (background included).
 
-    Extra keyword arguments (weights, weights_backbone, ...) go to torchvision's builder.
+    Its transform pastes all of an image's masks at once (`cocoseg.core.paste`): the same masks as
+    torchvision's, without its per-detection loop. Extra keyword arguments (weights,
+    weights_backbone, ...) go to torchvision's builder.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
     kwargs.setdefault("weights", None)
     kwargs.setdefault("weights_backbone", None)
     model = ARCHS[arch](num_classes=num_classes, min_size=min_size, max_size=max_size, **kwargs)
+    model.transform = BatchedPasteTransform.like(model.transform)
     return set_anchors(model, anchor_sizes, anchor_ratios)
 
 

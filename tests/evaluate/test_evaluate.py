@@ -21,7 +21,13 @@ from cocoseg.core.cli import run_stage
 from cocoseg.core.config import EvaluateParams
 from cocoseg.core.errors import DataError
 from cocoseg.core.images import read_rgb
-from cocoseg.core.inference import ImageFiles, decode_workers, predict_images, to_coco_results
+from cocoseg.core.inference import (
+    ImageFiles,
+    decode_workers,
+    encode_batch,
+    host_detections,
+    predict_images,
+)
 from cocoseg.core.model import build_model, model_record
 from cocoseg.evaluate import reports as evaluation
 from stages import evaluate as evaluate_stage
@@ -50,7 +56,7 @@ def val_items(subset: Path, n: int) -> list[tuple[int, Path]]:
 # --- inference --------------------------------------------------------------------------------
 
 
-def test_to_coco_results_converts_boxes_and_binarises_masks_above_the_threshold():
+def test_coco_results_convert_boxes_and_binarises_masks_above_the_threshold():
     probs = torch.zeros(1, 1, 6, 8)
     probs[0, 0, 1:4, 2:5] = 0.9
     probs[0, 0, 4, 2:5] = 0.5  # exactly at the threshold: left out
@@ -60,14 +66,14 @@ def test_to_coco_results_converts_boxes_and_binarises_masks_above_the_threshold(
         "scores": torch.tensor([0.75]),
         "masks": probs,
     }
-    (result,) = to_coco_results(42, output, mask_threshold=0.5)
+    (result,) = encode_batch([42], *host_detections([output], 0.5))
     assert set(result) == RESULT_KEYS
     assert (result["image_id"], result["category_id"], result["score"]) == (42, 3, 0.75)
     assert result["bbox"] == [2.0, 1.0, 3.0, 3.0]
     assert isinstance(result["segmentation"]["counts"], str)
     assert (mask_utils.decode(result["segmentation"]) == (probs[0, 0] > 0.5).numpy()).all()
     empty = {k: v[:0] for k, v in output.items()}
-    assert to_coco_results(42, empty) == []
+    assert encode_batch([42], *host_detections([empty], 0.5)) == []
 
 
 def test_predict_images_returns_coco_results_for_every_detection(synthetic_subset, capsys):

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import synthcoco
-import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from maskcases import encode_masks
 from pycocotools import mask as mask_utils
 
 from cocoseg.core import cocoeval
-from cocoseg.core.inference import encode_masks
 from cocoseg.evaluate import matching, metrics
 
 # Decorator, not a profile: other test files keep their own hypothesis settings.
@@ -65,7 +64,7 @@ def test_identical_masks_give_one_and_disjoint_masks_zero(pair):
 @given(st.integers(0, 5), shapes, st.data())
 def test_encoded_model_masks_decode_back_with_the_same_area(n, shape, data):
     masks = data.draw(arrays(np.bool_, (n, *shape)))
-    rles = encode_masks(torch.from_numpy(masks))
+    rles = encode_masks(masks)
     assert len(rles) == n
     for mask, r in zip(masks, rles, strict=True):
         assert isinstance(r["counts"], str) and r["size"] == list(shape)
@@ -118,7 +117,7 @@ def test_a_polygon_and_its_rasterised_rle_agree(radius, sides, phase, h, w):
     mask = gt.annToMask(gt.anns[1])
     assert mask.sum() == area
     pred = {"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1.0}
-    pred["segmentation"] = encode_masks(torch.from_numpy(mask[None].astype(bool)))[0]
+    pred["segmentation"] = encode_masks(mask[None].astype(bool))[0]
     found = metrics.class_matches(matching.match(gt, [pred], 0.5))[1]
     assert found.ious == found.dices == [1.0] and (found.tp, found.fp) == (1, 0)
 
