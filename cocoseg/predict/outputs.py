@@ -31,8 +31,6 @@ from cocoseg.core.images import read_rgb
 from cocoseg.core.inference import add_category_names, run_trained_model
 from cocoseg.core.inputs import InputImage
 from cocoseg.core.io import write_json
-from cocoseg.core.overlays import class_colors, overlay, save_png
-from cocoseg.core.visualize import contact_sheet
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +119,10 @@ def write_outputs(
     threshold: float,
 ) -> None:
     """Write <name>.json, images.json, one overlay per image and the contact sheet."""
+    # Drawing (matplotlib) is imported only now: the model starts before it loads.
+    from cocoseg.core.overlays import class_colors, overlay, save_png
+    from cocoseg.core.visualize import contact_sheet
+
     write_json(out / f"{name}.json", list(results))
     write_json(out / "images.json", images_index(images, classes))
     categories = dict(enumerate(classes, start=1))
