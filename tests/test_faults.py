@@ -328,3 +328,23 @@ def test_sigterm_to_dvc_exp_run_reaches_the_stage_which_ends_in_one_line(tmp_pat
     again = dvc(repo, "exp", "run")
     assert "resuming after epoch 1 of 2" in again.stdout + again.stderr
     assert load_record(repo / "models" / "model.pt")["classes"] == synthcoco.TARGET_NAMES
+
+
+def test_a_bug_raised_while_handling_an_os_error_keeps_its_traceback():
+    """Only an OS error that caused the failure is worded as one; a handled one is not."""
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise ValueError("a bug in the handler") from None
+    except ValueError as err:
+        assert os_fault(err) is None and failure_line(err) is None
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "/x/model.pt")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")  # noqa: B904
+    except RuntimeError as err:  # torch.save's wrapping: the OSError is the context
+        assert failure_line(err) == (
+            "error: /x/model.pt: No space left on device; free some space or point the output "
+            "at a bigger disk", 2)  # fmt: skip

@@ -50,13 +50,16 @@ class Terminated(KeyboardInterrupt):
 
 
 def os_fault(err: BaseException | None) -> OSError | None:
-    """The OSError with an errno behind `err` (itself, its cause or its context), if any."""
+    """The OSError with an errno behind `err` (itself, its cause or its context), if any.
+
+    A context that `raise ... from None` suppressed is not followed: that error was handled.
+    """
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, OSError) and err.errno is not None:
             return err
-        err = err.__cause__ or err.__context__
+        err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
     return None
 
 
