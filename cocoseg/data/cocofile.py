@@ -257,8 +257,9 @@ def check_annotations(
 ) -> tuple[dict[int, list[Kept]], Counter[str]]:
     """One pass over all annotations: check ids, note the wanted categories' usable ones by image.
 
-    A duplicate annotation id or unknown category id stops (no guessing around it); an annotation whose image is
-    missing is dropped and counted (it touches no output; hand-trimmed files often leave them).
+    A duplicate annotation id or unknown category id stops (no guessing around it); an
+    annotation whose image is missing is dropped and counted (it touches no output;
+    hand-trimmed files often leave them).
     """
     path, known = file.path, {c.id for c in file.categories}
     seen: set[int] = set()
