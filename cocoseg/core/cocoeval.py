@@ -1,7 +1,4 @@
-"""COCO mAP with pycocotools: quiet COCO indexes, loadRes on copies, COCOeval's summary.
-
-Shared by stage evaluate (the report) and stage train (validation after each epoch).
-"""
+"""COCO mAP with pycocotools for stages evaluate and train: quiet indexes, loadRes on copies."""
 
 from __future__ import annotations
 
@@ -41,11 +38,8 @@ def coco_from_dataset(dataset: dict[str, Any]) -> COCO:
 
 
 def results_coco(gt: COCO, preds: Sequence[dict[str, Any]], iou_type: str) -> COCO:
-    """Predictions as pycocotools' loadRes builds them, on copies; also for zero predictions.
-
-    For segm the box is left out, so small/medium/large use the mask's area (as
-    torchvision's and detectron2's evaluators do), not the box's.
-    """
+    """Predictions as pycocotools' loadRes builds them, on copies, also for none. For segm the box
+    is left out, so object sizes use the mask's area (as torchvision and detectron2 do)."""
     if not preds:
         empty = {"images": gt.dataset["images"], "categories": gt.dataset["categories"]}
         return coco_from_dataset({**empty, "annotations": []})

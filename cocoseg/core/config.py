@@ -1,8 +1,7 @@
 """Typed params: one frozen msgspec Struct per stage section of params.yaml.
 
-The constraints live in the types, so `msgspec.convert` rejects unknown keys, wrong types and
-out-of-range values before any work starts; cocoseg.core.convert words its error as one line.
-The Structs hold the defaults; params.yaml restates them for users (a test keeps them equal).
+The constraints live in the types, so bad keys and values stop before any work starts
+(cocoseg.core.convert words the error). params.yaml restates the defaults (a test keeps them equal).
 """
 
 from __future__ import annotations
@@ -180,10 +179,8 @@ def _check_finite(value: Any, name: str) -> None:
 
 
 def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
-    """Validate a whole params mapping (as read from YAML) into `Params`.
-
-    Sections left out (or empty) take their defaults; the file as a whole must be a mapping.
-    """
+    """Validate a whole params mapping (as read from YAML) into `Params`; sections left out (or
+    empty) take their defaults."""
     if not isinstance(raw, dict):
         got = "an empty file" if raw is None else f"a {type(raw).__name__}"
         raise ParamError(
@@ -201,11 +198,8 @@ def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
 
 
 def read_yaml(text: str) -> Any:
-    """YAML 1.2, as DVC writes params.yaml: `1e-5`, `1E-4`, `.5` are numbers, not strings.
-
-    PyYAML reads YAML 1.1, where a float needs a dot, so `dvc exp run -S train.lr=1e-5`
-    would arrive as the string '1e-05'; ruamel.yaml is the parser DVC itself uses.
-    """
+    """YAML 1.2, as DVC writes params.yaml (DVC's own parser): `1e-5` is a number; PyYAML's
+    YAML 1.1 would read `dvc exp run -S train.lr=1e-5` as the string '1e-05'."""
     return YAML(typ="safe", pure=True).load(text)
 
 

@@ -1,11 +1,8 @@
 """msgspec.convert with errors a person can act on: one line naming the key, value and rule.
 
-msgspec says *where* a value failed (`Expected float > 0.0 - at $.train.lr`); this module
-follows that path through the raw data and the Struct's type info to say it in our terms:
-`train.lr = -1 is out of range: must be > 0`, `unknown key 'train.lrr' (did you mean
-'train.lr'?)`, `train.epochs = 'six' must be an integer`, `... is not allowed; choose one of`.
-Only the path and an unknown key's name are read from msgspec's text; the rest comes from
-the types, so a change in msgspec's wording cannot change ours.
+msgspec says where a value failed (`... - at $.train.lr`); this module follows that path through
+the raw data and the types to say `train.lr = -1 is out of range: must be > 0`. Only the path and
+an unknown key's name are read from msgspec's text, so its wording cannot change ours.
 """
 
 from __future__ import annotations
@@ -31,9 +28,7 @@ _BOUNDS = {"ge": (">=", operator.ge), "gt": (">", operator.gt), "le": ("<=", ope
 
 def convert(raw: Any, cls: type[T], *, error: type[Exception], prefix: str = "") -> T:
     """`msgspec.convert(raw, cls)` (strict); on failure raise `error` with a one-line message.
-
-    prefix names raw itself in messages (`train` makes `$.lr` read `train.lr`).
-    """
+    prefix names raw itself in messages (`train` makes `$.lr` read `train.lr`)."""
     try:
         return msgspec.convert(raw, cls)
     except msgspec.ValidationError as err:

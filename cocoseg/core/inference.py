@@ -1,11 +1,8 @@
 """Batched Mask R-CNN inference to COCO results with RLE masks: the one path for val and predict.
 
-The loop keeps the model busy: images are decoded in DataLoader workers (uint8, pinned on
-CUDA); on the device each mask is thresholded within its own bounding box only, and those
-crops, not full-image masks, go to the host (pinned, without blocking, on CUDA). RLE
-encoding (`cocoseg.core.rle`: numpy and pycocotools' run compression, little time under the GIL)
-runs in a thread beside the loop, at most `MAX_PENDING` batches behind, so memory stays flat
-however many images there are. Results come back in input order whatever `num_workers` is.
+The model stays busy: DataLoader workers decode, only mask crops go to the host (without
+blocking on CUDA) and a thread RLE-encodes them (`cocoseg.core.rle`) at most `MAX_PENDING`
+batches behind, so memory stays flat. Results come back in input order.
 """
 
 from __future__ import annotations
@@ -38,11 +35,8 @@ MAX_PENDING = 2  # batches encoded behind the model: enough to overlap, bounded 
 
 
 class ImageFiles(Dataset):
-    """(image_id, path) items as (image_id, uint8 CHW tensor); a bad file comes back as its error.
-
-    The error travels as a value so the main process raises it with its own one-line message
-    (DataLoader would wrap an exception raised in a worker in a traceback).
-    """
+    """(image_id, path) items as (image_id, uint8 CHW tensor); a bad file comes back as its error,
+    for the main process to raise as one line (DataLoader would wrap it in a traceback)."""
 
     def __init__(self, items: Sequence[tuple[int, Path]]) -> None:
         self.items = list(items)
@@ -65,12 +59,8 @@ def _as_list(batch: list[Any]) -> list[Any]:
 
 
 def decode_workers(num_workers: int, device: torch.device) -> int:
-    """Decoding processes that run beside the model, not against it.
-
-    On a GPU, all of `num_workers`. On the CPU the model's threads already use the cores:
-    workers there only take the cores those threads leave free (measured: 2 workers on a
-    2-core machine made inference ~10% slower than decoding in the main process).
-    """
+    """Decoding processes that run beside the model, not against it: on the CPU only the cores
+    its threads leave free (2 workers on 2 cores made inference ~10% slower than none)."""
     if device.type != "cpu":
         return num_workers
     free = (os.cpu_count() or 1) - torch.get_num_threads()
@@ -88,14 +78,9 @@ def image_loader(
             "cores", workers, num_workers, torch.get_num_threads(),
         )  # fmt: skip
     return DataLoader(
-        ImageFiles(items),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_as_list,
-        pin_memory=device.type == "cuda",
-        worker_init_fn=worker_init,
-    )
+        ImageFiles(items), batch_size=batch_size, shuffle=False, num_workers=workers,
+        collate_fn=_as_list, pin_memory=device.type == "cuda", worker_init_fn=worker_init,
+    )  # fmt: skip
 
 
 def to_model_input(image: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -106,13 +91,9 @@ def to_model_input(image: torch.Tensor, device: torch.device) -> torch.Tensor:
 def host_detections(
     outputs: list[dict[str, torch.Tensor]], mask_threshold: float
 ) -> tuple[list[dict[str, Any]], torch.cuda.Event | None]:
-    """Each image's detections on their way to the host: boxes, labels, scores, mask crops.
-
-    A mask is kept as its pixels above `mask_threshold` inside their bounding box (`crops`
-    at `bounds`, see `cocoseg.core.rle`). One sync for the whole batch (the crops' sizes). On
-    CUDA the copies land in pinned memory without blocking the loop: wait for the returned
-    event before reading them.
-    """
+    """Each image's detections on their way to the host: boxes, labels, scores, and each mask's
+    pixels above `mask_threshold` within its bounds (`cocoseg.core.rle`). One sync per batch;
+    on CUDA the copies land without blocking: wait for the returned event before reading."""
     probabilities = [output["masks"][:, 0] for output in outputs]
     bounds = [crop_bounds(p, mask_threshold) for p in probabilities]
     host_bounds = torch.cat(bounds).cpu().split([len(b) for b in bounds])  # the one sync
@@ -196,10 +177,8 @@ def predict_images(
     amp: bool = True,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Run the model on (image_id, path) items; return COCO results for every detection.
-
-    Eval mode, no gradients. A file that does not decode stops the run, naming it.
-    """
+    """Run the model (eval mode, no gradients) on (image_id, path) items; return COCO results
+    for every detection. A file that does not decode stops the run, naming it."""
     device = torch.device(device)
     model.eval()
     results: list[dict[str, Any]] = []
@@ -231,22 +210,15 @@ def run_trained_model(
     expect_classes: Sequence[str] = (),
     progress: bool = True,
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Load models/model.pt (its classes must be `expect_classes`, when given) and predict items.
-
-    Returns every detection the model keeps, as COCO results, and the model's class names.
-    """
+    """Load models/model.pt (its classes must be `expect_classes`, when given) and predict items;
+    return every detection as COCO results, and the model's class names."""
     device = resolve_device(settings.device)
     model, classes = load_trained_model(model_path, device, expect_classes)
     log.info("inference: %d images on %s with %s", len(items), device, model_path)
     results = predict_images(
-        model,
-        items,
-        device=device,
-        batch_size=settings.batch_size,
-        mask_threshold=settings.mask_threshold,
-        num_workers=settings.num_workers,
-        progress=progress,
-    )
+        model, items, device=device, batch_size=settings.batch_size,
+        mask_threshold=settings.mask_threshold, num_workers=settings.num_workers, progress=progress,
+    )  # fmt: skip
     return results, classes
 
 

@@ -1,12 +1,8 @@
-"""Which images to predict on: a split of data/subset, or every image file in a folder.
+"""Which images to predict on: a split of data/subset (`split_paths`: its layout, for every stage),
+or every image file in a folder.
 
-`split_paths` is the subset's layout (images/<split>/, annotations/<split>.json), for every
-stage that reads it.
-
-In a folder, every .jpg/.jpeg/.png file (top level, sorted by name) gets id 1..N. Other files
-are skipped and counted in the log (a folder often holds notes or sidecars); a file with an
-image suffix that does not decode stops the run before the model loads, naming the file,
-since silently dropping it would leave outputs that look complete but are not.
+In a folder, other files are skipped and counted in the log; an image that does not decode stops
+the run before the model loads (dropping it would leave outputs that look complete but are not).
 """
 
 from __future__ import annotations

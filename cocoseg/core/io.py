@@ -1,9 +1,7 @@
 """The one place files are written: atomic writes, JSON and CSV helpers, safe path joins.
 
-Every output is written to a temp file beside it (`.<name>.<pid>.<random>.tmp`) and renamed
-into place, so a file is whole or absent. A failed write removes its temp file and raises
-OutputError naming the output; temp files a killed process left (its pid is gone) are
-removed by `remove_stale_temps`, which each stage runs on its outputs before it starts.
+Every output goes to a temp file beside it (`.<name>.<pid>.<random>.tmp`) renamed into place, so
+it is whole or absent; stages remove a killed process's temps first (`remove_stale_temps`).
 """
 
 from __future__ import annotations
@@ -73,10 +71,8 @@ def is_stale_temp(path: Path) -> bool:
 
 
 def remove_stale_temps(path: str | Path) -> int:
-    """Remove the temp files killed runs left for an output; return how many.
-
-    A folder output is searched through; for a file output only its own temp files count.
-    """
+    """Remove the temp files killed runs left for an output (a folder: all under it); return how
+    many."""
     path = Path(path)
     if path.is_dir():
         candidates = path.rglob(".*" + TEMP_SUFFIX)
@@ -108,12 +104,8 @@ def _write_failure(path: Path, err: BaseException, tmp: str | None, needed: int 
 def atomic_write(
     path: str | Path, mode: str = "wb", *, size_hint: int | None = None
 ) -> Iterator[IO[Any]]:
-    """Open a temp file beside `path`; rename it over `path` only if the block succeeds.
-
-    A crash or exception leaves either the old file or none, never a half-written one, and
-    no temp file. An OS fault (disk full, read-only, permissions) becomes OutputError naming
-    `path`; `size_hint` (bytes) lets a full-disk message say how much the file needed.
-    """
+    """Open a temp file beside `path`; rename it over `path` only if the block succeeds. An OS
+    fault becomes OutputError naming `path` (a full disk: and the `size_hint` bytes needed)."""
     path = Path(path)
     tmp = None
     try:
@@ -148,10 +140,8 @@ def write_json(path: str | Path, obj: Any, *, indent: bool = True) -> None:
 def write_csv(
     path: str | Path, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None
 ) -> None:
-    """Rows of dicts as CSV, written atomically; None is an empty cell.
-
-    The header is `columns` (keys outside them are left out), else the first row's keys.
-    """
+    """Rows of dicts as CSV, written atomically; None is an empty cell. The header is `columns`
+    (other keys are left out), else the first row's keys."""
     buf = io.StringIO()
     fieldnames = list(columns if columns is not None else rows[0] if rows else ())
     writer = csv.DictWriter(buf, fieldnames, extrasaction="ignore", lineterminator="\n")
@@ -180,17 +170,10 @@ def read_json(path: str | Path) -> Any:
 
 
 def safe_join(root: str | Path, relative: str) -> Path:
-    """Join a relative name taken from data (a file_name, an archive member) under root.
-
-    Absolute names and names that climb out of root ('..') are refused, so hostile
-    annotation files or archives cannot make us read or write elsewhere.
-    """
+    """Join a relative name taken from data (a file_name, an archive member) under root; names
+    that are absolute or climb out ('..') are refused: hostile data reaches nothing else."""
     posix = PurePosixPath(relative.replace("\\", "/"))
-    if (
-        not relative
-        or posix.is_absolute()
-        or ".." in posix.parts
-        or (len(relative) > 1 and relative[1] == ":")
-    ):
+    drive = len(relative) > 1 and relative[1] == ":"
+    if not relative or posix.is_absolute() or ".." in posix.parts or drive:
         raise DataError(f"unsafe path {relative!r}: must be relative and stay inside {root}")
     return Path(root).joinpath(*posix.parts)

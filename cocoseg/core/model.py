@@ -1,9 +1,8 @@
 """Build torchvision's Mask R-CNN for our classes, and save/load the trained model file.
 
-Training starts from `train.weights`: `coco` (torchvision's COCO-pretrained model, through
-torchvision's own cache and download), `imagenet` (backbone only), `none`, or a checkpoint
-path. Pretrained starts get torchvision's fine-tuning layout (frozen batch norm in the v1
-backbone, stem and layer1 frozen); `load_trained_model` rebuilds the same layout.
+`train.weights` is `coco` (through torchvision's cache), `imagenet` (backbone), `none` or a
+checkpoint. Pretrained starts get torchvision's fine-tuning layout, which `load_trained_model`
+rebuilds.
 """
 
 from __future__ import annotations
@@ -53,11 +52,8 @@ TRAINABLE_LAYERS = ("layer2", "layer3", "layer4")  # torchvision's default of 3 
 
 
 def set_anchors(model: MaskRCNN, sizes: Sequence[int], ratios: Sequence[float]) -> MaskRCNN:
-    """One anchor size per FPN level, every ratio at each; a new RPN head only if its shape changes.
-
-    The RPN head's shape depends only on the number of ratios, so with torchvision's three
-    ratios COCO weights still load whatever the sizes.
-    """
+    """One anchor size per FPN level, every ratio at each; a new RPN head only if its shape
+    (the number of ratios) changes, so COCO weights load whatever the sizes."""
     levels = len(model.rpn.anchor_generator.sizes)
     if len(sizes) != levels:
         raise ParamError(
@@ -84,12 +80,8 @@ def build_model(
     anchor_ratios: Sequence[float] = ANCHOR_RATIOS,
     **kwargs: Any,
 ) -> MaskRCNN:
-    """A randomly initialised Mask R-CNN with heads for `num_classes` (background included).
-
-    Its transform pastes all of an image's masks at once (`cocoseg.core.paste`): the same masks as
-    torchvision's, without its per-detection loop. Extra keyword arguments (weights,
-    weights_backbone, ...) go to torchvision's builder.
-    """
+    """A randomly initialised Mask R-CNN for `num_classes` (background included) whose transform
+    pastes masks batched (`cocoseg.core.paste`); extra kwargs go to torchvision's builder."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
     kwargs.setdefault("weights", None)
@@ -100,12 +92,7 @@ def build_model(
 
 
 def model_record(
-    model: torch.nn.Module,
-    classes: list[str],
-    arch: str,
-    min_size: int,
-    max_size: int,
-    params: dict[str, Any],
+    model: nn.Module, classes: list[str], arch: str, min_size: int, max_size: int, params: dict
 ) -> dict[str, Any]:
     """What models/model.pt holds: weights plus everything needed to rebuild and use them."""
     module = model.module if hasattr(model, "module") else model
@@ -167,11 +154,8 @@ def fetch_state_dict(weights: WeightsEnum, param_value: str) -> dict[str, torch.
 
 
 def freeze_bn(module: nn.Module, eps: float) -> nn.Module:
-    """Swap every BatchNorm2d under module for a FrozenBatchNorm2d with the same statistics.
-
-    Each replacement takes the device and dtype of the batch norm it replaces, so a layout
-    applied after `model.to(device)` leaves no tensor behind on the CPU.
-    """
+    """Swap every BatchNorm2d under module for a FrozenBatchNorm2d with the same statistics,
+    device and dtype (so a layout applied after `model.to(device)` leaves none on the CPU)."""
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d):
             like = child.running_mean if child.running_mean is not None else child.weight
@@ -206,10 +190,7 @@ def coco_rows(classes: list[str]) -> list[int]:
 
 
 def select_coco_rows(state: dict[str, torch.Tensor], classes: list[str]) -> dict[str, torch.Tensor]:
-    """The 91-class predictors' rows of background + `classes`, as a (K+1)-class state dict.
-
-    Box regression has 4 rows per class; the mask logits one channel per class.
-    """
+    """The 91-class predictors' rows of background + `classes`, as a (K+1)-class state dict."""
     rows = torch.tensor(coco_rows(classes))
     box_rows = (rows[:, None] * 4 + torch.arange(4)).flatten()
     box, mask = BOX_PREDICTOR, MASK_PREDICTOR
@@ -317,10 +298,8 @@ def build_for_training(
     load_weights: bool = True,
     **kwargs: Any,
 ) -> MaskRCNN:
-    """The model to fine-tune: layout from `weights`, loaded unless `load_weights` is False.
-
-    `load_weights=False` gives the bare skeleton a resumed run loads its checkpoint into.
-    """
+    """The model to fine-tune: layout from `weights`, loaded unless `load_weights` is False
+    (the bare skeleton a resumed run loads its checkpoint into)."""
     model = build_model(arch, len(classes) + 1, min_size=min_size, max_size=max_size, **kwargs)
     pretrained_layout(model, arch, weights)
     if load_weights:
@@ -333,10 +312,8 @@ def load_trained_model(
     device: str | torch.device = "cpu",
     expect_classes: Sequence[str] = (),
 ) -> tuple[MaskRCNN, list[str]]:
-    """Rebuild the trained model (its own arch and resize) in eval mode, with its class names.
-
-    With `expect_classes`, a model trained for other classes (a stale model.pt) is refused.
-    """
+    """Rebuild the trained model (its own arch and resize) in eval mode, with its class names;
+    with `expect_classes`, a model trained for other classes (a stale model.pt) is refused."""
     record = load_record(path)
     missing = {"model", "classes", "arch", "min_size", "max_size"} - set(record)
     if missing:

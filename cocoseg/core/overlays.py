@@ -1,9 +1,7 @@
 """Drawing annotations onto images: a fixed colour per class, masks, boxes, placed labels.
 
-`overlay` is what every figure with images uses (predict's overlays and contact sheet, the
-EDA samples, evaluate's samples and worst images). Labels are placed so that they never
-cover one another: in crowded images the less important ones are left out (see
-`place_labels`). PNGs are written atomically through `cocoseg.core.io`.
+`overlay` draws every figure's images. Labels never cover one another: in crowded images the less
+important ones are left out (`place_labels`).
 """
 
 from __future__ import annotations
@@ -33,19 +31,9 @@ FIXED_COLORS: dict[str, Color] = {
 }
 # Handed out, in order, to any other class names.
 SPARE_COLORS: list[Color] = [
-    (213, 94, 0),
-    (86, 180, 233),
-    (240, 228, 66),
-    (127, 60, 141),
-    (17, 165, 121),
-    (57, 105, 172),
-    (242, 183, 1),
-    (231, 63, 116),
-    (128, 186, 90),
-    (230, 131, 16),
-    (0, 134, 149),
-    (207, 28, 144),
-]
+    (213, 94, 0), (86, 180, 233), (240, 228, 66), (127, 60, 141), (17, 165, 121), (57, 105, 172),
+    (242, 183, 1), (231, 63, 116), (128, 186, 90), (230, 131, 16), (0, 134, 149), (207, 28, 144),
+]  # fmt: skip
 UNKNOWN_COLOR: Color = (128, 128, 128)
 MASK_ALPHA = 0.45
 CROWD_ALPHA = 0.25
@@ -179,11 +167,8 @@ def _label_priority(ann: Mapping[str, Any]) -> tuple[bool, float, float]:
 
 
 def label_spots(box: Sequence[float], size: tuple[float, float]) -> list[Rect]:
-    """Where a label of size (w, h) may go for an xywh box, in order of preference.
-
-    Above the box, inside its top, below it: each flush with the box's left edge, then
-    with its right edge. Every spot touches the box, so a label is never far from it.
-    """
+    """Where a label of size (w, h) may go for an xywh box, best first: above the box, inside
+    its top, below it; each flush left, then flush right. Every spot touches the box."""
     x, y, w, h = (float(v) for v in box)
     lw, lh = size
     spots = []
@@ -201,11 +186,8 @@ def _overlap(a: Rect, b: Rect) -> bool:
 def place_labels(
     boxes: Sequence[Sequence[float]], sizes: Sequence[tuple[float, float]], width: int, height: int
 ) -> list[Rect | None]:
-    """A spot per label, greedily in the given (priority) order, or None when none is free.
-
-    Each label takes the first of its `label_spots`, shifted sideways into the image, that
-    lies inside the image and covers no label placed before it.
-    """
+    """A spot per label, greedily in the given (priority) order: the first of its `label_spots`,
+    shifted sideways into the image, inside it and over no earlier label; None when none is."""
     placed: list[Rect] = []
     spots: list[Rect | None] = []
     for box, (lw, lh) in zip(boxes, sizes, strict=True):
@@ -261,12 +243,8 @@ def _draw_label(draw: ImageDraw.ImageDraw, label: Label, font: Any, pad: int) ->
     left, top, right, bottom = label.rect
     draw.rectangle([left, top, right - 1, bottom - 1], fill=label.color)
     text_left, text_top, _, _ = draw.textbbox((0, 0), "Ag", font=font)
-    draw.text(
-        (left + pad - text_left, top + pad - text_top),
-        label.text,
-        fill=_text_fill(label.color),
-        font=font,
-    )
+    origin = (left + pad - text_left, top + pad - text_top)
+    draw.text(origin, label.text, fill=_text_fill(label.color), font=font)
 
 
 def _draw_box(draw: ImageDraw.ImageDraw, box: Sequence[float], color: Color, width: int) -> None:
@@ -285,13 +263,8 @@ def overlay(
     *,
     colors: Mapping[str, Color] | None = None,
 ) -> np.ndarray:
-    """A copy of image (HxWx3 uint8) with each annotation's mask, box and label drawn.
-
-    Masks are semi-transparent with a solid outline; crowd regions are hatched and dimmer.
-    Predictions (with "score") are labelled "name 0.87". Labels never overlap: where
-    there is no free spot next to a box, its label is left out (`place_labels`). Unknown
-    category ids are grey.
-    """
+    """A copy of image (HxWx3 uint8) with each annotation's mask (crowds hatched and dimmer), box
+    and label ("name 0.87" for a prediction) drawn; unknown category ids are grey."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"overlay expects an HxWx3 image, got shape {image.shape}")

@@ -1,17 +1,11 @@
 """Paste Mask R-CNN's 28x28 mask probabilities into the image, all detections at once.
 
-torchvision's `paste_masks_in_image` pastes one detection at a time in Python (~17 kernel
-launches and ~13 device-to-host syncs per mask, one full-image buffer each): most of the
-model's time on a GPU at 100 detections. `paste_masks` gives the same masks with a few
-batched operations per group of masks and one sync per image (the box sizes). It keeps
-torchvision's padding and box expansion (its own `expand_masks` and `expand_boxes`), and
-computes, for the pixels each box covers only, the bilinear interpolation
-`F.interpolate(align_corners=False)` would give at the box's size: the kernel's weights, its
-order of operations and its fused multiply-adds (emulated in float64). Values match to the
-last bit but for rare rounding ties, and thresholded masks match.
-
-`BatchedPasteTransform` is torchvision's transform with this paste; `build_model` gives our
-models one, leaving torchvision's classes untouched for other code.
+torchvision's `paste_masks_in_image` pastes one detection at a time (~13 host syncs per mask):
+most of the model's GPU time at 100 detections. `paste_masks` batches groups of masks with one
+sync per image, keeping torchvision's padding and box expansion, and computes for the pixels in
+each box what `F.interpolate(align_corners=False)` gives: its weights, order of operations and
+fused multiply-adds (emulated in float64). Values match but for rare rounding ties; thresholded
+masks match. `BatchedPasteTransform` is torchvision's transform with this paste.
 """
 
 from __future__ import annotations
@@ -19,11 +13,7 @@ from __future__ import annotations
 import torch
 import torchvision
 from torch import Tensor
-from torchvision.models.detection.roi_heads import (
-    expand_boxes,
-    expand_masks,
-    paste_masks_in_image,
-)
+from torchvision.models.detection.roi_heads import expand_boxes, expand_masks, paste_masks_in_image
 from torchvision.models.detection.transform import (
     GeneralizedRCNNTransform,
     resize_boxes,
@@ -48,10 +38,8 @@ def batched_paste_supported(masks: Tensor) -> bool:
 def paste_masks(
     masks: Tensor, boxes: Tensor, image_shape: tuple[int, int], padding: int = 1
 ) -> Tensor:
-    """(N, 1, M, M) mask probabilities in their (N, 4) xyxy boxes as (N, 1, H, W) image masks.
-
-    Same result as torchvision's `paste_masks_in_image`, same dtype, zero outside the boxes.
-    """
+    """(N, 1, M, M) mask probabilities in their (N, 4) xyxy boxes as (N, 1, H, W) image masks:
+    torchvision's `paste_masks_in_image` result and dtype, zero outside the boxes."""
     height, width = image_shape
     out = masks.new_zeros((masks.shape[0], 1, height, width))
     if masks.shape[0] == 0:
@@ -74,10 +62,8 @@ def paste_masks(
 
 
 def pasted_regions(int_boxes: Tensor, height: int, width: int) -> Tensor:
-    """(N, 4) x, y, width, height of the part of each integer box inside the image.
-
-    torchvision's paste writes box columns x0..x1 and rows y0..y1 (inclusive) that lie in it.
-    """
+    """(N, 4) x, y, width, height of the part of each integer box inside the image (torchvision
+    writes box columns x0..x1 and rows y0..y1, inclusive, that lie in it)."""
     x0, y0, x1, y1 = int_boxes.clamp(min=0).unbind(1)
     x0, x1 = x0.clamp(max=width), (x1 + 1).clamp(max=width)
     y0, y1 = y0.clamp(max=height), (y1 + 1).clamp(max=height)
@@ -103,11 +89,8 @@ def mask_groups(
     mask_size: int,
     budget: int = CHUNK_BYTES,
 ) -> list[list[int]]:
-    """Masks that paste something, grouped by kernel, each group within `budget` of scratch.
-
-    A mask's scratch grows with its pixels and its columns (a mask column per box column);
-    a mask over the budget alone goes in a group of its own.
-    """
+    """Masks that paste something, grouped by kernel, each group within `budget` of scratch
+    (which grows with pixels and box columns); a mask over the budget alone is a group."""
     pasting = [m for m, (w, h) in enumerate(zip(widths, heights, strict=True)) if w and h]
     groups: list[list[int]] = []
     used = 0
@@ -194,12 +177,9 @@ def _spans(lengths: Tensor, starts: Tensor, total: int) -> tuple[Tensor, Tensor]
 
 
 def interpolation_taps(offsets: Tensor, sizes: Tensor, in_size: int) -> tuple[Tensor, ...]:
-    """Bilinear taps of `F.interpolate(align_corners=False)` from `in_size` to `sizes`.
-
-    For output positions `offsets` (0 <= offset < size): the two source indices and their
-    float32 weights, as PyTorch's kernels compute them (float32 scale, the source index by a
-    fused multiply-add, index and weight clamped as in `guard_index_and_lambda`).
-    """
+    """Bilinear taps of `F.interpolate(align_corners=False)` from `in_size` to `sizes`: for output
+    positions `offsets`, the two source indices and float32 weights as PyTorch's kernels compute
+    them (float32 scale, source index by a fused multiply-add, `guard_index_and_lambda` clamps)."""
     scale = torch.full_like(sizes, in_size, dtype=torch.float32) / sizes.to(torch.float32)
     centre = offsets.to(torch.float64) + 0.5
     source = (centre * scale.to(torch.float64) - 0.5).to(torch.float32).clamp(min=0)
@@ -211,11 +191,8 @@ def interpolation_taps(offsets: Tensor, sizes: Tensor, in_size: int) -> tuple[Te
 
 
 def kernel_taps(offsets: Tensor, sizes: Tensor, in_size: int, stored: torch.dtype) -> tuple:
-    """`interpolation_taps` with weights as the kernel stores them, in `stored`.
-
-    PyTorch's generic CPU kernel keeps the upper weight in the input dtype and the lower one
-    as one minus it, rounded again; in float32 that is the same as the plain weights.
-    """
+    """`interpolation_taps` with weights as the kernel stores them, in `stored`: PyTorch's generic
+    CPU kernel keeps the upper weight in the input dtype and the lower as one minus it, rounded."""
     lo, hi, weight_lo, weight_hi = interpolation_taps(offsets, sizes, in_size)
     if stored == torch.float32:
         return lo, hi, weight_lo, weight_hi
@@ -224,19 +201,14 @@ def kernel_taps(offsets: Tensor, sizes: Tensor, in_size: int, stored: torch.dtyp
 
 
 def fma32(x: Tensor, y: Tensor, addend: Tensor) -> Tensor:
-    """x * y + addend rounded once to float32, as a fused multiply-add does.
-
-    x * y of two float32 is exact in float64; the sum is rounded twice (to float64, then
-    float32), which differs from one rounding only in rare ties.
-    """
+    """x * y + addend rounded to float32 as a fused multiply-add does: the product is exact in
+    float64; rounding the sum twice (float64, float32) differs from once only in rare ties."""
     return torch.addcmul(addend.to(torch.float64), x.to(torch.float64), y.to(torch.float64)).float()
 
 
 def four_tap_interpolation(values: tuple[Tensor, ...], weights: tuple[Tensor, ...]) -> Tensor:
-    """v00 * w00 + v01 * w01 + v10 * w10 + v11 * w11 as the CPU's channels-last kernel rounds it.
-
-    fma(v00, w00, v01 * w01), then the other two taps fused in turn.
-    """
+    """v00 * w00 + v01 * w01 + v10 * w10 + v11 * w11 as the CPU's channels-last kernel rounds it:
+    fma(v00, w00, v01 * w01), then the other two taps fused in turn."""
     (v00, v01, v10, v11), (w00, w01, w10, w11) = values, weights
     return fma32(v11, w11, fma32(v10, w10, fma32(v00, w00, v01 * w01)))
 

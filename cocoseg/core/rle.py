@@ -1,12 +1,8 @@
 """COCO RLEs of thresholded masks from their crops: little to move off the device, little GIL.
 
-A detection's mask is empty outside a small part of the image. On the device, each
-thresholded mask is cut to its own bounding box and the crops are packed in one flat
-buffer, column by column (pycocotools' order): that buffer, not the full-image masks, goes
-to the host. There numpy finds where runs change in the crops (large array operations,
-which release the GIL) and pycocotools only compresses the run lengths (`frPyObjects`),
-instead of `pycocotools.mask.encode` scanning every full-image mask while holding the GIL.
-The `counts` strings are the ones `encode` gives for the full-image masks.
+On the device each mask is cut to its bounding box and the crops packed column by column
+(pycocotools' order) into one buffer for the host. There numpy finds the runs (releasing the GIL)
+and pycocotools only compresses them: the `counts` `mask.encode` gives for the full-image masks.
 """
 
 from __future__ import annotations
@@ -23,10 +19,8 @@ CROP_CHUNK = 2**24  # crop pixels gathered per step (int64 indices: 128 MiB)
 
 
 def crop_bounds(probabilities: Tensor, threshold: float) -> Tensor:
-    """(N, 4) x, y, width, height of where each (N, H, W) mask is above `threshold` (0 if nowhere).
-
-    From the largest value of each row and column, without a full-image boolean mask.
-    """
+    """(N, 4) x, y, width, height of where each (N, H, W) mask is above `threshold` (0 if nowhere),
+    from each row's and column's maximum, without a full-image boolean mask."""
     x, width = _span(probabilities.amax(dim=1) > threshold)
     y, height = _span(probabilities.amax(dim=2) > threshold)
     return torch.stack([x, y, width, height], dim=1)
@@ -41,10 +35,8 @@ def _span(hits: Tensor) -> tuple[Tensor, Tensor]:
 
 def gather_crops(values: Tensor, bounds: Tensor, host_bounds: list[list[int]]) -> Tensor:
     """The `bounds` crops of (N, H, W) `values` in one flat tensor, each column by column.
-
-    `host_bounds` is `bounds` on the host: sizes are known without a sync, and masks go in
-    steps of at most `CROP_CHUNK` pixels (a larger mask alone) to bound the index memory.
-    """
+    `host_bounds` (`bounds` on the host) gives sizes without a sync; steps of at most
+    `CROP_CHUNK` pixels (a larger mask alone) bound the index memory."""
     steps, start, pixels = [], 0, 0
     for end, (_, _, w, h) in enumerate(host_bounds):
         if pixels and pixels + w * h > CROP_CHUNK:
@@ -81,11 +73,8 @@ def _gather(
 
 
 def crop_rles(crops: np.ndarray, bounds: np.ndarray, height: int, width: int) -> list[dict]:
-    """COCO RLEs (`counts` as str) of the full-image masks whose crops `gather_crops` packed.
-
-    The runs of a mask in the image, read column by column, are those of its crop columns
-    with zeros between them; a crop as tall as the image is one unbroken stretch.
-    """
+    """COCO RLEs (`counts` as str) of the full-image masks whose crops `gather_crops` packed: a
+    mask's runs are its crop columns' with zeros between (a full-height crop is one stretch)."""
     if len(bounds) == 0:
         return []
     x, y, crop_w, crop_h = (bounds[:, k].astype(np.int64) for k in range(4))

@@ -1,9 +1,7 @@
 """Figures: comparison grids, contact sheets, error charts, built on overlays of images.
 
-Figures are built on `matplotlib.figure.Figure` (the Agg canvas) and never touch pyplot,
-so importing this module changes no global backend and works headless. PNGs are written
-atomically through `cocoseg.core.io`. The overlay drawing itself lives in `cocoseg.core.overlays`;
-its public names are importable from here too.
+Built on `matplotlib.figure.Figure`, never pyplot: importing this sets no global backend and works
+headless. The overlay names of `cocoseg.core.overlays` are importable from here too.
 """
 
 from __future__ import annotations
@@ -30,22 +28,10 @@ from cocoseg.core.overlays import (
 )
 
 __all__ = [
-    "FIXED_COLORS",
-    "OUTCOME_COLORS",
-    "ann_mask",
-    "class_colors",
-    "comparison_figure",
-    "comparison_grid",
-    "contact_sheet",
-    "error_bars",
-    "error_bars_figure",
-    "error_grid",
-    "mpl_color",
-    "note_figure",
-    "overlay",
-    "save_figure",
-    "save_png",
-]
+    "FIXED_COLORS", "OUTCOME_COLORS", "ann_mask", "class_colors", "comparison_figure",
+    "comparison_grid", "contact_sheet", "error_bars", "error_bars_figure", "error_grid",
+    "mpl_color", "note_figure", "overlay", "save_figure", "save_png",
+]  # fmt: skip
 
 FIG_DPI = 120
 LEGEND_COLUMNS = 6  # entries per legend row above image grids
@@ -68,6 +54,7 @@ MISSED_STYLES = {
     "missed_large": (0.0, ""),
 }
 MISSED_HATCH_COLOR: Color = (120, 50, 0)
+Row = tuple[np.ndarray, list[dict], list[dict]]  # an image, its ground truth, its predictions
 
 
 def mpl_color(color: Color) -> tuple[float, float, float]:
@@ -76,19 +63,12 @@ def mpl_color(color: Color) -> tuple[float, float, float]:
 
 
 def save_figure(fig: Figure, path: str | Path, *, dpi: int = FIG_DPI, tight: bool = True) -> None:
-    """Render a matplotlib Figure to PNG and write it atomically.
-
-    `tight` crops the figure to what is drawn, at the price of drawing it twice; a figure
-    whose layout already fits its contents (the contact sheet) saves half its time without.
-    """
+    """Render a Figure to PNG atomically. `tight` crops to what is drawn but draws twice; a
+    figure whose layout already fits (the contact sheet) saves half its time without."""
     buf = io.BytesIO()
+    bbox, pil_kwargs = "tight" if tight else None, {"compress_level": PNG_COMPRESS_LEVEL}
     fig.savefig(
-        buf,
-        format="png",
-        dpi=dpi,
-        bbox_inches="tight" if tight else None,
-        facecolor="white",
-        pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL},
+        buf, format="png", dpi=dpi, bbox_inches=bbox, facecolor="white", pil_kwargs=pil_kwargs
     )
     write_bytes(path, buf.getvalue())
 
@@ -98,17 +78,15 @@ def legend_handles(colors: Mapping[str, Color]) -> list[Patch]:
     return [Patch(facecolor=mpl_color(c), edgecolor="none", label=n) for n, c in colors.items()]
 
 
-def _add_class_legend(fig: Figure, colors: Mapping[str, Color], *, top: float = 1.0) -> None:
+def _add_class_legend(
+    fig: Figure, colors: Mapping[str, Color], *, top: float = 1.0, fontsize: int = 11
+) -> None:
     """A class legend centred under `top` (a fraction of the figure's height)."""
     if colors:
         fig.legend(
-            handles=legend_handles(colors),
-            loc="upper center",
-            ncol=min(len(colors), LEGEND_COLUMNS),
-            frameon=False,
-            bbox_to_anchor=(0.5, top),
-            fontsize=11,
-        )
+            handles=legend_handles(colors), loc="upper center", frameon=False, fontsize=fontsize,
+            ncol=min(len(colors), LEGEND_COLUMNS), bbox_to_anchor=(0.5, top),
+        )  # fmt: skip
 
 
 def _show(ax: Any, image: np.ndarray, title: str | None = None) -> None:
@@ -136,7 +114,7 @@ def note_figure(text: str, path: str | Path) -> None:
 
 
 def comparison_figure(
-    rows: list[tuple[np.ndarray, list[dict], list[dict]]],
+    rows: list[Row],
     categories: dict[int, str],
     *,
     title: str | None = None,
@@ -147,11 +125,8 @@ def comparison_figure(
     no_prediction: str = "no detection",
 ) -> Figure:
     """One row per image: its ground truth beside its prediction, under a title and legend.
-
-    By default each class has its `class_colors` colour and the legend lists the classes;
-    `colors` (by category name) and `legend` (label -> colour) override both. A prediction
-    panel with nothing to draw says `no_prediction`, so it is not mistaken for a glitch.
-    """
+    `colors` (by name) and `legend` (label -> colour) override the class colours; an empty
+    prediction panel says `no_prediction`, so it is not mistaken for a glitch."""
     if not rows:
         raise ValueError("comparison_grid needs at least one row")
     colors = dict(colors) if colors is not None else class_colors(list(categories.values()))
@@ -177,10 +152,7 @@ def comparison_figure(
 
 
 def comparison_grid(
-    rows: list[tuple[np.ndarray, list[dict], list[dict]]],
-    categories: dict[int, str],
-    path: str | Path,
-    **options: Any,
+    rows: list[Row], categories: dict[int, str], path: str | Path, **options: Any
 ) -> None:
     """`comparison_figure` (same options) written as a PNG."""
     save_figure(comparison_figure(rows, categories, **options), path)
@@ -201,13 +173,9 @@ def contact_sheet(
     columns = max(1, min(columns, len(images) or 1))
     n_rows = max(1, -(-len(images) // columns))
     cell = 3.2
+    grid = [images[r * columns :][:columns] for r in range(n_rows)]
     heights = [
-        cell
-        * max(
-            (img.shape[0] / img.shape[1] for img in images[r * columns :][:columns]), default=0.75
-        )
-        + 0.35
-        for r in range(n_rows)
+        cell * max((i.shape[0] / i.shape[1] for i in row), default=0.75) + 0.35 for row in grid
     ]
     header = (0.5 if title else 0) + (0.4 if colors else 0)
     fig = Figure(figsize=(columns * cell, sum(heights) + header))
@@ -229,15 +197,7 @@ def contact_sheet(
     )
     if title:
         fig.suptitle(title, fontsize=14, y=1.0 - 0.05 / fig_h, va="top")
-    if colors:
-        fig.legend(
-            handles=legend_handles(colors),
-            loc="upper center",
-            ncol=min(len(colors), 6),
-            frameon=False,
-            bbox_to_anchor=(0.5, 1 - (0.5 if title else 0) / fig.get_figheight()),
-            fontsize=10,
-        )
+    _add_class_legend(fig, colors or {}, top=1 - (0.5 if title else 0) / fig_h, fontsize=10)
     save_figure(fig, path, tight=False)
 
 
@@ -257,18 +217,15 @@ def _by_outcome(anns: list[dict], names: dict[tuple[int, str], int]) -> list[dic
 
 
 def error_grid(
-    rows: list[tuple[np.ndarray, list[dict], list[dict]]],
+    rows: list[Row],
     categories: dict[int, str],
     path: str | Path,
     *,
     title: str | None = None,
     row_labels: Sequence[str] | None = None,
 ) -> None:
-    """`comparison_grid` of ground truth beside predictions, coloured by error outcome.
-
-    Each annotation carries an `outcome` (a key of OUTCOME_COLORS, as
-    `error_analysis.image_outcomes` gives them); the legend lists the outcomes.
-    """
+    """`comparison_grid` coloured by each annotation's `outcome` (a key of OUTCOME_COLORS, as
+    `error_analysis.image_outcomes` gives them); the legend lists the outcomes."""
     names: dict[tuple[int, str], int] = {}
     recoded = [
         (image, _by_outcome(gts, names), _by_outcome(preds, names)) for image, gts, preds in rows
@@ -281,15 +238,8 @@ def error_grid(
         labels[new_id]: OUTCOME_COLORS.get(outcome, UNKNOWN_COLOR)
         for (_, outcome), new_id in names.items()
     }
-    comparison_grid(
-        recoded,
-        labels,
-        path,
-        title=title,
-        row_labels=row_labels,
-        colors=colors,
-        legend=OUTCOME_COLORS,
-    )
+    comparison_grid(recoded, labels, path, title=title, row_labels=row_labels, colors=colors,
+                    legend=OUTCOME_COLORS)  # fmt: skip
 
 
 def _shade(color: Color, towards_white: float) -> tuple[float, float, float]:
@@ -315,21 +265,12 @@ def error_bars_figure(
     fig = Figure(figsize=(8, 1.6 + 0.45 * len(rows)))
     ax = fig.subplots()
     labels = [str(r["class"]) for r in rows]
-    left = np.zeros(len(rows))
+    left, hatch_color = np.zeros(len(rows)), mpl_color(MISSED_HATCH_COLOR)
     for error_type in error_types:
         counts = np.array([float(r.get(error_type) or 0) for r in rows])
         color, hatch = error_type_style(error_type)
-        ax.barh(
-            labels,
-            counts,
-            left=left,
-            color=color,
-            hatch=hatch,
-            hatchcolor=mpl_color(MISSED_HATCH_COLOR),
-            edgecolor="white",
-            linewidth=0.6,
-            label=error_type.replace("_", ": "),
-        )
+        ax.barh(labels, counts, left=left, color=color, hatch=hatch, hatchcolor=hatch_color,
+                edgecolor="white", linewidth=0.6, label=error_type.replace("_", ": "))  # fmt: skip
         left += counts
     ax.invert_yaxis()
     ax.set_title(title, fontsize=12)

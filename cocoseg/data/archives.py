@@ -1,8 +1,7 @@
 """COCO's annotation archives: make data.coco_root hold the annotation files the pipeline reads.
 
-`ensure_annotations` reuses present files (checked, no request: a local copy works offline)
-and takes missing ones out of COCO's zip archives, fetched with `download_file` and
-extracted member by member, each path-checked and CRC-verified.
+Present files are reused (a local copy works offline); missing ones come out of COCO's zips,
+each member path-checked and CRC-verified.
 """
 
 from __future__ import annotations
@@ -36,11 +35,8 @@ def needed_files(need_test_info: bool) -> list[str]:
 
 
 def check_archive(archive: Path, members: list[str]) -> None:
-    """Refuse a file that is no zip, holds a member whose path leaves its folder, or lacks one.
-
-    Every member name is checked, not only the wanted ones: an archive carrying a path
-    traversal is hostile (or broken) as a whole.
-    """
+    """Refuse a file that is no zip, lacks a member, or holds any member (wanted or not) whose
+    path leaves its folder: such an archive is hostile or broken as a whole."""
     try:
         with zipfile.ZipFile(archive) as zf:
             names = zf.namelist()
@@ -60,11 +56,8 @@ def check_archive(archive: Path, members: list[str]) -> None:
 
 
 def extract_members(archive: Path, members: list[str], target: Path) -> list[Path]:
-    """Stream the named members of `archive` to their paths under `target`; return them.
-
-    Each member goes through a temp file renamed only after its CRC matched, so a corrupt
-    archive leaves nothing behind; it raises DataError naming the archive and member.
-    """
+    """Stream the named members of `archive` to their paths under `target`; return them. Each
+    is renamed into place once its CRC matched: a corrupt one leaves nothing (DataError)."""
     check_archive(archive, members)
     written = []
     with zipfile.ZipFile(archive) as zf:
@@ -80,12 +73,8 @@ def extract_members(archive: Path, members: list[str], target: Path) -> list[Pat
 
 
 def inspect_json(path: Path) -> dict[str, Any]:
-    """Size and md5 of a JSON file, refusing one that is truncated; one chunked read.
-
-    Cheap completeness test in the same pass as the md5: the text starts with '{', ends
-    with '}' and its braces and brackets balance (a truncated object never balances). Only
-    when that fails is the file fully parsed, so odd-but-valid JSON is not refused.
-    """
+    """Size and md5 of a JSON file, refusing a truncated one, in one chunked read: '{' ... '}'
+    with balanced braces and brackets passes; only otherwise is the file parsed to decide."""
     md5, size, depth = hashlib.md5(), 0, [0, 0]
     first = last = b""
     with open(path, "rb") as f:
@@ -122,12 +111,8 @@ def _listed(names: list[str]) -> str:
 
 
 def check_coco_root(coco_root: Path, names: list[str], base_url: str) -> None:
-    """Refuse a data.coco_root that is a COCO copy (train2017/ or val2017/) with no annotations.
-
-    Such a folder is a wrong or half-copied root, not a download target: say so before any
-    request. A folder that does not exist yet (the default data/coco), or one that already
-    holds some of the files or an earlier run's partial download, is filled by downloading.
-    """
+    """Refuse, before any request, a data.coco_root that is a COCO copy (train2017/ or val2017/)
+    with none of the annotation files: a wrong or half-copied root, not a download target."""
     if coco_root.exists() and not coco_root.is_dir():
         raise DataError(f"data.coco_root = {coco_root} is a file, not a folder")
     images = [f"{d}/" for d in LABELLED_SOURCES if (coco_root / d).is_dir()]
@@ -188,11 +173,9 @@ def ensure_annotations(
 ) -> dict[str, Any]:
     """Make coco_root/annotations hold the needed COCO-2017 files; return their manifest.
 
-    Present files are checked (not truncated) and reused without any request, so a local
-    copy works offline. Missing ones are extracted from COCO's zips, fetched into
-    coco_root/.downloads and deleted once extracted. A COCO copy with none of the files
-    fails before any request (check_coco_root); an unreachable base_url fails at once with
-    the offline way out (offline_hint). Messages name the params keys data.coco_root etc.
+    Present files are checked and reused without a request. Missing ones are extracted from COCO's
+    zips, fetched into coco_root/.downloads and deleted after; an unreachable base_url fails at
+    once with the offline way out (offline_hint).
     """
     coco_root = Path(coco_root)
     ann_dir = coco_root / "annotations"
@@ -217,5 +200,5 @@ def ensure_annotations(
     return {
         "coco_root": str(coco_root),
         "base_url": base_url,
-        "files": {name: files[name] for name in names},
+        "files": {n: files[n] for n in names},
     }

@@ -1,10 +1,8 @@
 """Read and check one COCO instances file: typed records, raw segmentations, drop counts.
 
-msgspec decodes the file in one call, each image and annotation kept as a `Raw` span of
-its bytes: decoded typed when checked, to a dict only when written. Segmentations are
-decoded only for the categories asked for. Wrong types, duplicate ids and unknown
-categories stop naming the file and id; orphan annotations, degenerate boxes, short
-polygons and broken RLE are dropped and counted.
+msgspec decodes the file once, each record kept as a `Raw` span of its bytes (typed when checked,
+a dict only when written). Wrong types, duplicate ids and unknown categories stop, naming the file
+and id; unusable annotations are dropped and counted (DROP_REASONS).
 """
 
 from __future__ import annotations
@@ -158,11 +156,8 @@ def decode_record(decoder: msgspec.json.Decoder, raw: Raw, path: Path, at: str) 
 
 
 def read_coco(path: Path, *, labelled: bool) -> CocoFile:
-    """Decode and check a COCO file's top level, images and categories (labelled: annotations).
-
-    A missing, truncated or corrupt file, a wrong type, a duplicate image or category id
-    stops the stage naming the file (and the id).
-    """
+    """Decode and check a COCO file's top level, images and categories (labelled: annotations);
+    a missing or corrupt file, a wrong type or a duplicate id stops, naming the file (and id)."""
     data = io.read_file(path)
     try:
         layout = msgspec.json.decode(data, type=Layout)
@@ -262,9 +257,9 @@ def check_annotations(
 ) -> tuple[dict[int, list[Kept]], Counter[str]]:
     """One pass over all annotations: check ids, note the wanted categories' usable ones by image.
 
-    A duplicate annotation id or an unknown category id stops the stage (the file is wrong
-    in a way we cannot guess around). An annotation whose image is missing is skipped and
-    counted: it cannot touch any image we output, and hand-trimmed files often leave them.
+    A duplicate annotation id or unknown category id stops (no guessing around it); an
+    annotation whose image is missing is dropped and counted (it touches no output;
+    hand-trimmed files often leave them).
     """
     path, known = file.path, {c.id for c in file.categories}
     seen: set[int] = set()

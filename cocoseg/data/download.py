@@ -1,10 +1,5 @@
-"""HTTP downloads with resume, retry and progress.
-
-`download_file` streams one URL to `<dest>.part`, resumes it with a Range request, retries
-transient failures with exponential backoff, verifies it and only then renames it to
-`dest`, so `dest` is either absent or complete. A host that does not resolve or refuses
-the connection fails at once (HostUnreachable): backoff cannot fix those.
-"""
+"""HTTP downloads with resume, retry and progress: `download_file` streams to `<dest>.part`,
+resumes with Range requests, retries transient failures with backoff, verifies, then renames."""
 
 from __future__ import annotations
 
@@ -86,10 +81,8 @@ def _expected_size(resp: requests.Response, offset: int) -> int | None:
 
 
 def _open_part(resp: requests.Response, url: str, part: Path, have: int) -> int:
-    """Decide from the status where this response's body goes; return the resume offset.
-
-    206 appends at `have`; 200 (no Range sent, or a server that ignores Range) restarts.
-    """
+    """The resume offset this response's body goes to: `have` for a 206; 0 for a 200 (no
+    Range sent, or a server that ignores it)."""
     code = resp.status_code
     if code in TRANSIENT_STATUS:
         raise _Transient(f"HTTP {code} {resp.reason}", _retry_after(resp))
@@ -150,12 +143,8 @@ def _causes(err: BaseException) -> Iterator[BaseException]:
 
 
 def _unreachable(url: str, err: BaseException) -> str | None:
-    """Why `url`'s host cannot be reached at all (name does not resolve, port refused), or None.
-
-    requests wraps both in a ConnectionError (urllib3's NameResolutionError over a
-    socket.gaierror; NewConnectionError over ConnectionRefusedError). Neither heals within a
-    backoff, unlike timeouts, resets and 5xx, which stay retried.
-    """
+    """Why `url`'s host cannot be reached at all (name does not resolve, port refused), or None:
+    neither heals within a backoff, unlike timeouts, resets and 5xx (requests wraps all alike)."""
     parts = urlsplit(url)
     for cause in _causes(err):
         if isinstance(cause, socket.gaierror):
@@ -246,12 +235,9 @@ def download_file(
 ) -> Path:
     """Download `url` to `dest` via `<dest>.part`, resuming, retrying and verifying; return dest.
 
-    Always fetches (callers skip files they already have). Transient failures (connection
-    errors, timeouts, 408/429/5xx, a body cut short) are retried `retries` times with
-    exponential backoff starting at `backoff` seconds; other HTTP errors fail at once, and
-    so does a host that does not resolve or refuses the connection (HostUnreachable).
-    `verify(part)` may raise DataError/DownloadError to reject the content. Safe to call
-    from several threads for different `dest`s (share a session or not).
+    Transient failures (connection errors, timeouts, 408/429/5xx, a short body) are retried
+    `retries` times, backing off from `backoff` seconds; others fail at once. `verify(part)` may
+    raise DataError/DownloadError to reject the content. Thread-safe for different `dest`s.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)

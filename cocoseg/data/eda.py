@@ -1,8 +1,7 @@
 """Exploratory analysis of data/subset: counts and sizes per split, and the figures that show them.
 
-Crowd annotations (iscrowd 1) are not instances: they are counted separately. Object sizes
-use COCOeval's ranges on the annotation's "area" (`cocoseg.core.coco`): small <= 32² < medium <= 96²
-< large.
+Crowd annotations (iscrowd 1) are counted apart from instances. Object sizes are COCOeval's ranges
+on the annotation's "area" (`cocoseg.core.coco`).
 """
 
 from __future__ import annotations
@@ -37,13 +36,9 @@ SIZE_LABELS = {
 SIZE_HATCH = {"small": "..", "medium": "///", "large": ""}  # bars keep the class colour
 SPLIT_COLORS = {"train": "#8c564b", "val": "#7f7f7f", "test": "#bcbd22"}
 MAX_COUNT_BIN = 15  # instances-per-image histogram: the last bar is "15+"
-FIGURES = (
-    "class_counts.png",
-    "instances_per_image.png",
-    "object_sizes.png",
-    "image_sizes.png",
-    "samples.png",
-)
+FIGURES = ("class_counts.png", "instances_per_image.png", "object_sizes.png", "image_sizes.png",
+           "samples.png")  # fmt: skip
+LEGEND_OUTSIDE = {"frameon": False, "loc": "upper left", "bbox_to_anchor": (1, 1)}
 
 
 # ---------------------------------------------------------------- loading
@@ -186,7 +181,7 @@ def plot_class_counts(summary: Mapping[str, Any], names: Sequence[str], path: Pa
         ax.set_xticks(x, [f"{s}\n({summary[s]['images']} images)" for s in splits])
         _style(ax, title, "split", key)
         ax.margins(y=0.12)
-    axes[1].legend(title="class", frameon=False, loc="upper left", bbox_to_anchor=(1, 1))
+    axes[1].legend(title="class", **LEGEND_OUTSIDE)
     fig.suptitle("Class counts per split", fontsize=14)
     fig.tight_layout()
     save_figure(fig, path)
@@ -214,13 +209,9 @@ def plot_instances_per_image(cocos: Mapping[str, dict[str, Any]], path: Path) ->
         for k, split in enumerate(splits):
             hist = _count_histogram(per_split[split], top)
             offset = (k - (len(splits) - 1) / 2) * width
-            ax.bar(
-                np.arange(len(hist)) + offset,
-                hist,
-                width,
-                color=SPLIT_COLORS.get(split, "#555555"),
-                label=f"{split} ({len(per_split[split])} images)",
-            )
+            label = f"{split} ({len(per_split[split])} images)"
+            color = SPLIT_COLORS.get(split, "#555555")
+            ax.bar(np.arange(len(hist)) + offset, hist, width, color=color, label=label)
         ticks = [str(i) for i in range(top + 1)]
         if cap is not None:
             ticks[-1] = f"{cap}+"
@@ -248,29 +239,17 @@ def plot_object_sizes(summary: Mapping[str, Any], names: Sequence[str], path: Pa
     axes = np.atleast_1d(fig.subplots(1, max(len(splits), 1), sharey=True))
     width = 0.27
     x = np.arange(len(names))
+    bar_colors = [mpl_color(colors[n]) for n in names]
     for ax, split in zip(axes, splits, strict=False):
         for k, (bin_name, hatch) in enumerate(SIZE_HATCH.items()):
             heights = [summary[split]["per_class"][n][bin_name] for n in names]
-            bars = ax.bar(
-                x + (k - 1) * width,
-                heights,
-                width,
-                color=[mpl_color(colors[n]) for n in names],
-                hatch=hatch,
-                edgecolor="black",
-                linewidth=0.5,
-            )
+            bars = ax.bar(x + (k - 1) * width, heights, width, color=bar_colors, hatch=hatch,
+                          edgecolor="black", linewidth=0.5)  # fmt: skip
             _label_bars(ax, bars, fontsize=7)
         ax.set_xticks(x, names)
         _style(ax, f"{split}: {summary[split]['instances']} instances", "class", "instances")
         ax.margins(y=0.12)
-    axes[-1].legend(
-        handles=_size_legend(),
-        title="COCO size bin",
-        frameon=False,
-        loc="upper left",
-        bbox_to_anchor=(1, 1),
-    )
+    axes[-1].legend(handles=_size_legend(), title="COCO size bin", **LEGEND_OUTSIDE)
     fig.suptitle("Object sizes per class (mask area in pixels)", fontsize=14)
     fig.tight_layout()
     save_figure(fig, path)
@@ -287,15 +266,9 @@ def plot_image_sizes(cocos: Mapping[str, dict[str, Any]], path: Path) -> None:
             continue
         (w, h), n = Counter(sizes).most_common(1)[0]
         ws, hs = zip(*sizes, strict=True)
-        ax.scatter(
-            ws,
-            hs,
-            s=22,
-            alpha=0.45,
-            marker=markers.get(split, "o"),
-            color=SPLIT_COLORS.get(split, "#555555"),
-            label=f"{split}: {len(sizes)} images (most common {w}×{h}: {n})",
-        )
+        marker, color = markers.get(split, "o"), SPLIT_COLORS.get(split, "#555555")
+        label = f"{split}: {len(sizes)} images (most common {w}×{h}: {n})"
+        ax.scatter(ws, hs, s=22, alpha=0.45, marker=marker, color=color, label=label)
     ax.set_title("Image sizes", fontsize=14)
     ax.set_xlabel("width (px)")
     ax.set_ylabel("height (px)")
@@ -307,11 +280,8 @@ def plot_image_sizes(cocos: Mapping[str, dict[str, Any]], path: Path) -> None:
 
 
 def sample_ids(coco: Mapping[str, Any], n: int, seed: int) -> list[int]:
-    """`n` image ids drawn reproducibly from `seed`, in image order.
-
-    Images with at least one instance are drawn first (a figure of empty images shows
-    nothing); images without any fill the grid only when there are too few of them.
-    """
+    """`n` image ids drawn reproducibly from `seed`, in image order; images with an instance
+    first (empty ones show nothing), the others only when there are too few."""
     rng = np.random.default_rng(seed)
     has_objects = set(a["image_id"] for a in coco.get("annotations", []) if not a.get("iscrowd"))
     order = list(rng.permutation(len(coco["images"])))
@@ -342,14 +312,9 @@ def plot_samples(
         crowd = len(anns) - n_obj
         noun = "object" if n_obj == 1 else "objects"
         captions.append(f"{file.name}: {n_obj} {noun}" + (f", {crowd} crowd" if crowd else ""))
-    contact_sheet(
-        drawn,
-        captions,
-        path,
-        columns=4,
-        title=f"{len(drawn)} sample train images with ground truth (seed {params.seed})",
-        colors=class_colors(list(categories.values())),
-    )
+    title = f"{len(drawn)} sample train images with ground truth (seed {params.seed})"
+    colors = class_colors(list(categories.values()))
+    contact_sheet(drawn, captions, path, columns=4, title=title, colors=colors)
 
 
 # ---------------------------------------------------------------- the stage

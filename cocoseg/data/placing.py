@@ -1,8 +1,5 @@
-"""Placing the subset's images: copied from the COCO copy or downloaded, each verified.
-
-A JPEG that does not decode, or whose size disagrees with its annotation record, is caught
-here, naming the file and the image id, instead of an hour into training.
-"""
+"""Placing the subset's images: copied from the COCO copy or downloaded, each verified (an image
+that does not decode or disagrees with its record's size stops here, not an hour into training)."""
 
 from __future__ import annotations
 
@@ -96,10 +93,8 @@ def place_images(
     place: Callable[[ImageJob, int, float], tuple[str, str]] = place_image,
 ) -> tuple[dict[int, str], Counter[str]]:
     """Place all images in parallel with a progress bar; return {image id: mode} and how-counts.
-
-    The first failure (or Ctrl-C / SIGTERM) cancels what has not started, waits for the
-    running ones, removes unfinished downloads and is raised as is (it names the image).
-    """
+    The first failure (or Ctrl-C / SIGTERM) cancels the rest, removes unfinished downloads and
+    is raised as is (it names the image)."""
     jobs = list(jobs)
     modes: dict[int, str] = {}
     how: Counter[str] = Counter()

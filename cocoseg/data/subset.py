@@ -1,9 +1,7 @@
 """The subset stage: pick images by seed, keep the chosen classes as ids 1..K, write COCO json.
 
-Each source file is read and checked by cocoseg.data.cocofile (wrong types, duplicate ids and
-unknown categories stop; orphan annotations, degenerate boxes, short polygons and broken
-RLE are dropped and counted in stats.json). Images are then selected by seed, put in
-place (cocoseg.core.images) and only the chosen images' annotations decoded and written.
+Sources are checked by cocoseg.data.cocofile (what it drops is counted in stats.json); only the
+chosen images' annotations are decoded and written.
 """
 
 from __future__ import annotations
@@ -21,13 +19,7 @@ from cocoseg.core import io
 from cocoseg.core.coco import ANNOTATION_FILES, SPLITS
 from cocoseg.core.config import DataParams, SubsetParams
 from cocoseg.core.errors import DataError, ParamError
-from cocoseg.data.cocofile import (
-    Category,
-    CocoFile,
-    Kept,
-    check_annotations,
-    read_coco,
-)
+from cocoseg.data.cocofile import Category, CocoFile, Kept, check_annotations, read_coco
 from cocoseg.data.placing import ImageJob, place_images
 
 log = logging.getLogger(__name__)
@@ -123,12 +115,8 @@ def balanced_targets(
         if len(ids) < minimum:
             log.warning(
                 "%s has only %d images with a non-crowd '%s' (< min_images_per_class = %d): "
-                "taking all of them",
-                source,
-                len(ids),
-                classes[cat - 1],
-                minimum,
-            )
+                "taking all of them", source, len(ids), classes[cat - 1], minimum,
+            )  # fmt: skip
     return targets
 
 
@@ -269,9 +257,8 @@ def image_jobs(split: Split, root: Path, out: Path) -> list[ImageJob]:
 
 
 def clear_stale(out: Path, keep: Iterable[Path]) -> int:
-    """Remove a previous run's stats.json, and its files under annotations/ and images/
-    that are not in keep. Nothing else in out is touched, so a wrong --out wipes nothing.
-    """
+    """Remove a previous run's stats.json and its files under annotations/ and images/ not in
+    keep; nothing else in out is touched, so a wrong --out wipes nothing."""
     keep = {Path(p) for p in keep}
     removed = 0
     for sub in (out / "annotations", out / "images"):
@@ -349,11 +336,9 @@ def fetch_split_images(split: Split, jobs: list[ImageJob], data: DataParams, wor
     log.info("%s: %s", split.name, ", ".join(f"{n} {k}" for k, n in sorted(how.items())) or "none")
     odd = {i: m for i, m in split.modes.items() if m != "RGB"}
     if odd:
+        shown = ", ".join(f"id {i} {m}" for i, m in sorted(odd.items())[:10])
         log.warning(
-            "%s: %d non-RGB images kept (training converts them): %s",
-            split.name,
-            len(odd),
-            ", ".join(f"id {i} {m}" for i, m in sorted(odd.items())[:10]),
+            "%s: %d non-RGB images kept (training converts them): %s", split.name, len(odd), shown
         )
 
 
@@ -361,9 +346,7 @@ def make_subset(
     data: DataParams, sp: SubsetParams, out: str | Path, *, with_images: bool = True
 ) -> dict[str, Any]:
     """Run the whole stage into `out`; return the stats written to out/stats.json.
-
-    with_images=False does everything but the images (for benchmarks of the json side).
-    """
+    with_images=False does everything but the images (benchmarks of the json side)."""
     root, out = Path(data.coco_root), Path(out)
     splits, dropped, categories = select_subset(root, sp)
     jobs = {name: image_jobs(splits[name], root, out) for name in SPLITS}

@@ -1,21 +1,13 @@
 """Why mask AP is lost: a TIDE-style error breakdown, read off the one matching.
 
-Each prediction taking part has one outcome of `cocoseg.evaluate.matching` (true positive,
-crowd-ignored, or the error types duplicate, classification, localisation, background;
-see there for their precedence). Prediction errors count under the predicted class. Every
-non-crowd ground truth left without a true positive is `missed` under its own class, split
-by its annotation's `area` into COCOeval's ranges (`cocoseg.core.coco`: small <= 32² < medium
-<= 96² < large). A ground truth behind a classification or localisation error is therefore
-also missed (TIDE would not count it twice; we keep the rule simple and the confusion rows
-say both).
+Prediction errors are `cocoseg.evaluate.matching`'s outcomes, under the predicted class. A
+non-crowd ground truth no true positive took is `missed` under its own class, by its area's
+COCOeval size; so one behind a classification or localisation error counts twice (unlike TIDE).
 
-ΔAP per type, on pycocotools' own COCOeval (segm AP@[.5:.95], overall and per class):
-AP with that type's errors removed minus AP of all predictions. Prediction errors are
-*removed* (not TIDE's fix): ΔAP measures the precision they cost. Missed ground truths are
-removed from the ground truth (TIDE's rule for missed errors); a class whose ground truths
-are all missed then has no AP and its ΔAP is None. ΔAP reads the matching of every
-prediction (no score threshold), so its base is the report's segm AP; counts and confusion
-read it restricted to the score threshold.
+ΔAP per type (COCOeval segm AP@[.5:.95], overall and per class): AP with that type's errors
+removed (not fixed, as TIDE would) minus AP of all predictions; missed ground truths are removed
+from the ground truth (a class left with none has ΔAP None). ΔAP reads every prediction, so its
+base is the report's segm AP; counts and confusion read those at the score threshold.
 """
 
 from __future__ import annotations
@@ -87,11 +79,8 @@ def worst_images(matched: Matching, n: int) -> list[int]:
 
 
 def image_outcomes(matched: Matching, gt: COCO, image_id: int) -> tuple[list, list]:
-    """(ground truths, predictions) of one image as annotation copies with an `outcome` key.
-
-    Ground truths are TP (found), `missed` or ignored (crowd); for drawing with
-    `visualize.error_grid`.
-    """
+    """(ground truths, predictions) of one image as copies with an `outcome` (ground truths: TP,
+    `missed` or crowd), for `visualize.error_grid`."""
     missed = {a["id"] for a in matched.missed}
     gts = []
     for ann in gt.imgToAnns.get(image_id, []):
@@ -137,11 +126,7 @@ def delta_ap(
     gt: COCO, matched: Matching, base: dict[str, Number] | None = None
 ) -> dict[str, dict[str, Number]]:
     """ΔAP per type, {'all' | class name: {type: AP(fixed) - AP(base)}}; 0 where none occur.
-
-    The base is COCOeval over the matching's predictions, so pass the matching of every
-    prediction (`matching.match(gt, preds)`) to explain the report's segm AP; `base`,
-    when given, is that AP already computed (`metrics.Evaluation.mask_ap`), not recomputed.
-    """
+    The base is the AP of the matching's predictions: `base` when given (`Evaluation.mask_ap`)."""
     base = base or mask_ap(*fixed_inputs(gt, matched, ()))
     result: dict[str, dict[str, Number]] = {key: {} for key in base}
     for error_type in DELTA_TYPES:
@@ -168,10 +153,8 @@ class ErrorReport:
 def analyse(
     gt: COCO, matched: Matching, score_threshold: float, base_ap: dict[str, Number] | None = None
 ) -> ErrorReport:
-    """The whole breakdown from the matching of every prediction (see the module docstring).
-
-    `base_ap`: the mask AP of all predictions when the caller has it (metrics.evaluate's).
-    """
+    """The whole breakdown from the matching of every prediction (see the module docstring);
+    `base_ap`: the mask AP of all predictions when the caller has it (metrics.evaluate's)."""
     if matched.score_threshold != -math.inf:
         raise ValueError("the error breakdown needs the matching of every prediction (ΔAP)")
     kept = matched.at(score_threshold)
@@ -184,11 +167,8 @@ def analyse(
 
 
 def error_metrics(report: ErrorReport) -> dict[str, Any]:
-    """{'errors': {all: {type: count}, delta_ap: {type: ΔAP}}}, overall, for metrics.json.
-
-    Per-class counts and ΔAP go to errors.csv and errors_per_class.csv: metrics stay the few
-    numbers compared across experiments.
-    """
+    """{'errors': {all: {type: count}, delta_ap: {type: ΔAP}}} for metrics.json: overall only
+    (per class is in errors.csv and errors_per_class.csv)."""
     return {"errors": {"all": report.counts["all"], "delta_ap": rounded(report.delta_ap["all"])}}
 
 

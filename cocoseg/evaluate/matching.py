@@ -1,26 +1,17 @@
 """One greedy matching of predictions to ground truth: the metrics and the error breakdown read it.
 
-As COCOeval (segm, IoU 0.5, maxDets 100): at most `max_dets` predictions per image and class
-take part, best scores first (a stable sort); ground truth is the image's annotations, with
-pycocotools' mask IoU, crowd regions' being |d∩g|/|d|. Each prediction in score order gets
-exactly one outcome, the first that applies:
-
+As COCOeval (segm, IoU 0.5, the best `max_dets` per image and class by a stable sort; a crowd
+region's IoU is |d∩g|/|d|), each prediction in score order gets the first outcome that applies:
 1. true positive: takes the free ground truth of its class it overlaps most at IoU >= 0.5
    (ties to the later annotation, as COCOeval);
-2. crowd-ignored: no free ground truth, but a crowd region of its class covers it (IoU >= 0.5);
-   ignored as COCOeval does, neither a hit nor an error;
-3. duplicate: a ground truth of its class at IoU >= 0.5 exists, already taken by a higher score;
-4. classification: a (non-crowd) ground truth of another class at IoU >= 0.5;
+2. crowd-ignored: a crowd region of its class covers it at IoU >= 0.5 (neither hit nor error);
+3. duplicate: a ground truth of its class at IoU >= 0.5 is already taken by a higher score;
+4. classification: a non-crowd ground truth of another class at IoU >= 0.5;
 5. localisation: a ground truth of its class at 0.1 <= IoU < 0.5;
 6. background: none of these.
-
-A non-crowd ground truth no true positive took is missed. Its greedy (IoU, Dice) is that of the
-prediction of its class overlapping it most (ties to the higher score); one prediction may
-serve several ground truths there.
-
-A prediction's outcome depends only on the predictions scored above it, so the matching of
-the predictions scoring >= t is the all-scores matching restricted to them (`Matching.at`):
-one pass serves the score threshold and ΔAP's all predictions alike.
+A non-crowd ground truth no true positive took is missed; its greedy (IoU, Dice) is that of the
+prediction of its class overlapping it most (ties to the higher score). An outcome depends only on
+higher scores, so `Matching.at(t)` is the matching of the predictions scoring >= t.
 """
 
 from __future__ import annotations

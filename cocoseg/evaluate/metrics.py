@@ -1,12 +1,8 @@
 """Scoring instance segmentation: COCO mAP (segm, bbox), greedy IoU, Dice, precision/recall/F1.
 
-Conventions shared by every number here:
-- Ground truth is a pycocotools `COCO`; predictions are COCO results dicts (RLE masks).
-- Greedy IoU, Dice and P/R/F1 read the one matching of `cocoseg.evaluate.matching` (COCOeval's
-  at IoU 0.5, at most 100 predictions per image and class; a prediction on a crowd region
-  is ignored rather than counted as a false positive).
-- A ratio with nothing to divide by (a class without ground truth, no predictions at all)
-  is None, written as JSON null; COCO's -1 for a class without ground truth becomes None.
+Greedy IoU, Dice and P/R/F1 read the one matching of `cocoseg.evaluate.matching` (COCOeval's at
+IoU 0.5). A ratio with nothing to divide by, and COCO's -1 (a class without ground truth), are
+None: JSON null.
 """
 
 from __future__ import annotations
@@ -22,12 +18,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from cocoseg.core.cocoeval import (
-    Number,
-    coco_from_dataset,
-    run_cocoeval,
-    summary,
-)
+from cocoseg.core.cocoeval import Number, coco_from_dataset, run_cocoeval, summary
 from cocoseg.core.errors import DataError
 from cocoseg.core.inputs import classes_path
 from cocoseg.core.io import read_json, write_csv, write_json
@@ -35,6 +26,7 @@ from cocoseg.evaluate.matching import CROWD, TP, Matching, match
 
 IOU_TYPES = ("segm", "bbox")
 DECIMALS = 6
+RESULT_KEYS = ("image_id", "category_id", "bbox", "score", "segmentation")
 
 
 # --- loading and checking -------------------------------------------------------------------
@@ -77,9 +69,7 @@ def check_prediction(pred: Any, gt: COCO, where: str) -> dict[str, Any]:
     """One results dict, checked against the ground truth's images and categories."""
     if not isinstance(pred, dict):
         raise DataError(f"{where}: a prediction must be an object, got {type(pred).__name__}")
-    missing = [
-        k for k in ("image_id", "category_id", "bbox", "score", "segmentation") if k not in pred
-    ]
+    missing = [k for k in RESULT_KEYS if k not in pred]
     if missing:
         raise DataError(f"{where}: missing {missing}")
     for key in ("image_id", "category_id"):
@@ -108,11 +98,8 @@ def check_prediction(pred: Any, gt: COCO, where: str) -> dict[str, Any]:
 
 
 def check_class_names(classes: list[str], gt: COCO, source: str) -> None:
-    """Predictions made for `classes` (ids 1..K) must be scored against the same class list.
-
-    Class ids mean nothing alone: predictions made before `subset.classes` was reordered
-    would be scored against the wrong classes.
-    """
+    """Predictions made for `classes` (ids 1..K) must be scored against the same class list:
+    ids alone would score predictions made before `subset.classes` was reordered wrongly."""
     truth = [gt.cats[c]["name"] for c in sorted(gt.cats)]
     if list(classes) != truth:
         raise DataError(
@@ -129,10 +116,8 @@ def check_predictions(preds: Any, gt: COCO, source: str) -> list[dict[str, Any]]
 
 
 def load_predictions(path: str | Path, gt: COCO) -> list[dict[str, Any]]:
-    """A COCO results file, checked against the ground truth (see `check_predictions`).
-
-    When stage infer's record of the class names lies beside it, those must be gt's.
-    """
+    """A COCO results file checked against the ground truth (and the class names infer
+    recorded beside it, when there)."""
     recorded = classes_path(path)
     if recorded.exists():
         check_class_names(read_json(recorded).get("classes"), gt, str(path))
@@ -163,10 +148,8 @@ def per_class_ap(evaluator: COCOeval) -> dict[int, dict[str, Number]]:
 
 
 def pr_curves(evaluator: COCOeval) -> dict[str, np.ndarray]:
-    """Precision per class on COCO's 101 recall thresholds: 'iou50' and 'iou50_95' [101, K].
-
-    IoU 0.5:0.95 averages the ten thresholds' curves; NaN where a class has no ground truth.
-    """
+    """Precision per class on COCO's 101 recall thresholds: 'iou50' and 'iou50_95' [101, K]
+    (the mean of the ten thresholds' curves); NaN where a class has no ground truth."""
     precision = evaluator.eval["precision"][:, :, :, 0, -1].astype(float)
     precision[precision < 0] = np.nan
     t50 = int(np.argmin(np.abs(evaluator.params.iouThrs - 0.5)))
@@ -269,11 +252,8 @@ def _class_row(name: str, aps: dict[str, dict[str, Number]], found: ClassMatch) 
 
 
 def evaluate(gt: COCO, preds: Sequence[dict[str, Any]], score_threshold: float) -> Evaluation:
-    """Score checked predictions against the ground truth with every metric of the report.
-
-    COCO mAP uses all predictions; greedy IoU, Dice and P/R/F1 only those scoring at
-    least `score_threshold`. Like COCOeval, this turns gt's polygons into RLEs in place.
-    """
+    """Every metric of the report: COCO mAP of all predictions; greedy IoU, Dice and P/R/F1 of
+    those scoring >= `score_threshold`. Like COCOeval, turns gt's polygons into RLEs in place."""
     evaluators = {t: run_cocoeval(gt, preds, t) for t in IOU_TYPES}
     matched = match(gt, preds)
     matches = class_matches(matched.at(score_threshold))
@@ -315,11 +295,8 @@ def curve_rows(
 
 
 def headline(m: dict[str, Any]) -> dict[str, Any]:
-    """What metrics.json keeps: the few numbers compared across experiments (`dvc exp show`).
-
-    Mask and box AP, greedy IoU and Dice (means), precision, recall and F1 at IoU 0.5.
-    Everything else (COCO's twelve numbers, per class, counts, errors) is in details.json.
-    """
+    """metrics.json: the few numbers compared across experiments (`dvc exp show`); everything
+    else (COCO's twelve numbers, per class, counts, errors) is in details.json."""
     return {
         "segm": {"AP": m["segm"]["AP"]},
         "bbox": {"AP": m["bbox"]["AP"]},
@@ -335,8 +312,7 @@ def write_reports(
     details_path: str | Path,
     eval_dir: str | Path | None,
 ) -> None:
-    """metrics.json (headline), details.json (every number) and, with an eval_dir, the
-    per_class.csv and pr_<iou>.csv tables."""
+    """metrics.json, details.json and, with an eval_dir, per_class.csv and pr_<iou>.csv."""
     write_json(metrics_path, headline(evaluation.metrics))
     write_json(details_path, evaluation.metrics)
     if eval_dir is None:

@@ -1,8 +1,5 @@
-"""The evaluate stage's work: score saved val predictions, explain the errors, draw figures.
-
-No model is needed: everything comes from the val ground truth and the predictions file,
-so a scoring experiment (score threshold, figures) takes seconds.
-"""
+"""The evaluate stage's work: score saved val predictions, explain the errors, draw figures (no
+model needed, so a scoring experiment takes seconds)."""
 
 from __future__ import annotations
 
@@ -43,12 +40,9 @@ def write_reports(
     metrics.write_reports(evaluation, out, details, eval_dir)
     if eval_dir is not None:
         error_analysis.write_error_reports(errors, eval_dir)
-        visualize.error_bars(
-            error_analysis.count_rows(errors),
-            error_analysis.ERROR_TYPES,
-            eval_dir / "errors.png",
-            title=f"Errors per class at score ≥ {p.score_threshold:g} (val)",
-        )
+        title = f"Errors per class at score ≥ {p.score_threshold:g} (val)"
+        rows = error_analysis.count_rows(errors)
+        visualize.error_bars(rows, error_analysis.ERROR_TYPES, eval_dir / "errors.png", title=title)
         draw_samples(gt, preds, images_dir, p, eval_dir / "samples.png")
         draw_worst(gt, errors, images_dir, p, eval_dir / "worst_images.png")
     return evaluation
@@ -71,13 +65,10 @@ def draw_samples(
             by_image[pred["image_id"]].append(pred)
     rows = [(_image(gt, images_dir, i), gt.imgToAnns[i], by_image[i]) for i in picks]
     categories = {c: gt.cats[c]["name"] for c in sorted(gt.cats)}
+    title = f"{len(picks)} val images: ground truth, predictions ≥ {p.score_threshold:g}"
+    labels, note = [f"image {i}" for i in picks], f"no detection ≥ {p.score_threshold:g}"
     visualize.comparison_grid(
-        rows,
-        categories,
-        path,
-        title=f"{len(picks)} val images: ground truth, predictions ≥ {p.score_threshold:g}",
-        row_labels=[f"image {i}" for i in picks],
-        no_prediction=f"no detection ≥ {p.score_threshold:g}",
+        rows, categories, path, title=title, row_labels=labels, no_prediction=note
     )
 
 
@@ -94,14 +85,7 @@ def draw_worst(
         for i in ids
     ]
     categories = {c: gt.cats[c]["name"] for c in sorted(gt.cats)}
-    labels = [
-        f"image {i}: {n} errors" for i, n in zip(ids, _error_counts(errors, ids), strict=True)
-    ]
+    per_image = error_analysis.errors_per_image(errors.matching)
+    labels = [f"image {i}: {per_image[i]} errors" for i in ids]
     title = f"The {len(ids)} val images with the most errors at score ≥ {p.score_threshold:g}"
     visualize.error_grid(rows, categories, path, title=title, row_labels=labels)
-
-
-def _error_counts(errors: error_analysis.ErrorReport, ids: list[int]) -> list[int]:
-    """How many errors each of these images has."""
-    per_image = error_analysis.errors_per_image(errors.matching)
-    return [per_image[i] for i in ids]

@@ -1,16 +1,10 @@
 """Predict with the trained model on the subset's test images or on any folder of images.
 
-Outputs under `out`, the same in both modes:
-
-    <name>.json          COCO results list (image_id, category_id, category_name, bbox xywh,
-                         score, segmentation as RLE with str counts), scores >= threshold
-    images.json          the images index: COCO "images" (id, file_name, width, height) and
-                         "categories", so `COCO("images.json").loadRes("<name>.json")` works
+Outputs under `out` (`<name>`: "test" for the DVC stage, "predictions" for a folder):
+    <name>.json          COCO results with category_name and RLE masks, scores >= threshold
+    images.json          COCO "images" and "categories": `COCO("images.json").loadRes(...)` works
     overlays/<stem>.png  each image with its kept detections drawn
-    contact_sheet.png    all overlays (the first MAX_SHEET images) on one page
-
-`<name>` is "test" for the DVC stage and "predictions" for a folder; cocoseg/core/inputs.py says
-which images each mode takes.
+    contact_sheet.png    the first MAX_SHEET overlays on one page
 """
 
 from __future__ import annotations
@@ -42,11 +36,8 @@ THUMB_WIDTH = 480  # contact-sheet thumbnails are downsized to keep memory flat
 
 
 def prepare_output(out: Path, *, inputs: Path | None = None) -> Path:
-    """Make the output folder, or say in one line why it cannot be, before any model loads.
-
-    Refused: an existing file, the input folder itself or a folder inside it, a folder that
-    cannot be created or written (read-only, permissions).
-    """
+    """Make the output folder, or say in one line why it cannot be (a file, inside the inputs,
+    not writable), before any model loads."""
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out}: is an existing file; give a folder to write outputs into")
     if inputs is not None and out.resolve().is_relative_to(inputs.resolve()):
@@ -141,13 +132,9 @@ def write_outputs(
             thumbs.append(_thumbnail(drawn))
             captions.append(f"{img.file_name}: {len(dets)} detection{'s' * (len(dets) != 1)}")
     shown = f"first {len(thumbs)} of {len(images)}" if len(thumbs) < len(images) else len(images)
+    title = f"Predictions on {shown} images (score ≥ {threshold:g})"
     contact_sheet(
-        thumbs,
-        captions,
-        out / "contact_sheet.png",
-        columns=4,
-        title=f"Predictions on {shown} images (score ≥ {threshold:g})",
-        colors=colors,
+        thumbs, captions, out / "contact_sheet.png", columns=4, title=title, colors=colors
     )
 
 
@@ -162,20 +149,13 @@ def predict(
     progress: bool = True,
 ) -> list[dict]:
     """Run the model on `images`, keep scores >= threshold, write all outputs; return results."""
-    out = Path(out)
+    items, threshold = [(i.id, i.path) for i in images], params.score_threshold
     raw, classes = run_trained_model(
-        model_path,
-        [(i.id, i.path) for i in images],
-        params,
-        expect_classes=expect_classes,
-        progress=progress,
+        model_path, items, params, expect_classes=expect_classes, progress=progress
     )
-    results = add_category_names(keep_confident(raw, params.score_threshold), classes)
+    results = add_category_names(keep_confident(raw, threshold), classes)
     log.info(
-        "predict: kept %d of %d detections with score >= %g",
-        len(results),
-        len(raw),
-        params.score_threshold,
+        "predict: kept %d of %d detections with score >= %g", len(results), len(raw), threshold
     )
-    write_outputs(out, name, images, results, classes, params.score_threshold)
+    write_outputs(Path(out), name, images, results, classes, threshold)
     return results

@@ -1,15 +1,9 @@
 """Checkpoints: find, save, pick the one to resume from, clear and thin out.
 
-Each finished epoch writes `checkpoints/epoch_NN.pt` atomically. A new run resumes from the
-newest readable checkpoint with epoch <= `train.epochs` when its train params, class names
-and training data (the train json and the bytes of every train image, `data_fingerprint`)
-all equal this run's: DVC does not hash a COCO copy's image folders, so the pixels of an
-image may change under the same annotation file. `epochs` itself may differ (raising it continues
-training, lowering it finishes from that epoch's checkpoint) except with the `cosine`
-schedule, whose curve depends on it. `train.keep_checkpoints` and `train.select` (which epoch
-model.pt holds) never count. Otherwise the old checkpoints (and best.pt) are removed and
-training starts fresh. Delete `models/checkpoints` to
-force a fresh start. Every .pt file is read by `cocoseg.core.model.load_record` (weights only).
+Each epoch writes `checkpoints/epoch_NN.pt` atomically. A run resumes from the newest readable
+one (epoch <= train.epochs) whose train params, classes and data (`data_fingerprint`: DVC does
+not hash a COCO copy's images) equal its own; `epochs` may differ but under the cosine schedule,
+keep_checkpoints and select never count. Otherwise old checkpoints and best.pt are removed.
 """
 
 from __future__ import annotations
@@ -66,10 +60,8 @@ def save_torch(path: Path, obj: Any) -> None:
 def save_checkpoint(
     folder: Path, epoch: int, parts: dict[str, Any], identity: dict[str, Any], history: dict
 ) -> Path:
-    """epoch_NN.pt: the state of each part (model, optimizer, ...), this run's identity, logs.
-
-    A DistributedDataParallel model is saved as the model it wraps (its `.module`).
-    """
+    """epoch_NN.pt: the state of each part (model, optimizer, ...; a DDP model's `.module`), this
+    run's identity, logs."""
     states = {name: getattr(obj, "module", obj).state_dict() for name, obj in parts.items()}
     path = checkpoint_path(folder, epoch)
     save_torch(path, {"format": CHECKPOINT_FORMAT, **states, "epoch": epoch, **identity,
@@ -84,10 +76,8 @@ def restore(state: dict[str, Any], **parts: Any) -> None:
 
 
 def data_fingerprint(images_dir: Path, ann_file: Path) -> str:
-    """sha256 over the train json and the content of every image it lists, in its order.
-
-    What training actually reads: a checkpoint made from other pixels is not resumed.
-    """
+    """sha256 over the train json and the content of every image it lists, in its order: what
+    training reads, so a checkpoint made from other pixels is not resumed."""
     digest = hashlib.sha256(ann_file.read_bytes())
     for image in read_json(ann_file).get("images", []):
         path = safe_join(images_dir, image["file_name"])
@@ -99,10 +89,9 @@ def data_fingerprint(images_dir: Path, ann_file: Path) -> str:
 
 def resume_key(params: dict[str, Any]) -> dict[str, Any]:
     """The params a resumed run must share with its checkpoint (see the module docstring)."""
+    cosine = params.get("schedule") == "cosine"  # its curve depends on epochs
     return {
-        k: v
-        for k, v in params.items()
-        if k not in NOT_IN_RESUME_KEY and (k != "epochs" or params["schedule"] == "cosine")
+        k: v for k, v in params.items() if k not in NOT_IN_RESUME_KEY and (k != "epochs" or cosine)
     }
 
 
@@ -133,10 +122,8 @@ def why_not_resumed(saved: dict[str, Any], identity: dict[str, Any]) -> str | No
 
 
 def find_resume(folder: Path, identity: dict[str, Any], epochs: int) -> dict[str, Any] | None:
-    """The newest readable checkpoint (epoch <= epochs) made by this same run, or None.
-
-    `identity` holds this run's "params", "classes" and "data" fingerprint.
-    """
+    """The newest readable checkpoint (epoch <= epochs) whose identity ("params", "classes",
+    "data") is this run's, or None."""
     for epoch, path in checkpoints(folder):
         if epoch > epochs:
             continue

@@ -1,11 +1,8 @@
 """The train loop, top to bottom: set up, build, resume, train epochs, save, report.
 
-`train` reads in order: join the torchrun process group if any (runtime), load the train split
-(dataset), pick a checkpoint to resume from (checkpoints), build the model, batches (sampler)
-and SGD with its schedule (optim), then train epoch by epoch with AMP and clipping, scoring
-val mAP when due (validate), saving a checkpoint, best.pt (selection) and the DVCLive log
-(trainlog) after each, and stopping early when val AP stalls (selection). Under `torchrun`,
-each process trains its share through DistributedDataParallel; rank 0 writes.
+`train` reads in order, each step in its module: runtime, dataset, checkpoints, model, sampler,
+optim, then per epoch validate, checkpoints, selection and trainlog. Under `torchrun` each
+process trains its share through DistributedDataParallel; rank 0 writes.
 """
 
 from __future__ import annotations
@@ -84,9 +81,8 @@ def _to_device(images: tuple, targets: tuple, device: torch.device) -> tuple[lis
 
 
 def reduce_losses(loss_dict: dict[str, torch.Tensor], world_size: int) -> dict[str, float]:
-    """Total and parts as floats, averaged over ranks so every rank sees the same numbers.
-
-    One stacked tensor, read once: the one host sync the non-finite check needs per step."""
+    """Total and parts as floats, averaged over ranks so every rank sees the same numbers; read
+    as one stacked tensor: the one host sync per step the non-finite check needs."""
     names = [n for n in LOSS_PARTS if n in loss_dict]
     values = torch.stack([loss_dict[n].detach().float() for n in names])
     if world_size > 1:
@@ -136,11 +132,8 @@ def train_one_epoch(
     ctx: Context,
     checkpoint_dir: Path | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Train one epoch; return its iteration rows and its summary row.
-
-    A non-finite loss stops the run with NonFiniteLossError, naming the newest checkpoint kept
-    in `checkpoint_dir`.
-    """
+    """Train one epoch; return its iteration rows and its summary row. A non-finite loss raises
+    NonFiniteLossError, naming the newest checkpoint kept in `checkpoint_dir`."""
     set_epoch(loader, epoch)
     seed_all(p.seed + 1000 * epoch + ctx.rank)  # the same per epoch on resume
     model.train()
@@ -192,9 +185,7 @@ def train(
     model_kwargs: dict[str, Any] | None = None,
 ) -> Path:
     """Train (or resume) on data/subset's train split; write model.pt, checkpoints, reports.
-
-    `model_kwargs` go to torchvision's builder (tests use them to sample fewer RoIs).
-    """
+    `model_kwargs` go to torchvision's builder (tests use them to sample fewer RoIs)."""
     out_dir, reports = Path(out_dir), Path(reports)
     with session(p) as ctx:
         seed_all(p.seed)
