@@ -95,6 +95,7 @@ class TrainParams(_Section):
     lr_milestones: list[PositiveInt] = _list(4, 5)
     lr_gamma: Annotated[float, Meta(gt=0, le=1)] = 0.1
     clip_grad_norm: NonNegFloat = 0.0  # 0 turns clipping off
+    rois_per_image: PositiveInt = 512  # RoIs sampled per image for the box and mask losses
     amp: bool = True
     device: Text = "auto"  # auto | cpu | cuda | cuda:N | mps
     seed: int = 42

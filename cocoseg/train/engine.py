@@ -60,10 +60,11 @@ def training_model(
     # A private flag of torchvision's GeneralizedRCNNTransform, with no public equivalent;
     # torchvision's own references/detection/train.py passes it for the same presets.
     extra = {"_skip_resize": True} if p.augment in SKIPS_MODEL_RESIZE else {}
+    extra = {"box_batch_size_per_image": p.rois_per_image, **extra, **(model_kwargs or {})}
     model = build_for_training(
         p.arch, classes, weights=p.weights, init_heads=p.init_heads_from_coco,
         min_size=p.min_size, max_size=p.max_size, load_weights=state is None,
-        anchor_sizes=p.anchor_sizes, anchor_ratios=p.anchor_ratios, **extra, **(model_kwargs or {}),
+        anchor_sizes=p.anchor_sizes, anchor_ratios=p.anchor_ratios, **extra,
     )  # fmt: skip
     if state is not None:
         model.load_state_dict(state["model"])
@@ -181,11 +182,8 @@ def train(
     subset_dir: str | Path,
     out_dir: str | Path,
     reports: str | Path,
-    *,
-    model_kwargs: dict[str, Any] | None = None,
 ) -> Path:
-    """Train (or resume) on data/subset's train split; write model.pt, checkpoints, reports.
-    `model_kwargs` go to torchvision's builder (tests use them to sample fewer RoIs)."""
+    """Train (or resume) on data/subset's train split; write model.pt, checkpoints, reports."""
     out_dir, reports = Path(out_dir), Path(reports)
     with session(p) as ctx:
         seed_all(p.seed)
@@ -212,7 +210,7 @@ def train(
         if state is None and ctx.main:
             clear_checkpoints(folder)
 
-        model = training_model(p, classes, ctx.device, state, model_kwargs)
+        model = training_model(p, classes, ctx.device, state)
         loader = train_loader(
             dataset, p, ctx.rank, ctx.world_size, pin_memory=ctx.device.type == "cuda"
         )

@@ -23,6 +23,7 @@ def test_torchrun_two_processes_train_and_rank_0_alone_writes(tmp_path):
     train = {
         "weights": "none", "epochs": 1, "batch_size": 2, "num_workers": 0, "min_size": 64,
         "max_size": 64, "warmup_iters": 1, "amp": False, "device": "cpu", "eval_every": 1,
+        "rois_per_image": 64,
     }  # fmt: skip
     params = write_params(tmp_path / "params.yaml", {"train": train})
     out, reports = tmp_path / "models", tmp_path / "reports"

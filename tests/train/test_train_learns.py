@@ -112,11 +112,11 @@ def test_a_non_finite_loss_stops_the_run_naming_iteration_parts_and_images(tmp_p
     monkeypatch.setattr(engine, "build_for_training", build_with_nan)
     p = TrainParams(
         weights="none", epochs=3, num_workers=0, min_size=64, max_size=64, augment="none",
-        warmup_iters=1, amp=False, device="cpu",
+        warmup_iters=1, amp=False, device="cpu", rois_per_image=64,
     )  # fmt: skip
     out, reports = tmp_path / "models", tmp_path / "reports"
     with pytest.raises(NonFiniteLossError) as err:
-        train(p, subset, out, reports, model_kwargs=FEW_ROIS)
+        train(p, subset, out, reports)
     message = str(err.value)
     assert "iteration 2 (epoch 2)" in message and "loss_mask=nan" in message
     assert "loss_classifier=" in message
@@ -160,7 +160,7 @@ MEMORY_SCRIPT = textwrap.dedent(
     from cocoseg.train.engine import train
     torch.set_num_threads(1)
     p = TrainParams(weights="none", epochs=1, batch_size=1, num_workers=0, min_size=128,
-                    max_size=128, augment="none", amp=False, device="cpu")
+                    max_size=128, augment="none", amp=False, device="cpu", eval_every=0)
     train(p, sys.argv[1], sys.argv[2] + "/models", sys.argv[2] + "/reports")
     print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
     """

@@ -36,7 +36,6 @@ from cocoseg.train.engine import train
 
 PROJECT = Path(__file__).resolve().parents[2]
 CLASSES = ["person", "cat", "sports ball", "book"]
-FEW_ROIS = {"box_batch_size_per_image": 64, "rpn_batch_size_per_image": 64}  # a third of the time
 
 
 def identity(**changes) -> dict:
@@ -92,16 +91,16 @@ def test_a_checkpoint_of_other_pixels_is_not_resumed(tmp_path, caplog):
     subset = synthcoco.make_subset(tmp_path / "subset", n_train=2, size=(64, 64))
     p = TrainParams(
         weights="none", epochs=1, num_workers=0, min_size=64, max_size=64, augment="none",
-        warmup_iters=1, amp=False, device="cpu",
+        warmup_iters=1, amp=False, device="cpu", rois_per_image=64,
     )  # fmt: skip
     out = tmp_path / "models"
-    train(p, subset, out, tmp_path / "reports", model_kwargs=FEW_ROIS)
+    train(p, subset, out, tmp_path / "reports")
     first = weights(out / "model.pt")
     victim = sorted((subset / "images" / "train").glob("*.jpg"))[0]
     with Image.open(victim) as im:
         Image.fromarray(255 - np.asarray(im)).save(victim)
     with caplog.at_level(logging.INFO, logger="cocoseg"):
-        train(p, subset, out, tmp_path / "reports", model_kwargs=FEW_ROIS)
+        train(p, subset, out, tmp_path / "reports")
     assert "(training data changed): starting fresh" in caplog.text
     assert "resuming" not in caplog.text
     second = weights(out / "model.pt")
@@ -130,10 +129,10 @@ def test_keep_checkpoints_leaves_the_newest_n_after_each_epoch(tmp_path, keep, l
     subset = synthcoco.make_subset(tmp_path / "subset", n_train=2, size=(64, 64))
     p = TrainParams(
         weights="none", epochs=2, num_workers=0, min_size=64, max_size=64, augment="none",
-        warmup_iters=1, amp=False, device="cpu", keep_checkpoints=keep,
+        warmup_iters=1, amp=False, device="cpu", keep_checkpoints=keep, rois_per_image=64,
     )  # fmt: skip
     out = tmp_path / "models"
-    train(p, subset, out, tmp_path / "reports", model_kwargs=FEW_ROIS)
+    train(p, subset, out, tmp_path / "reports")
     assert sorted(path.name for path in (out / "checkpoints").iterdir()) == left
     assert load_record(out / "checkpoints" / "epoch_02.pt")["epoch"] == 2
 
@@ -153,6 +152,7 @@ TRAIN = {
     "weights": "none", "epochs": 2, "batch_size": 2, "num_workers": 0, "min_size": 64,
     "max_size": 64, "augment": "flip_rotate_color", "warmup_iters": 2, "schedule": "cosine",
     "amp": False, "device": "cpu", "deterministic": True, "seed": 7, "eval_every": 1,
+    "rois_per_image": 64,
 }  # fmt: skip
 TIMINGS = ("train_seconds", "images_per_s", "val_seconds")
 

@@ -16,8 +16,6 @@ from cocoseg.train.checkpoints import checkpoint_path, save_torch
 from cocoseg.train.engine import train
 from cocoseg.train.selection import BEST, best_row, recover_best, stalled
 
-FEW_ROIS = {"box_batch_size_per_image": 64, "rpn_batch_size_per_image": 64}
-
 
 def rows(*aps: float | None) -> list[dict]:
     return [{"epoch": e, "segm_AP": ap} for e, ap in enumerate(aps, start=1)]
@@ -90,11 +88,11 @@ def test_select_best_with_patience_stops_early_and_keeps_the_best_epoch(
     p = TrainParams(
         weights="none", epochs=6, num_workers=0, min_size=64, max_size=64, augment="none",
         warmup_iters=1, amp=False, device="cpu", eval_every=1, select="best", patience=2,
-        keep_checkpoints=1,
+        keep_checkpoints=1, rois_per_image=64,
     )  # fmt: skip
     out, reports = tmp_path / "models", tmp_path / "reports"
     with caplog.at_level(logging.INFO, logger="cocoseg"):
-        train(p, subset, out, reports, model_kwargs=FEW_ROIS)
+        train(p, subset, out, reports)
     assert "stopping early: no better val segm AP for 2 epochs" in caplog.text
     folder = out / "checkpoints"
     assert sorted(path.name for path in folder.iterdir()) == ["best.pt", "epoch_04.pt"]
@@ -111,7 +109,7 @@ def test_select_best_with_patience_stops_early_and_keeps_the_best_epoch(
     caplog.clear()  # a rerun resumes, stops at once and writes the same model
     (out / "model.pt").unlink()
     with caplog.at_level(logging.INFO, logger="cocoseg"):
-        train(p, subset, out, reports, model_kwargs=FEW_ROIS)
+        train(p, subset, out, reports)
     assert "resuming after epoch 4 of 6" in caplog.text and "stopping early" in caplog.text
     again = load_record(out / "model.pt")
     assert again["epoch"] == 2 and all(torch.equal(again["model"][k], best[k]) for k in best)
