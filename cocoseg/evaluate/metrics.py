@@ -26,6 +26,7 @@ from cocoseg.evaluate.matching import CROWD, TP, Matching, match
 
 IOU_TYPES = ("segm", "bbox")
 DECIMALS = 6
+HEADLINE_DECIMALS = 3  # as COCOeval prints them: `dvc exp show` keeps room for the params
 RESULT_KEYS = ("image_id", "category_id", "bbox", "score", "segmentation")
 
 
@@ -295,15 +296,17 @@ def curve_rows(
 
 
 def headline(m: dict[str, Any]) -> dict[str, Any]:
-    """metrics.json: the few numbers compared across experiments (`dvc exp show`); everything
-    else (COCO's twelve numbers, per class, counts, errors) is in details.json."""
-    return {
+    """metrics.json: the few numbers compared across experiments (`dvc exp show`), to 3
+    decimals; every number at full precision (COCO's twelve, per class, counts, errors) is in
+    details.json."""
+    numbers = {
         "segm": {"AP": m["segm"]["AP"]},
         "bbox": {"AP": m["bbox"]["AP"]},
         "iou": m["iou"]["mean"],
         "dice": m["dice"]["mean"],
         **{k: m["match"][k] for k in ("precision", "recall", "f1")},
     }
+    return rounded(numbers, HEADLINE_DECIMALS)
 
 
 def write_reports(

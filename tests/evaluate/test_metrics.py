@@ -373,15 +373,17 @@ def test_reports_are_nested_json_and_csvs_dvc_can_plot(tmp_path):
     evaluation = metrics.evaluate(gt, metrics.check_predictions(preds, gt, "t"), 0.5)
     metrics.write_reports(evaluation, tmp_path / "m.json", tmp_path / "d.json", tmp_path / "eval")
 
-    # metrics.json: the few numbers `dvc exp show` compares; details.json: every number.
+    # metrics.json: the few numbers `dvc exp show` compares, to 3 decimals; details.json: all.
     written = json.loads((tmp_path / "m.json").read_text())
     details = json.loads((tmp_path / "d.json").read_text())
     assert written == {
-        "segm": {"AP": details["segm"]["AP"]}, "bbox": {"AP": details["bbox"]["AP"]},
-        "iou": details["iou"]["mean"], "dice": details["dice"]["mean"],
-        "precision": details["match"]["precision"], "recall": details["match"]["recall"],
-        "f1": details["match"]["f1"],
+        "segm": {"AP": round(details["segm"]["AP"], 3)},
+        "bbox": {"AP": round(details["bbox"]["AP"], 3)},
+        "iou": round(details["iou"]["mean"], 3), "dice": round(details["dice"]["mean"], 3),
+        "precision": round(details["match"]["precision"], 3),
+        "recall": round(details["match"]["recall"], 3), "f1": round(details["match"]["f1"], 3),
     }  # fmt: skip
+    assert details["iou"]["mean"] != written["iou"]  # rounded: the detail has more digits
     assert details == json.loads(json.dumps(evaluation.metrics))
     assert list(details["segm"]) == list(cocoeval.SUMMARY_NAMES) == list(details["bbox"])
     assert details["per_class"]["b"]["segm_AP"] is None  # no ground truth: null, not -1
