@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -172,3 +174,11 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
                 pass
 
     return Handler
+
+
+@contextmanager
+def slow_folder_server(folder: Path, delay: float) -> Iterator[tuple[str, Path]]:
+    """(base url, folder) of a server taking `delay` seconds per file over a new empty folder."""
+    folder.mkdir()
+    with FileServer(folder, delay=delay) as server:
+        yield server.url, folder

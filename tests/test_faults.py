@@ -22,7 +22,7 @@ import pytest
 import synthcoco
 import torch
 import yaml
-from httpserver import FileServer
+from httpserver import slow_folder_server
 from torch.utils.data import DataLoader, Dataset
 
 from cocoseg.core.cli import failure_line
@@ -35,6 +35,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 TRAIN = {
     "weights": "none", "epochs": 2, "batch_size": 2, "num_workers": 1, "min_size": 64,
     "max_size": 64, "augment": "none", "warmup_iters": 1, "amp": False, "device": "cpu",
+    "rois_per_image": 64,
 }  # fmt: skip
 
 
@@ -271,10 +272,8 @@ def test_sigterm_mid_epoch_ends_in_one_line_and_the_next_run_resumes(tmp_path):
 @pytest.fixture
 def slow_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A web server taking a second per file: downloads are in flight for long."""
-    folder = tmp_path / "served"
-    folder.mkdir()
-    with FileServer(folder, delay=1.0) as server:
-        yield server.url, folder
+    with slow_folder_server(tmp_path / "served", delay=1.0) as served:
+        yield served
 
 
 def test_sigterm_during_the_subset_downloads_is_one_line_and_leaves_no_partial_file(
@@ -313,7 +312,7 @@ def test_sigterm_to_dvc_exp_run_reaches_the_stage_which_ends_in_one_line(tmp_pat
     }  # fmt: skip
     repo = make_dvc_repo(tmp_path / "repo", params)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dvc", "exp", "run"], cwd=repo, env=dvc_env(),
+        [sys.executable, "-m", "dvc", "exp", "run", "train"], cwd=repo, env=dvc_env(),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     first = checkpoint_path(repo / "models" / "checkpoints", 1)
@@ -325,7 +324,7 @@ def test_sigterm_to_dvc_exp_run_reaches_the_stage_which_ends_in_one_line(tmp_pat
     assert "Traceback" not in output, output
     assert temp_files(repo / "models") == [] and temp_files(repo / "data") == []
 
-    again = dvc(repo, "exp", "run")
+    again = dvc(repo, "exp", "run", "train")  # the stages after train add nothing here
     assert "resuming after epoch 1 of 2" in again.stdout + again.stderr
     assert load_record(repo / "models" / "model.pt")["classes"] == synthcoco.TARGET_NAMES
 

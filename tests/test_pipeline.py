@@ -1,4 +1,5 @@
-"""The whole pipeline as users drive it: dvc repro, exp run -S, metrics diff, plots, push/pull."""
+"""The whole pipeline as users drive it: dvc repro, exp run -S, metrics diff, plots, the model
+registry, push/pull."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ pytestmark = pytest.mark.slow
 
 ALL_STAGES = {"check_params", "download", "subset", "eda", "train", "infer", "evaluate", "predict"}
 CHECK = {"check_params"}  # runs whenever params.yaml changes; cheap, and changes nothing else
+ARTIFACT = "cocoseg-maskrcnn"  # dvc.yaml's artifacts: entry for models/model.pt
 
 
 def tiny_params(coco_root: Path, n_train: int, n_val: int, n_test: int) -> dict:
@@ -45,6 +47,7 @@ def tiny_params(coco_root: Path, n_train: int, n_val: int, n_test: int) -> dict:
             "amp": False,
             "device": "cpu",
             "eval_every": 1,
+            "rois_per_image": 64,  # torchvision's 512 takes 4x the time here
         },
         "evaluate": {"n_samples": 2, "device": "cpu", "score_threshold": 0.05, "num_workers": 0},
         "predict": {"device": "cpu", "score_threshold": 0.05, "num_workers": 0},
@@ -108,8 +111,18 @@ def check_exp_show_is_readable(repo: Path) -> None:
     assert set(metrics["reports/metrics.json"]) == {
         "segm", "bbox", "iou", "dice", "precision", "recall", "f1"
     }  # fmt: skip
-    train = metrics["reports/train/live/metrics.json"]
+    train = metrics["reports/train/live/metrics.json"]  # DVCLive's summary: the epoch as step
     assert set(train) == {"train", "val", "selected_epoch", "step"}, train
+    assert set(train["val"]) == {"segm_AP", "bbox_AP"} and 0 <= train["val"]["segm_AP"] <= 1
+    assert (train["step"], train["selected_epoch"]) == (2, 2) and train["train"]["loss"] > 0
+
+
+def check_the_model_registry(repo: Path, got: Path) -> None:
+    """dvc.yaml's artifact, tagged as GTO does, comes back by name through `dvc artifacts get`."""
+    run(repo, "git", "tag", "-a", f"{ARTIFACT}@v0.1.0", "-m", "Registering version v0.1.0")
+    dvc(repo, "artifacts", "get", ".", ARTIFACT, "-o", str(got))
+    assert got.read_bytes() == (repo / "models" / "model.pt").read_bytes()
+    assert torch.load(got, weights_only=True)["epoch"] == 2
 
 
 def readme_exp_show() -> list[str]:
@@ -155,6 +168,7 @@ def test_full_pipeline_on_synthetic_data(tmp_path):
     assert stages_ran(again.stdout) == set(), again.stdout
     commit_all(repo, "baseline run")
     check_exp_show_is_readable(repo)
+    check_the_model_registry(repo, tmp_path / "got.pt")
 
     # A bad value stops at check_params, before DVC removes any output.
     model_bytes = (repo / "models" / "model.pt").read_bytes()
@@ -181,6 +195,7 @@ def test_full_pipeline_on_synthetic_data(tmp_path):
     # The way most people write a small rate: DVC writes it as YAML 1.2's `1e-05`.
     exp = dvc(repo, "exp", "run", "-S", "train.lr=1e-5")
     assert stages_ran(exp.stdout) == CHECK | {"train", "infer", "evaluate", "predict"}, exp.stdout
+    assert "train params changed: lr: 0.005 -> 1e-05): starting fresh" in exp.stdout + exp.stderr
     assert "lr: 1e-05" in (repo / "params.yaml").read_text()
     assert torch.load(repo / "models" / "model.pt", weights_only=True)["params"]["lr"] == 1e-5
 
@@ -196,6 +211,8 @@ def test_full_pipeline_on_synthetic_data(tmp_path):
     assert "Training loss per iteration" in page and "<html" in page.lower()
     assert "Val COCO AP after each scored epoch" in page  # DVCLive's val AP per epoch
     assert "Confusion at mask IoU 0.5" in page and "worst_images.png" in page  # error plots
+    for column in ("loss_mask", "loss_rpn_box_reg", "segm_AP", "bbox_AP50"):
+        assert column in page, column  # DVCLive's per-iteration and per-epoch columns
 
     # Share through a local remote, then restore everything into a fresh clone.
     remote = tmp_path / "remote"

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import synthcoco
 import yaml
-from httpserver import FileServer
+from httpserver import FileServer, slow_folder_server
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
@@ -407,10 +407,8 @@ def test_hostile_file_name_is_refused_naming_the_image(root, tmp_path, hostile):
 @pytest.fixture
 def slow_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """(base url, folder it serves) of a web server taking a fifth of a second per file."""
-    folder = tmp_path / "served"
-    folder.mkdir()
-    with FileServer(folder, delay=0.2) as server:
-        yield server.url, folder
+    with slow_folder_server(tmp_path / "served", delay=0.2) as served:
+        yield served
 
 
 def stage(params: Path, out: Path) -> subprocess.Popen:
