@@ -59,12 +59,12 @@ def training_model(
     """The model on `device`: start weights, or the weights of the checkpoint `state`."""
     # A private flag of torchvision's GeneralizedRCNNTransform, with no public equivalent;
     # torchvision's own references/detection/train.py passes it for the same presets.
-    extra = {"_skip_resize": True} if p.augment in SKIPS_MODEL_RESIZE else {}
-    extra = {"box_batch_size_per_image": p.rois_per_image, **extra, **(model_kwargs or {})}
+    skip = {"_skip_resize": True} if p.augment in SKIPS_MODEL_RESIZE else {}
     model = build_for_training(
         p.arch, classes, weights=p.weights, init_heads=p.init_heads_from_coco,
         min_size=p.min_size, max_size=p.max_size, load_weights=state is None,
-        anchor_sizes=p.anchor_sizes, anchor_ratios=p.anchor_ratios, **extra,
+        anchor_sizes=p.anchor_sizes, anchor_ratios=p.anchor_ratios,
+        box_batch_size_per_image=p.rois_per_image, **skip, **(model_kwargs or {}),
     )  # fmt: skip
     if state is not None:
         model.load_state_dict(state["model"])

@@ -27,8 +27,7 @@ from cocoseg.train.transforms import build_transforms
 
 PROJECT = Path(__file__).resolve().parents[2]
 # Fewer sampled RoIs than torchvision's defaults: the same model, a third of the CPU time.
-FEW_ROIS = {"box_batch_size_per_image": 64, "rpn_batch_size_per_image": 64}
-FEW_ROIS_TRAIN = {**FEW_ROIS, "rpn_post_nms_top_n_train": 300}
+FEW_RPN_ROIS = {"rpn_batch_size_per_image": 64, "rpn_post_nms_top_n_train": 300}
 LOSS_DROP = 0.70  # the last iterations' loss is at most 30% of the first ones'
 MASK_IOU_BAR = 0.6  # mean over ground-truth shapes of the best same-class predicted mask's IoU
 
@@ -59,12 +58,12 @@ def test_from_random_weights_the_loss_falls_and_the_shapes_are_found(tmp_path):
     p = TrainParams(
         weights="none", epochs=steps, batch_size=2, num_workers=0, min_size=64, max_size=64,
         augment="none", lr=0.02, warmup_iters=5, schedule="cosine", clip_grad_norm=10.0,
-        amp=False, device="cpu", seed=0,
+        amp=False, device="cpu", seed=0, rois_per_image=64,
     )  # fmt: skip
     dataset = coco_dataset(subset, "train", build_transforms("none"))
     classes = class_names(subset / "annotations" / "train.json")
     ctx = Context(torch.device("cpu"))
-    model = training_model(p, classes, ctx.device, model_kwargs=FEW_ROIS_TRAIN)
+    model = training_model(p, classes, ctx.device, model_kwargs=FEW_RPN_ROIS)
     loader = train_loader(dataset, p)
     optimizer, scheduler, scaler = make_optimizer(model, p, len(loader), ctx.device)
     losses = [
