@@ -1,8 +1,5 @@
 """COCO's annotation archives: make data.coco_root hold the annotation files the pipeline reads.
-
-Present files are reused (a local copy works offline); missing ones come out of COCO's zips,
-each member path-checked and CRC-verified.
-"""
+Present files are reused (a local copy works offline); missing ones come out of COCO's zips."""
 
 from __future__ import annotations
 
@@ -96,15 +93,6 @@ def inspect_json(path: Path) -> dict[str, Any]:
     return {"size": size, "md5": md5.hexdigest()}
 
 
-def _missing_by_archive(ann_dir: Path, names: list[str]) -> dict[str, list[str]]:
-    """The needed files not yet in ann_dir, grouped by the archive that holds them."""
-    grouped: dict[str, list[str]] = {}
-    for name in names:
-        if not (ann_dir / name).exists():
-            grouped.setdefault(ARCHIVES[name], []).append(name)
-    return grouped
-
-
 def _listed(names: list[str]) -> str:
     """Annotation file names as a user finds them under data.coco_root."""
     return ", ".join(f"annotations/{name}" for name in names)
@@ -172,20 +160,20 @@ def ensure_annotations(
     backoff: float = 1.0,
 ) -> dict[str, Any]:
     """Make coco_root/annotations hold the needed COCO-2017 files; return their manifest.
-
-    Present files are checked and reused without a request. Missing ones are extracted from COCO's
-    zips, fetched into coco_root/.downloads and deleted after; an unreachable base_url fails at
-    once with the offline way out (offline_hint).
-    """
+    Missing ones come from COCO's zips, fetched into coco_root/.downloads and deleted after."""
     coco_root = Path(coco_root)
     ann_dir = coco_root / "annotations"
     names = needed_files(need_test_info)
     check_coco_root(coco_root, names, base_url)
     # Check present copies first: a truncated one fails before anything is fetched.
     files = {n: inspect_json(ann_dir / n) for n in names if (ann_dir / n).exists()}
+    missing: dict[str, list[str]] = {}  # by the archive that holds them
+    for name in names:
+        if name not in files:
+            missing.setdefault(ARCHIVES[name], []).append(name)
     http = {"retries": retries, "timeout": timeout, "progress": progress, "backoff": backoff}
     try:
-        for zip_name, wanted in _missing_by_archive(ann_dir, names).items():
+        for zip_name, wanted in missing.items():
             url = f"{base_url.rstrip('/')}/annotations/{zip_name}"
             archive = coco_root / CACHE_DIR / zip_name
             members = [f"annotations/{name}" for name in wanted]

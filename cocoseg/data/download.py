@@ -53,12 +53,6 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _retry_after(resp: requests.Response) -> float | None:
-    """The server's Retry-After in seconds, when it gives a plain number."""
-    value = resp.headers.get("Retry-After", "")
-    return float(value) if value.strip().isdigit() else None
-
-
 def _content_range(resp: requests.Response) -> tuple[int | None, int | None]:
     """(first byte, total size) from a Content-Range header; None where absent or '*'."""
     match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
@@ -81,11 +75,12 @@ def _expected_size(resp: requests.Response, offset: int) -> int | None:
 
 
 def _open_part(resp: requests.Response, url: str, part: Path, have: int) -> int:
-    """The resume offset this response's body goes to: `have` for a 206; 0 for a 200 (no
-    Range sent, or a server that ignores it)."""
+    """The resume offset of this response's body: `have` for a 206, 0 for a 200."""
     code = resp.status_code
     if code in TRANSIENT_STATUS:
-        raise _Transient(f"HTTP {code} {resp.reason}", _retry_after(resp))
+        retry_after = resp.headers.get("Retry-After", "")  # used when a plain number of seconds
+        wait = float(retry_after) if retry_after.strip().isdigit() else None
+        raise _Transient(f"HTTP {code} {resp.reason}", wait)
     if code == 206:
         start, _ = _content_range(resp)
         if start != have:
@@ -143,8 +138,8 @@ def _causes(err: BaseException) -> Iterator[BaseException]:
 
 
 def _unreachable(url: str, err: BaseException) -> str | None:
-    """Why `url`'s host cannot be reached at all (name does not resolve, port refused), or None:
-    neither heals within a backoff, unlike timeouts, resets and 5xx (requests wraps all alike)."""
+    """Why `url`'s host cannot be reached at all (no such name, port refused), or None: neither
+    heals within a backoff, unlike timeouts, resets and 5xx (requests wraps all alike)."""
     parts = urlsplit(url)
     for cause in _causes(err):
         if isinstance(cause, socket.gaierror):
@@ -186,7 +181,10 @@ def _fetch(
                 raise HostUnreachable(f"{url}: {why}; not retried{_kept(part)}") from None
             failures = 0 if _size(part) > before else failures + 1
             if failures > retries:
-                raise _gave_up(url, part, retries, err) from None
+                raise DownloadError(
+                    f"{url}: giving up after {retries + 1} attempts without progress; "
+                    f"last error: {err}{_kept(part)}"
+                ) from None
             wait = _delay(max(failures, 1), backoff, getattr(err, "retry_after", None))
             log.warning("%s: %s; retrying in %.1fs", url, err, wait)
             time.sleep(wait)
@@ -201,27 +199,6 @@ def _kept(part: Path) -> str:
     return f"; {part} keeps {_size(part)} bytes to resume from" if _size(part) else ""
 
 
-def _gave_up(url: str, part: Path, retries: int, err: Exception) -> DownloadError:
-    """The final error: URL, attempts, last status or error, and what is kept to resume."""
-    return DownloadError(
-        f"{url}: giving up after {retries + 1} attempts without progress; "
-        f"last error: {err}{_kept(part)}"
-    )
-
-
-def _verified(url: str, part: Path, verify: Callable[[Path], None] | None) -> None:
-    """Run `verify` on the finished .part; bad content is deleted and reported."""
-    if verify is None:
-        return
-    try:
-        verify(part)
-    except (DataError, DownloadError) as err:
-        part.unlink(missing_ok=True)
-        raise DownloadError(
-            f"{url}: downloaded content is bad and was deleted (re-run to fetch it again): {err}"
-        ) from None
-
-
 def download_file(
     url: str,
     dest: Path,
@@ -230,30 +207,27 @@ def download_file(
     timeout: float = 60.0,
     progress: bool = True,
     verify: Callable[[Path], None] | None = None,
-    session: requests.Session | None = None,
     backoff: float = 1.0,
 ) -> Path:
-    """Download `url` to `dest` via `<dest>.part`, resuming, retrying and verifying; return dest.
-
-    Transient failures (connection errors, timeouts, 408/429/5xx, a short body) are retried
-    `retries` times, backing off from `backoff` seconds; others fail at once. `verify(part)` may
-    raise DataError/DownloadError to reject the content. Thread-safe for different `dest`s.
-    """
+    """Download `url` to `dest` via `<dest>.part`, resuming and retrying transient failures
+    (backoff from `backoff` s); `verify(part)` may raise DataError/DownloadError to reject it."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = part_path(dest)
-    own_session = session is None
-    session = session or requests.Session()
     # disable=None: a bar on a terminal only, never into logs.
-    bar = tqdm(
-        desc=dest.name, unit="B", unit_scale=True, leave=False, disable=None if progress else True
-    )
-    try:
+    disable = None if progress else True
+    with (
+        requests.Session() as session,
+        tqdm(desc=dest.name, unit="B", unit_scale=True, leave=False, disable=disable) as bar,
+    ):
         _fetch(session, url, part, retries=retries, timeout=timeout, backoff=backoff, bar=bar)
-    finally:
-        bar.close()
-        if own_session:
-            session.close()
-    _verified(url, part, verify)
+    try:
+        if verify is not None:
+            verify(part)
+    except (DataError, DownloadError) as err:
+        part.unlink(missing_ok=True)
+        raise DownloadError(
+            f"{url}: downloaded content is bad and was deleted (re-run to fetch it again): {err}"
+        ) from None
     os.replace(part, dest)
     return dest

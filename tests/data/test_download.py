@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import requests
 import synthcoco
 from dvcrepo import PROJECT, dvc, dvc_env, make_dvc_repo, stages_ran
 from httpserver import FileServer
@@ -195,15 +194,11 @@ def test_wrong_bytes_rejected_by_verify_and_deleted(server: FileServer, tmp_path
     assert leftovers(dest.parent) == []
 
 
-def test_parallel_downloads_share_a_session(server: FileServer, tmp_path: Path) -> None:
+def test_parallel_downloads(server: FileServer, tmp_path: Path) -> None:
     server.fail(TRAINVAL, times=1)
     jobs = {tmp_path / f"{i}.zip": (TRAINVAL, TESTINFO)[i % 2] for i in range(6)}
-    with requests.Session() as session, ThreadPoolExecutor(4) as pool:
-        list(
-            pool.map(
-                lambda d: download_file(server.url + jobs[d], d, session=session, **FAST), jobs
-            )
-        )
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda d: download_file(server.url + jobs[d], d, **FAST), jobs))
     for dest, path in jobs.items():
         assert dest.read_bytes() == (server.root / path.lstrip("/")).read_bytes()
 
