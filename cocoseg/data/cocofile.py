@@ -1,9 +1,6 @@
-"""Read and check one COCO instances file: typed records, raw segmentations, drop counts.
-
-msgspec decodes the file once, each record kept as a `Raw` span of its bytes (typed when checked,
-a dict only when written). Wrong types, duplicate ids and unknown categories stop, naming the file
-and id; unusable annotations are dropped and counted (DROP_REASONS).
-"""
+"""Read and check one COCO instances file: wrong types, duplicate ids and unknown categories stop;
+unusable annotations are dropped and counted (DROP_REASONS). Each record stays a msgspec `Raw`
+span of the file's bytes, typed when checked and a dict only when written."""
 
 from __future__ import annotations
 
@@ -123,8 +120,12 @@ class CocoFile:
 # --------------------------------------------------------------------------- reading
 
 
-def invalid(path: Path, detail: str, at: str, record: Raw | None = None) -> DataError:
-    """A one-line error from msgspec's detail and path (`$.annotations[12].bbox`)."""
+def invalid(
+    path: Path, err: msgspec.ValidationError, at: str = "$", record: Raw | None = None
+) -> DataError:
+    """A one-line error from msgspec's detail and path (`$.annotations[12].bbox`) under `at`."""
+    detail, within = location(err)
+    at += within.removeprefix("$")
     m = re.match(r"\$\.(\w+)(?:\[(\d+)\]\.?(\w*))?", at)
     if not m:
         return DataError(f"{path}: expected a JSON object with 'images' and 'categories'")
@@ -141,28 +142,21 @@ def invalid(path: Path, detail: str, at: str, record: Raw | None = None) -> Data
     return DataError(f"{path}: {where}: {detail}" + (f" in '{field}'" if field else ""))
 
 
-def located(err: msgspec.ValidationError, at: str = "$") -> tuple[str, str]:
-    """msgspec's message as (detail, path) (cocoseg.core.convert reads it), put under `at`."""
-    detail, path = location(err)
-    return detail, at + path.removeprefix("$")
-
-
 def decode_record(decoder: msgspec.json.Decoder, raw: Raw, path: Path, at: str) -> Any:
     """Decode one raw record with a typed decoder; a wrong type stops naming the record."""
     try:
         return decoder.decode(raw)
     except msgspec.ValidationError as err:
-        raise invalid(path, *located(err, at), raw) from None
+        raise invalid(path, err, at, raw) from None
 
 
 def read_coco(path: Path, *, labelled: bool) -> CocoFile:
-    """Decode and check a COCO file's top level, images and categories (labelled: annotations);
-    a missing or corrupt file, a wrong type or a duplicate id stops, naming the file (and id)."""
+    """Decode and check a COCO file's top level, images and categories (labelled: annotations)."""
     data = io.read_file(path)
     try:
         layout = msgspec.json.decode(data, type=Layout)
     except msgspec.ValidationError as err:  # a subclass of DecodeError: first
-        raise invalid(path, *located(err)) from None
+        raise invalid(path, err) from None
     except msgspec.DecodeError as err:
         raise DataError(
             f"{path}: not valid JSON (truncated or corrupt?; {len(data):,} bytes): {err}"
@@ -220,19 +214,14 @@ def rle_ok(rle: dict[str, Any], image: Image) -> bool:
     """True when an RLE (list or string counts) has the image's size and covers it exactly."""
     if rle.get("size") != [image.height, image.width]:
         return False
-    counts = rle.get("counts")
+    counts, total = rle.get("counts"), None
     if isinstance(counts, str):
         total = rle_string_total(counts)
     elif isinstance(counts, list) and counts:
-        try:  # sum and min run in C: crowd RLE lists hold thousands of runs
+        # sum and min run in C: crowd RLE lists hold thousands of runs
+        with contextlib.suppress(TypeError):
             total = sum(counts) if min(counts) >= 0 else None
-        except TypeError:
-            return False
-        if not isinstance(total, int):
-            return False
-    else:
-        return False
-    return total == image.height * image.width
+    return isinstance(total, int) and total == image.height * image.width
 
 
 def usable_segmentation(seg: Any, image: Image, dropped: Counter[str] | None = None) -> Any:
@@ -256,11 +245,7 @@ def check_annotations(
     file: CocoFile, wanted: Collection[int]
 ) -> tuple[dict[int, list[Kept]], Counter[str]]:
     """One pass over all annotations: check ids, note the wanted categories' usable ones by image.
-
-    A duplicate annotation id or unknown category id stops (no guessing around it); an
-    annotation whose image is missing is dropped and counted (it touches no output;
-    hand-trimmed files often leave them).
-    """
+    Orphans are dropped, not refused: they touch no output; hand-trimmed files often leave them."""
     path, known = file.path, {c.id for c in file.categories}
     seen: set[int] = set()
     by_image: dict[int, list[Kept]] = defaultdict(list)

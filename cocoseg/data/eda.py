@@ -7,7 +7,7 @@ on the annotation's "area" (`cocoseg.core.coco`).
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -115,30 +115,14 @@ def split_summary(coco: Mapping[str, Any], categories: Mapping[int, str]) -> dic
     return summary
 
 
-def summarize(cocos: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
-    """summary.json: one split_summary per split present."""
-    categories = category_names(cocos)
-    return {split: split_summary(coco, categories) for split, coco in cocos.items()}
-
-
-def instances_per_image(coco: Mapping[str, Any]) -> list[int]:
-    """Non-crowd instance count of each image, in image order."""
-    counts = Counter(a["image_id"] for a in coco.get("annotations", []) if not a.get("iscrowd"))
-    return [counts.get(img["id"], 0) for img in coco["images"]]
-
-
-def classes_per_image(coco: Mapping[str, Any]) -> list[int]:
-    """Number of distinct classes (non-crowd) in each image, in image order."""
-    seen: dict[int, set[int]] = {}
+def objects_per_image(coco: Mapping[str, Any]) -> tuple[list[int], list[int]]:
+    """Non-crowd instances, and their distinct classes, of each image in image order."""
+    found: dict[int, list[int]] = defaultdict(list)
     for a in coco.get("annotations", []):
         if not a.get("iscrowd"):
-            seen.setdefault(a["image_id"], set()).add(a["category_id"])
-    return [len(seen.get(img["id"], ())) for img in coco["images"]]
-
-
-def annotated(cocos: Mapping[str, dict[str, Any]]) -> list[str]:
-    """The splits that carry annotations (test usually does not)."""
-    return [s for s, c in cocos.items() if "annotations" in c]
+            found[a["image_id"]].append(a["category_id"])
+    ids = [img["id"] for img in coco["images"]]
+    return [len(found[i]) for i in ids], [len(set(found[i])) for i in ids]
 
 
 # ---------------------------------------------------------------- figures
@@ -187,29 +171,25 @@ def plot_class_counts(summary: Mapping[str, Any], names: Sequence[str], path: Pa
     save_figure(fig, path)
 
 
-def _count_histogram(values: Sequence[int], cap: int) -> np.ndarray:
-    """How many values equal 0, 1, ..., cap-1, and how many are >= cap."""
-    clipped = np.minimum(np.asarray(values, dtype=int), cap)
-    return np.bincount(clipped, minlength=cap + 1)
-
-
 def plot_instances_per_image(cocos: Mapping[str, dict[str, Any]], path: Path) -> None:
     """Histograms of instances per image and distinct classes per image, split by split."""
-    splits = annotated(cocos)
+    counts = {s: objects_per_image(c) for s, c in cocos.items() if "annotations" in c}
+    splits = list(counts)
     fig = Figure(figsize=(12, 4.5))
     axes = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2.2, 1]})
     width = 0.8 / max(len(splits), 1)
     panels = (
-        (axes[0], instances_per_image, MAX_COUNT_BIN, "Instances per image", "instances in image"),
-        (axes[1], classes_per_image, None, "Distinct classes per image", "classes in image"),
+        (axes[0], 0, MAX_COUNT_BIN, "Instances per image", "instances in image"),
+        (axes[1], 1, None, "Distinct classes per image", "classes in image"),
     )
-    for ax, fn, cap, title, xlabel in panels:
-        per_split = {s: fn(cocos[s]) for s in splits}
+    for ax, which, cap, title, xlabel in panels:
+        per_split = {s: counts[s][which] for s in splits}
         top = cap or max((max(v, default=0) for v in per_split.values()), default=0)
-        for k, split in enumerate(splits):
-            hist = _count_histogram(per_split[split], top)
+        for k, (split, values) in enumerate(per_split.items()):
+            clipped = np.minimum(np.asarray(values, dtype=int), top)  # the last bar: top or more
+            hist = np.bincount(clipped, minlength=top + 1)
             offset = (k - (len(splits) - 1) / 2) * width
-            label = f"{split} ({len(per_split[split])} images)"
+            label = f"{split} ({len(values)} images)"
             color = SPLIT_COLORS.get(split, "#555555")
             ax.bar(np.arange(len(hist)) + offset, hist, width, color=color, label=label)
         ticks = [str(i) for i in range(top + 1)]
@@ -221,14 +201,6 @@ def plot_instances_per_image(cocos: Mapping[str, dict[str, Any]], path: Path) ->
     fig.suptitle("Objects per image (crowd regions excluded)", fontsize=14)
     fig.tight_layout()
     save_figure(fig, path)
-
-
-def _size_legend() -> list[Patch]:
-    """Grey swatches with each size bin's hatch (large bars are plain)."""
-    return [
-        Patch(facecolor="#cccccc", hatch=hatch, edgecolor="black", label=SIZE_LABELS[b])
-        for b, hatch in SIZE_HATCH.items()
-    ]
 
 
 def plot_object_sizes(summary: Mapping[str, Any], names: Sequence[str], path: Path) -> None:
@@ -249,7 +221,11 @@ def plot_object_sizes(summary: Mapping[str, Any], names: Sequence[str], path: Pa
         ax.set_xticks(x, names)
         _style(ax, f"{split}: {summary[split]['instances']} instances", "class", "instances")
         ax.margins(y=0.12)
-    axes[-1].legend(handles=_size_legend(), title="COCO size bin", **LEGEND_OUTSIDE)
+    legend = [  # grey swatches with each bin's hatch
+        Patch(facecolor="#cccccc", hatch=hatch, edgecolor="black", label=SIZE_LABELS[b])
+        for b, hatch in SIZE_HATCH.items()
+    ]
+    axes[-1].legend(handles=legend, title="COCO size bin", **LEGEND_OUTSIDE)
     fig.suptitle("Object sizes per class (mask area in pixels)", fontsize=14)
     fig.tight_layout()
     save_figure(fig, path)
@@ -326,7 +302,7 @@ def run_eda(subset: str | Path, out_dir: str | Path, params: EdaParams) -> dict[
     cocos = load_subset(subset)
     categories = category_names(cocos)
     names = list(categories.values())
-    summary = summarize(cocos)
+    summary = {split: split_summary(coco, categories) for split, coco in cocos.items()}
     figures = out_dir / "figures"
     plot_class_counts(summary, names, figures / "class_counts.png")
     plot_instances_per_image(cocos, figures / "instances_per_image.png")

@@ -1,8 +1,5 @@
 """The subset stage: pick images by seed, keep the chosen classes as ids 1..K, write COCO json.
-
-Sources are checked by cocoseg.data.cocofile (what it drops is counted in stats.json); only the
-chosen images' annotations are decoded and written.
-"""
+Sources are checked by cocoseg.data.cocofile; only the chosen images' annotations are decoded."""
 
 from __future__ import annotations
 
@@ -33,8 +30,8 @@ class Split:
     source: str
     images: list[dict[str, Any]]
     annotations: list[dict[str, Any]] | None
-    info: Any = None
-    licenses: Any = None
+    info: Any
+    licenses: Any
     modes: dict[int, str] = field(default_factory=dict)
 
 
@@ -167,31 +164,17 @@ def select_test(pool: list[int], sp: SubsetParams, what: str) -> list[int]:
 # --------------------------------------------------------------------------- building
 
 
-def remapped(ann: dict[str, Any], remap: dict[int, int]) -> dict[str, Any]:
-    """An output annotation: category id renumbered, iscrowd as 0/1, all else as in COCO."""
-    return {
-        **ann,
-        "category_id": remap[ann["category_id"]],
-        "iscrowd": 1 if ann.get("iscrowd") else 0,
-    }
-
-
-def chosen_annotations(source: Source, ids: list[int]) -> list[dict[str, Any]]:
-    """The output annotations of the chosen images, decoded and cleaned, sorted by id."""
-    anns = [
-        remapped(source.file.clean_annotation(kept.index), source.remap)
-        for image_id in ids
-        for kept in source.by_image.get(image_id, [])
-    ]
-    return sorted(anns, key=lambda a: a["id"])
-
-
 def labelled_split(source: Source, split: str, ids: list[int]) -> Split:
-    """The output split for the chosen image ids of a labelled source."""
-    file = source.file
-    images = [file.record(i) for i in ids]
-    anns = chosen_annotations(source, ids)
-    return Split(split, source.name, images, anns, file.info, file.licenses)
+    """The output split of the chosen images: their annotations cleaned, renumbered 1..K, iscrowd
+    as 0/1, sorted by id; all else as in COCO."""
+    file, anns = source.file, []
+    for image_id in ids:
+        for kept in source.by_image.get(image_id, []):
+            ann = file.clean_annotation(kept.index)
+            category_id, iscrowd = source.remap[ann["category_id"]], 1 if ann.get("iscrowd") else 0
+            anns.append({**ann, "category_id": category_id, "iscrowd": iscrowd})
+    anns.sort(key=lambda a: a["id"])
+    return Split(split, source.name, [file.record(i) for i in ids], anns, file.info, file.licenses)
 
 
 def select_subset(root: Path, sp: SubsetParams) -> tuple[dict[str, Split], dict, list[dict]]:
@@ -205,24 +188,17 @@ def select_subset(root: Path, sp: SubsetParams) -> tuple[dict[str, Split], dict,
     val_src = load_labelled(root, "val2017", sp.classes)
     val = labelled_split(val_src, "val", select_labelled(val_src, "val", sp))
     dropped["val2017"] = dict(val_src.dropped)
-    if sp.test_from == "val2017":
+    if sp.test_from == "val2017":  # the val images outside the val subset
         used = {image["id"] for image in val.images}
-        pool = sorted(i for i in val_src.file.images if i not in used)
-        ids = select_test(pool, sp, "val2017 (outside the val subset)")
-        test = Split("test", "val2017", [val_src.file.record(i) for i in ids], None)
-        test.info, test.licenses = val.info, val.licenses
-    else:
-        test = test2017_split(root, sp)
+        file, what = val_src.file, "val2017 (outside the val subset)"
+        pool = sorted(i for i in file.images if i not in used)
+    else:  # image_info_test2017.json: images only
+        path = root / "annotations" / ANNOTATION_FILES["test2017"]
+        file, what = read_coco(path, labelled=False), f"test2017 ({path.name})"
+        pool = sorted(file.images)
+    images = [file.record(i) for i in select_test(pool, sp, what)]
+    test = Split("test", sp.test_from, images, None, file.info, file.licenses)
     return {"train": train, "val": val, "test": test}, dropped, categories
-
-
-def test2017_split(root: Path, sp: SubsetParams) -> Split:
-    """The test split drawn from image_info_test2017.json (images only)."""
-    path = root / "annotations" / ANNOTATION_FILES["test2017"]
-    file = read_coco(path, labelled=False)
-    ids = select_test(sorted(file.images), sp, f"test2017 ({path.name})")
-    images = [file.record(i) for i in ids]
-    return Split("test", "test2017", images, None, file.info, file.licenses)
 
 
 # --------------------------------------------------------------------------- writing
@@ -316,18 +292,6 @@ def split_stats(split: Split, classes: list[str]) -> dict[str, Any]:
     return stats
 
 
-def make_stats(splits: dict[str, Split], dropped: dict, sp: SubsetParams) -> dict[str, Any]:
-    """stats.json: params that shaped the subset, per-split counts and what was dropped."""
-    return {
-        "classes": sp.classes,
-        "seed": sp.seed,
-        "strategy": sp.strategy,
-        "test_from": sp.test_from,
-        "splits": {name: split_stats(splits[name], sp.classes) for name in SPLITS},
-        "dropped": dropped,
-    }
-
-
 def fetch_split_images(split: Split, jobs: list[ImageJob], data: DataParams, workers: int) -> None:
     """Copy or download a split's images, recording each image's mode on the split."""
     split.modes, how = place_images(
@@ -346,7 +310,7 @@ def make_subset(
     data: DataParams, sp: SubsetParams, out: str | Path, *, with_images: bool = True
 ) -> dict[str, Any]:
     """Run the whole stage into `out`; return the stats written to out/stats.json.
-    with_images=False does everything but the images (benchmarks of the json side)."""
+    with_images=False does all but the images (benchmarks of the json side)."""
     root, out = Path(data.coco_root), Path(out)
     splits, dropped, categories = select_subset(root, sp)
     jobs = {name: image_jobs(splits[name], root, out) for name in SPLITS}
@@ -361,6 +325,13 @@ def make_subset(
             fetch_split_images(splits[name], jobs[name], data, sp.workers)
     for name in SPLITS:
         io.write_json(out / "annotations" / f"{name}.json", split_doc(splits[name], categories))
-    stats = make_stats(splits, dropped, sp)
+    stats = {  # the params that shaped the subset, per-split counts and what was dropped
+        "classes": sp.classes,
+        "seed": sp.seed,
+        "strategy": sp.strategy,
+        "test_from": sp.test_from,
+        "splits": {name: split_stats(splits[name], sp.classes) for name in SPLITS},
+        "dropped": dropped,
+    }
     io.write_json(out / "stats.json", stats)
     return stats
