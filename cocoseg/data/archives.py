@@ -52,23 +52,6 @@ def check_archive(archive: Path, members: list[str]) -> None:
         raise DataError(f"{archive}: lacks member(s) {missing}; not COCO's archive?")
 
 
-def extract_members(archive: Path, members: list[str], target: Path) -> list[Path]:
-    """Stream the named members of `archive` to their paths under `target`; return them. Each
-    is renamed into place once its CRC matched: a corrupt one leaves nothing (DataError)."""
-    check_archive(archive, members)
-    written = []
-    with zipfile.ZipFile(archive) as zf:
-        for member in members:
-            dest = safe_join(target, member)
-            try:
-                with zf.open(member) as src, atomic_write(dest, "wb") as out:
-                    shutil.copyfileobj(src, out, CHUNK)
-            except (zipfile.BadZipFile, zlib.error, EOFError) as err:
-                raise DataError(f"{archive}: member {member} is corrupt: {err}") from None
-            written.append(dest)
-    return written
-
-
 def inspect_json(path: Path) -> dict[str, Any]:
     """Size and md5 of a JSON file, refusing a truncated one, in one chunked read: '{' ... '}'
     with balanced braces and brackets passes; only otherwise is the file parsed to decide."""
@@ -138,14 +121,22 @@ def _fetch_archive(url: str, archive: Path, members: list[str], **http: Any) -> 
 
 
 def _extract_and_discard(archive: Path, members: list[str], coco_root: Path, url: str) -> None:
-    """Extract members, then delete the archive; a corrupt one is deleted too (refetched)."""
+    """Stream members under coco_root, each renamed into place once its CRC matched, then delete
+    the archive; a bad one is deleted too, so that a re-run fetches it again."""
     try:
-        paths = extract_members(archive, members, coco_root)
+        check_archive(archive, members)
+        with zipfile.ZipFile(archive) as zf:
+            for member in members:
+                try:
+                    with zf.open(member) as src, atomic_write(coco_root / member, "wb") as out:
+                        shutil.copyfileobj(src, out, CHUNK)
+                except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+                    raise DataError(f"{archive}: member {member} is corrupt: {err}") from None
     except DataError as err:
         archive.unlink(missing_ok=True)
         raise DownloadError(f"{url}: {err}; deleted it, re-run to download again") from None
-    for path in paths:
-        log.info("extracted %s from %s", path, url)
+    for member in members:
+        log.info("extracted %s from %s", coco_root / member, url)
     archive.unlink()
 
 

@@ -149,14 +149,6 @@ def _unreachable(url: str, err: BaseException) -> str | None:
     return None
 
 
-def _delay(failures: int, backoff: float, retry_after: float | None) -> float:
-    """Exponential backoff with jitter (threads do not retry in lockstep), capped."""
-    delay = backoff * 2 ** (failures - 1) * random.uniform(0.5, 1.0)
-    if retry_after is not None:
-        delay = max(delay, retry_after)
-    return min(delay, MAX_DELAY)
-
-
 def _fetch(
     session: requests.Session,
     url: str,
@@ -185,7 +177,10 @@ def _fetch(
                     f"{url}: giving up after {retries + 1} attempts without progress; "
                     f"last error: {err}{_kept(part)}"
                 ) from None
-            wait = _delay(max(failures, 1), backoff, getattr(err, "retry_after", None))
+            # Exponential backoff, at least the server's Retry-After; jitter: threads do not
+            # retry in lockstep.
+            wait = backoff * 2 ** (max(failures, 1) - 1) * random.uniform(0.5, 1.0)
+            wait = min(max(wait, getattr(err, "retry_after", None) or 0.0), MAX_DELAY)
             log.warning("%s: %s; retrying in %.1fs", url, err, wait)
             time.sleep(wait)
         except requests.RequestException as err:

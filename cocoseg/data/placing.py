@@ -3,10 +3,9 @@ that does not decode or disagrees with its record's size stops here, not an hour
 
 from __future__ import annotations
 
-import logging
 import shutil
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,6 @@ from tqdm import tqdm
 from cocoseg.core import io
 from cocoseg.core.errors import CocosegError, DataError, DownloadError
 from cocoseg.core.images import decode_image
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -31,77 +28,55 @@ class ImageJob:
     width: int
     height: int
 
-
-def verify_image(path: str | Path, image_id: int, width: int, height: int) -> str:
-    """Decode the whole image and check its size; return its PIL mode ('RGB', 'L', 'CMYK'...)."""
-    mode, size = decode_image(path, f"image id {image_id}")
-    if size != (width, height):
-        raise DataError(
-            f"{path}: image id {image_id} is {size[0]}x{size[1]} but its annotation record "
-            f"says {width}x{height}; masks would not line up"
-        )
-    return mode
-
-
-def copy_atomic(src: Path, dest: Path) -> None:
-    """Copy src to dest through a temp file and a rename: dest is whole or absent."""
-    with src.open("rb") as fin, io.atomic_write(dest) as fout:
-        shutil.copyfileobj(fin, fout, 1 << 20)
-
-
-def _download(job: ImageJob, retries: int, timeout: float) -> None:
-    """Fetch job.url to job.dest; the download is verified before it takes the final name."""
-    from cocoseg.data.download import download_file
-
-    if not job.url:
-        raise DataError(f"image id {job.image_id}: not found at {job.src} and it has no coco_url")
-
-    def verify(part: str | Path) -> None:
-        verify_image(part, job.image_id, job.width, job.height)
-
-    try:
-        download_file(
-            job.url, job.dest, retries=retries, timeout=timeout, progress=False, verify=verify
-        )
-    except DownloadError as err:
-        raise DownloadError(f"image id {job.image_id} ({job.url}): {err}") from None
+    def verify(self, path: str | Path) -> str:
+        """Decode the whole image and check its size; return its PIL mode ('RGB', 'L'...)."""
+        mode, size = decode_image(path, f"image id {self.image_id}")
+        if size != (self.width, self.height):
+            raise DataError(
+                f"{path}: image id {self.image_id} is {size[0]}x{size[1]} but its annotation "
+                f"record says {self.width}x{self.height}; masks would not line up"
+            )
+        return mode
 
 
 def place_image(job: ImageJob, retries: int, timeout: float) -> tuple[str, str]:
     """Copy or download one image and verify it; return (how it got there, its PIL mode)."""
     if job.src is not None and job.src.is_file():
-        mode = verify_image(job.src, job.image_id, job.width, job.height)
-        copy_atomic(job.src, job.dest)
+        mode = job.verify(job.src)
+        with job.src.open("rb") as fin, io.atomic_write(job.dest) as fout:
+            shutil.copyfileobj(fin, fout, io.MB)
         return "copied", mode
     if job.dest.is_file():
         # Left by an interrupted run: atomic writes mean it is whole; still check it decodes.
         try:
-            return "reused", verify_image(job.dest, job.image_id, job.width, job.height)
+            return "reused", job.verify(job.dest)
         except DataError:
             job.dest.unlink()
-    _download(job, retries, timeout)
-    return "downloaded", verify_image(job.dest, job.image_id, job.width, job.height)
+    if not job.url:
+        raise DataError(f"image id {job.image_id}: not found at {job.src} and it has no coco_url")
+    from cocoseg.data.download import download_file  # requests: loaded only to download
+
+    try:  # verified before it takes the final name
+        download_file(
+            job.url, job.dest, retries=retries, timeout=timeout, progress=False, verify=job.verify
+        )
+    except DownloadError as err:
+        raise DownloadError(f"image id {job.image_id} ({job.url}): {err}") from None
+    return "downloaded", job.verify(job.dest)
 
 
 def place_images(
-    jobs: Iterable[ImageJob],
-    *,
-    workers: int,
-    retries: int,
-    timeout: float,
-    desc: str = "images",
-    place: Callable[[ImageJob, int, float], tuple[str, str]] = place_image,
+    jobs: Iterable[ImageJob], *, workers: int, retries: int, timeout: float, desc: str = "images"
 ) -> tuple[dict[int, str], Counter[str]]:
-    """Place all images in parallel with a progress bar; return {image id: mode} and how-counts.
-    The first failure (or Ctrl-C / SIGTERM) cancels the rest, removes unfinished downloads and
-    is raised as is (it names the image)."""
+    """Place all images in parallel; return {image id: mode} and how-counts. The first failure (or
+    Ctrl-C / SIGTERM) cancels the rest, removes unfinished downloads and is raised as is."""
     jobs = list(jobs)
     modes: dict[int, str] = {}
     how: Counter[str] = Counter()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="image")
     try:
         with tqdm(total=len(jobs), desc=desc, unit="img", leave=False) as bar:
-            futures = {pool.submit(place, job, retries, timeout): job for job in jobs}
+            futures = {pool.submit(place_image, job, retries, timeout): job for job in jobs}
             for future in as_completed(futures):
                 job = futures[future]
                 err = future.exception()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 import logging
 import random
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -63,15 +63,6 @@ def category_remap(categories: list[Category], classes: list[str], path: Path) -
     return {by_name[name]: new_id for new_id, name in enumerate(classes, start=1)}
 
 
-def output_categories(categories: list[Category], classes: list[str]) -> list[dict]:
-    """The K output categories, ids 1..K in classes order, COCO names and supercategories."""
-    by_name = {cat.name: cat for cat in categories}
-    return [
-        {"id": new_id, "name": name, "supercategory": by_name[name].supercategory}
-        for new_id, name in enumerate(classes, start=1)
-    ]
-
-
 def load_labelled(root: Path, name: str, classes: list[str]) -> Source:
     """Load, check and filter one labelled source file (train2017 or val2017)."""
     path = root / "annotations" / ANNOTATION_FILES[name]
@@ -102,21 +93,6 @@ def eligible_by_class(source: Source) -> dict[int, list[int]]:
     return by_class
 
 
-def balanced_targets(
-    by_class: dict[int, list[int]], classes: list[str], minimum: int, source: str
-) -> dict[int, int]:
-    """Images to guarantee per class: the minimum, or all there are (logged) when fewer."""
-    targets = {}
-    for cat, ids in by_class.items():
-        targets[cat] = min(minimum, len(ids))
-        if len(ids) < minimum:
-            log.warning(
-                "%s has only %d images with a non-crowd '%s' (< min_images_per_class = %d): "
-                "taking all of them", source, len(ids), classes[cat - 1], minimum,
-            )  # fmt: skip
-    return targets
-
-
 def select_balanced(
     pool: list[int], by_class: dict[int, list[int]], targets: dict[int, int], n: int, rng: Any
 ) -> list[int]:
@@ -142,7 +118,14 @@ def select_labelled(source: Source, split: str, sp: SubsetParams) -> list[int]:
     rng = split_rng(sp.seed, split)
     if sp.strategy == "random":
         return sorted(rng.sample(pool, n))
-    targets = balanced_targets(by_class, sp.classes, sp.min_images_per_class, source.name)
+    minimum = sp.min_images_per_class
+    targets = {cat: min(minimum, len(ids)) for cat, ids in by_class.items()}  # images to guarantee
+    for cat, ids in by_class.items():
+        if len(ids) < minimum:
+            log.warning(
+                "%s has only %d images with a non-crowd '%s' (< min_images_per_class = %d): "
+                "taking all of them", source.name, len(ids), sp.classes[cat - 1], minimum,
+            )  # fmt: skip
     needed = sum(targets.values())
     if needed > n:
         detail = ", ".join(f"{sp.classes[c - 1]} {t}" for c, t in targets.items())
@@ -152,13 +135,6 @@ def select_labelled(source: Source, split: str, sp: SubsetParams) -> list[int]:
             f"min_images_per_class, raise n_{split}, or use strategy random"
         )
     return select_balanced(pool, by_class, targets, n, rng)
-
-
-def select_test(pool: list[int], sp: SubsetParams, what: str) -> list[int]:
-    """Pick n_test image ids from pool (sorted) by seed; too few stops naming the key."""
-    if sp.n_test > len(pool):
-        raise ParamError(f"subset.n_test = {sp.n_test} but {what} has only {len(pool)} images")
-    return sorted(split_rng(sp.seed, "test").sample(pool, sp.n_test))
 
 
 # --------------------------------------------------------------------------- building
@@ -180,7 +156,11 @@ def labelled_split(source: Source, split: str, ids: list[int]) -> Split:
 def select_subset(root: Path, sp: SubsetParams) -> tuple[dict[str, Split], dict, list[dict]]:
     """Select all three splits (no writing); return splits, drop counts and categories."""
     train_src = load_labelled(root, "train2017", sp.classes)
-    categories = output_categories(train_src.file.categories, sp.classes)
+    by_id = {cat.id: cat for cat in train_src.file.categories}
+    categories = [  # ids 1..K in classes order
+        {"id": new_id, "name": by_id[old_id].name, "supercategory": by_id[old_id].supercategory}
+        for old_id, new_id in train_src.remap.items()
+    ]
     train = labelled_split(train_src, "train", select_labelled(train_src, "train", sp))
     dropped = {"train2017": dict(train_src.dropped)}
     del train_src  # frees the train file before the val file is read
@@ -196,7 +176,9 @@ def select_subset(root: Path, sp: SubsetParams) -> tuple[dict[str, Split], dict,
         path = root / "annotations" / ANNOTATION_FILES["test2017"]
         file, what = read_coco(path, labelled=False), f"test2017 ({path.name})"
         pool = sorted(file.images)
-    images = [file.record(i) for i in select_test(pool, sp, what)]
+    if sp.n_test > len(pool):
+        raise ParamError(f"subset.n_test = {sp.n_test} but {what} has only {len(pool)} images")
+    images = [file.record(i) for i in sorted(split_rng(sp.seed, "test").sample(pool, sp.n_test))]
     test = Split("test", sp.test_from, images, None, file.info, file.licenses)
     return {"train": train, "val": val, "test": test}, dropped, categories
 
@@ -271,17 +253,15 @@ def split_stats(split: Split, classes: list[str]) -> dict[str, Any]:
     """Per class instances (non-crowd), images holding one, and crowd regions."""
     stats: dict[str, Any] = {"source": split.source, "images": len(split.images)}
     if split.annotations is not None:
-        per_class = {name: {"instances": 0, "images": 0, "crowd": 0} for name in classes}
-        images: dict[str, set[int]] = defaultdict(set)
-        for ann in split.annotations:
-            name = classes[ann["category_id"] - 1]
-            if ann["iscrowd"]:
-                per_class[name]["crowd"] += 1
-            else:
-                per_class[name]["instances"] += 1
-                images[name].add(ann["image_id"])
-        for name in classes:
-            per_class[name]["images"] = len(images[name])
+        per_class = {}
+        for category_id, name in enumerate(classes, start=1):
+            mine = [a for a in split.annotations if a["category_id"] == category_id]
+            objects = [a["image_id"] for a in mine if not a["iscrowd"]]
+            per_class[name] = {
+                "instances": len(objects),
+                "images": len(set(objects)),
+                "crowd": len(mine) - len(objects),
+            }
         stats["annotations"] = len(split.annotations)
         stats["crowd_annotations"] = sum(c["crowd"] for c in per_class.values())
         stats["classes"] = per_class
