@@ -1,8 +1,4 @@
-"""Stages download, subset and eda: COCO's annotation files -> data/subset -> its figures.
-
-Public: download_file (download); ensure_annotations (archives); read_coco (cocofile);
-make_subset (subset); place_images (placing); run_eda (eda).
-"""
+"""Stages download, subset and eda: COCO's annotation files -> data/subset -> its figures."""
 
 from cocoseg.core.exports import lazy_exports
 

@@ -25,12 +25,6 @@ TEST_INFO = ANNOTATION_FILES["test2017"]
 CACHE_DIR = ".downloads"
 
 
-def needed_files(need_test_info: bool) -> list[str]:
-    """The annotation files (under annotations/) the pipeline reads."""
-    sources = [*LABELLED_SOURCES, "test2017"] if need_test_info else LABELLED_SOURCES
-    return [ANNOTATION_FILES[source] for source in sources]
-
-
 def check_archive(archive: Path, members: list[str]) -> None:
     """Refuse a file that is no zip, lacks a member, or holds any member (wanted or not) whose
     path leaves its folder: such an archive is hostile or broken as a whole."""
@@ -47,8 +41,7 @@ def check_archive(archive: Path, members: list[str]) -> None:
                 f"{archive}: refusing archive with member {name!r}, whose path leaves "
                 "the extraction folder"
             ) from None
-    missing = [m for m in members if m not in names]
-    if missing:
+    if missing := [m for m in members if m not in names]:
         raise DataError(f"{archive}: lacks member(s) {missing}; not COCO's archive?")
 
 
@@ -65,8 +58,7 @@ def inspect_json(path: Path) -> dict[str, Any]:
             last = chunk.rstrip()[-1:] or last
             depth[0] += chunk.count(b"{") - chunk.count(b"}")
             depth[1] += chunk.count(b"[") - chunk.count(b"]")
-    looks_whole = first == b"{" and last == b"}" and depth == [0, 0]
-    if not looks_whole:
+    if not (first == b"{" and last == b"}" and depth == [0, 0]):
         try:
             orjson.loads(path.read_bytes())
         except orjson.JSONDecodeError as err:
@@ -154,7 +146,8 @@ def ensure_annotations(
     Missing ones come from COCO's zips, fetched into coco_root/.downloads and deleted after."""
     coco_root = Path(coco_root)
     ann_dir = coco_root / "annotations"
-    names = needed_files(need_test_info)
+    sources = [*LABELLED_SOURCES, "test2017"] if need_test_info else LABELLED_SOURCES
+    names = [ANNOTATION_FILES[source] for source in sources]  # the files the pipeline reads
     check_coco_root(coco_root, names, base_url)
     # Check present copies first: a truncated one fails before anything is fetched.
     files = {n: inspect_json(ann_dir / n) for n in names if (ann_dir / n).exists()}

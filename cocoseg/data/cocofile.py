@@ -117,9 +117,6 @@ class CocoFile:
         return record if seg is record["segmentation"] else {**record, "segmentation": seg}
 
 
-# --------------------------------------------------------------------------- reading
-
-
 def invalid(
     path: Path, err: msgspec.ValidationError, at: str = "$", record: Raw | None = None
 ) -> DataError:
@@ -174,9 +171,6 @@ def read_coco(path: Path, *, labelled: bool) -> CocoFile:
         raise DataError(f"{path}: duplicate category id {dupes[0]}")
     info, licenses = msgspec.json.decode(layout.info), msgspec.json.decode(layout.licenses)
     return CocoFile(path, images, records, layout.categories, layout.annotations, info, licenses)
-
-
-# --------------------------------------------------------------------------- checking
 
 
 def box_ok(bbox: list[float] | None) -> bool:

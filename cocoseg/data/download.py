@@ -9,7 +9,7 @@ import random
 import re
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -124,69 +124,23 @@ def _attempt(session: requests.Session, url: str, part: Path, timeout: float, ba
         raise _Transient(f"body ended early: have {got} of {expected} bytes")
 
 
-def _causes(err: BaseException) -> Iterator[BaseException]:
-    """`err` and every exception behind it: chained ones, urllib3's `reason`, exceptions in args."""
-    seen: set[int] = set()
-    stack: list[object] = [err]
-    while stack:
-        exc = stack.pop()
-        if not isinstance(exc, BaseException) or id(exc) in seen:
-            continue
-        seen.add(id(exc))
-        yield exc
-        stack += [exc.__cause__, exc.__context__, getattr(exc, "reason", None), *exc.args]
-
-
 def _unreachable(url: str, err: BaseException) -> str | None:
     """Why `url`'s host cannot be reached at all (no such name, port refused), or None: neither
     heals within a backoff, unlike timeouts, resets and 5xx (requests wraps all alike)."""
     parts = urlsplit(url)
-    for cause in _causes(err):
+    seen: set[int] = set()
+    stack: list[object] = [err]
+    while stack:  # err and every exception behind it: chained, urllib3's `reason`, in args
+        cause = stack.pop()
+        if not isinstance(cause, BaseException) or id(cause) in seen:
+            continue
+        seen.add(id(cause))
         if isinstance(cause, socket.gaierror):
             return f"host name {parts.hostname} does not resolve ({cause.strerror})"
         if isinstance(cause, ConnectionRefusedError):  # any OSError with ECONNREFUSED
             return f"{parts.netloc} refused the connection"
+        stack += [cause.__cause__, cause.__context__, getattr(cause, "reason", None), *cause.args]
     return None
-
-
-def _fetch(
-    session: requests.Session,
-    url: str,
-    part: Path,
-    *,
-    retries: int,
-    timeout: float,
-    backoff: float,
-    bar: tqdm,
-) -> None:
-    """Retry `_attempt` until `part` is complete; attempts that gained bytes do not count."""
-    failures = 0
-    while True:
-        before = _size(part)
-        try:
-            _attempt(session, url, part, timeout, bar)
-            return
-        except requests.exceptions.SSLError as err:  # a bad certificate will not heal
-            raise DownloadError(f"{url}: {err}") from None
-        except (_Transient, *TRANSIENT_ERRORS) as err:
-            if (why := _unreachable(url, err)) is not None:
-                raise HostUnreachable(f"{url}: {why}; not retried{_kept(part)}") from None
-            failures = 0 if _size(part) > before else failures + 1
-            if failures > retries:
-                raise DownloadError(
-                    f"{url}: giving up after {retries + 1} attempts without progress; "
-                    f"last error: {err}{_kept(part)}"
-                ) from None
-            # Exponential backoff, at least the server's Retry-After; jitter: threads do not
-            # retry in lockstep.
-            wait = backoff * 2 ** (max(failures, 1) - 1) * random.uniform(0.5, 1.0)
-            wait = min(max(wait, getattr(err, "retry_after", None) or 0.0), MAX_DELAY)
-            log.warning("%s: %s; retrying in %.1fs", url, err, wait)
-            time.sleep(wait)
-        except requests.RequestException as err:
-            raise DownloadError(f"{url}: {err}") from None
-        except OSError as err:  # writing the .part failed (disk full, permissions)
-            raise OutputError(os_fault_message(err, part, f"downloading {url}")) from None
 
 
 def _kept(part: Path) -> str:
@@ -215,7 +169,32 @@ def download_file(
         requests.Session() as session,
         tqdm(desc=dest.name, unit="B", unit_scale=True, leave=False, disable=disable) as bar,
     ):
-        _fetch(session, url, part, retries=retries, timeout=timeout, backoff=backoff, bar=bar)
+        failures = 0  # in a row without progress: attempts that gained bytes do not count
+        while True:
+            before = _size(part)
+            try:
+                _attempt(session, url, part, timeout, bar)
+                break
+            except requests.exceptions.SSLError as err:  # a bad certificate will not heal
+                raise DownloadError(f"{url}: {err}") from None
+            except (_Transient, *TRANSIENT_ERRORS) as err:
+                if (why := _unreachable(url, err)) is not None:
+                    raise HostUnreachable(f"{url}: {why}; not retried{_kept(part)}") from None
+                failures = 0 if _size(part) > before else failures + 1
+                if failures > retries:
+                    raise DownloadError(
+                        f"{url}: giving up after {retries + 1} attempts without progress; "
+                        f"last error: {err}{_kept(part)}"
+                    ) from None
+                # Backoff, with jitter (threads do not retry in lockstep), at least Retry-After.
+                wait = backoff * 2 ** (max(failures, 1) - 1) * random.uniform(0.5, 1.0)
+                wait = min(max(wait, getattr(err, "retry_after", None) or 0.0), MAX_DELAY)
+                log.warning("%s: %s; retrying in %.1fs", url, err, wait)
+                time.sleep(wait)
+            except requests.RequestException as err:
+                raise DownloadError(f"{url}: {err}") from None
+            except OSError as err:  # writing the .part failed (disk full, permissions)
+                raise OutputError(os_fault_message(err, part, f"downloading {url}")) from None
     try:
         if verify is not None:
             verify(part)

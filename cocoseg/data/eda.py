@@ -63,8 +63,7 @@ def _check_coco(coco: Any, path: Path) -> None:
     if not isinstance(coco, dict) or "images" not in coco or "categories" not in coco:
         raise DataError(f"{path}: not a COCO annotation file (needs 'images' and 'categories')")
     for img in coco["images"]:
-        missing = {"id", "file_name", "width", "height"} - set(img)
-        if missing:
+        if missing := {"id", "file_name", "width", "height"} - set(img):
             raise DataError(f"{path}: image {img.get('id')} lacks {sorted(missing)}")
     image_ids = {img["id"] for img in coco["images"]}
     cat_ids = {cat["id"] for cat in coco["categories"]}
@@ -82,10 +81,9 @@ def category_names(cocos: Mapping[str, dict[str, Any]]) -> dict[int, str]:
     names: dict[int, str] | None = None
     for split, coco in cocos.items():
         these = {c["id"]: c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])}
-        if names is None:
-            names = these
-        elif these != names:
+        if names is not None and these != names:
             raise DataError(f"{split}.json: categories {these} differ from the other splits")
+        names = these
     return names or {}
 
 
@@ -137,8 +135,7 @@ def _label_bars(ax: Any, bars: Any, fontsize: int = 8) -> None:
 def _style(ax: Any, title: str, xlabel: str, ylabel: str) -> None:
     """Title, axis labels and a light horizontal grid behind the bars."""
     ax.set_title(title, fontsize=12)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.grid(axis="y", alpha=0.3)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_axisbelow(True)
@@ -246,8 +243,7 @@ def plot_image_sizes(cocos: Mapping[str, dict[str, Any]], path: Path) -> None:
         label = f"{split}: {len(sizes)} images (most common {w}×{h}: {n})"
         ax.scatter(ws, hs, s=22, alpha=0.45, marker=marker, color=color, label=label)
     ax.set_title("Image sizes", fontsize=14)
-    ax.set_xlabel("width (px)")
-    ax.set_ylabel("height (px)")
+    ax.set(xlabel="width (px)", ylabel="height (px)")
     ax.grid(alpha=0.3)
     ax.set_aspect("equal", adjustable="datalim")
     ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=9)
@@ -291,9 +287,6 @@ def plot_samples(
     title = f"{len(drawn)} sample train images with ground truth (seed {params.seed})"
     colors = class_colors(list(categories.values()))
     contact_sheet(drawn, captions, path, columns=4, title=title, colors=colors)
-
-
-# ---------------------------------------------------------------- the stage
 
 
 def run_eda(subset: str | Path, out_dir: str | Path, params: EdaParams) -> dict[str, Any]:

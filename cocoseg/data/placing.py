@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 from collections import Counter
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,11 +65,10 @@ def place_image(job: ImageJob, retries: int, timeout: float) -> tuple[str, str]:
 
 
 def place_images(
-    jobs: Iterable[ImageJob], *, workers: int, retries: int, timeout: float, desc: str = "images"
+    jobs: list[ImageJob], *, workers: int, retries: int, timeout: float, desc: str = "images"
 ) -> tuple[dict[int, str], Counter[str]]:
     """Place all images in parallel; return {image id: mode} and how-counts. The first failure (or
     Ctrl-C / SIGTERM) cancels the rest, removes unfinished downloads and is raised as is."""
-    jobs = list(jobs)
     modes: dict[int, str] = {}
     how: Counter[str] = Counter()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="image")

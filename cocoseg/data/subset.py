@@ -7,7 +7,6 @@ import difflib
 import logging
 import random
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -214,10 +213,9 @@ def image_jobs(split: Split, root: Path, out: Path) -> list[ImageJob]:
     return jobs
 
 
-def clear_stale(out: Path, keep: Iterable[Path]) -> int:
+def clear_stale(out: Path, keep: set[Path]) -> int:
     """Remove a previous run's stats.json and its files under annotations/ and images/ not in
     keep; nothing else in out is touched, so a wrong --out wipes nothing."""
-    keep = {Path(p) for p in keep}
     removed = 0
     for sub in (out / "annotations", out / "images"):
         if not sub.is_dir():
@@ -278,8 +276,7 @@ def fetch_split_images(split: Split, jobs: list[ImageJob], data: DataParams, wor
         jobs, workers=workers, retries=data.retries, timeout=data.timeout, desc=split.name
     )
     log.info("%s: %s", split.name, ", ".join(f"{n} {k}" for k, n in sorted(how.items())) or "none")
-    odd = {i: m for i, m in split.modes.items() if m != "RGB"}
-    if odd:
+    if odd := {i: m for i, m in split.modes.items() if m != "RGB"}:
         shown = ", ".join(f"id {i} {m}" for i, m in sorted(odd.items())[:10])
         log.warning(
             "%s: %d non-RGB images kept (training converts them): %s", split.name, len(odd), shown
@@ -296,9 +293,8 @@ def make_subset(
     jobs = {name: image_jobs(splits[name], root, out) for name in SPLITS}
     # Images of this selection (and their partial downloads) may stay: they are re-verified.
     dests = [job.dest for js in jobs.values() for job in js]
-    keep = dests + [io.part_path(dest) for dest in dests]
-    removed = clear_stale(out, keep)
-    if removed:
+    keep = {*dests, *(io.part_path(dest) for dest in dests)}
+    if removed := clear_stale(out, keep):
         log.info("removed %d stale files of a previous run under %s", removed, out)
     if with_images:
         for name in SPLITS:
