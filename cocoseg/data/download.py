@@ -31,7 +31,7 @@ TRANSIENT_ERRORS = (
     requests.Timeout,
     requests.exceptions.ChunkedEncodingError,  # the connection dropped mid-body
 )
-_CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)")
+_CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-\d+|\*)/(?:(\d+)|\*)")
 
 
 class _Transient(Exception):
@@ -56,11 +56,8 @@ def _size(path: Path) -> int:
 def _content_range(resp: requests.Response) -> tuple[int | None, int | None]:
     """(first byte, total size) from a Content-Range header; None where absent or '*'."""
     match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
-    if not match:
-        return None, None
-    start = int(match.group(1)) if match.group(1) is not None else None
-    total = int(match.group(3)) if match.group(3) != "*" else None
-    return start, total
+    start, total = match.groups() if match else (None, None)
+    return (None if start is None else int(start)), (None if total is None else int(total))
 
 
 def _expected_size(resp: requests.Response, offset: int) -> int | None:

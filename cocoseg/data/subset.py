@@ -206,10 +206,8 @@ def image_jobs(split: Split, root: Path, out: Path) -> list[ImageJob]:
                 f"{name!r}"
             )
         names[name] = image_id
-        dest = out / "images" / split.name / name
-        jobs.append(
-            ImageJob(image_id, dest, src, image.get("coco_url"), image["width"], image["height"])
-        )
+        url, width, height = image.get("coco_url"), image["width"], image["height"]
+        jobs.append(ImageJob(image_id, out / "images" / split.name / name, src, url, width, height))
     return jobs
 
 
