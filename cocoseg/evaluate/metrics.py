@@ -169,12 +169,8 @@ class ClassMatch:
     fp: int = 0
 
     @property
-    def n_gt(self) -> int:
-        return len(self.ious)
-
-    @property
     def fn(self) -> int:
-        return self.n_gt - self.tp
+        return len(self.ious) - self.tp
 
 
 def class_matches(matched: Matching) -> dict[int, ClassMatch]:
@@ -238,7 +234,7 @@ def mask_ap(gt: COCO, evaluator: COCOeval) -> dict[str, Number]:
 
 
 def _class_row(name: str, aps: dict[str, dict[str, Number]], found: ClassMatch) -> dict[str, Any]:
-    row: dict[str, Any] = {"class": name, "n_gt": found.n_gt}
+    row: dict[str, Any] = {"class": name, "n_gt": len(found.ious)}
     for iou_type in IOU_TYPES:
         row.update({f"{iou_type}_{k}": v for k, v in aps[iou_type].items()})
     row.update(iou=_mean(found.ious), dice=_mean(found.dices))
