@@ -95,17 +95,6 @@ def check_prediction(pred: Any, gt: COCO, where: str) -> dict[str, Any]:
     }
 
 
-def check_class_names(classes: list[str], gt: COCO, source: str) -> None:
-    """Predictions made for `classes` (ids 1..K) must be scored against the same class list:
-    ids alone would score predictions made before `subset.classes` was reordered wrongly."""
-    truth = [gt.cats[c]["name"] for c in sorted(gt.cats)]
-    if list(classes) != truth:
-        raise DataError(
-            f"{source}: predictions were made for classes {list(classes)} but the ground "
-            f"truth's are {truth}; predict again (dvc repro infer)"
-        )
-
-
 def check_predictions(preds: Any, gt: COCO, source: str) -> list[dict[str, Any]]:
     """All results dicts checked; the error names the source, the entry and the bad id."""
     if not isinstance(preds, list):
@@ -114,11 +103,14 @@ def check_predictions(preds: Any, gt: COCO, source: str) -> list[dict[str, Any]]
 
 
 def load_predictions(path: str | Path, gt: COCO) -> list[dict[str, Any]]:
-    """A COCO results file checked against the ground truth (and the class names infer
-    recorded beside it, when there)."""
-    recorded = classes_path(path)
-    if recorded.exists():
-        check_class_names(read_json(recorded).get("classes"), gt, str(path))
+    """A COCO results file checked against the ground truth and the class names infer recorded
+    beside it, when there: ids alone would score predictions made for another order wrongly."""
+    recorded, truth = classes_path(path), [gt.cats[c]["name"] for c in sorted(gt.cats)]
+    if recorded.exists() and list(classes := read_json(recorded).get("classes")) != truth:
+        raise DataError(
+            f"{path}: predictions were made for classes {list(classes)} but the ground "
+            f"truth's are {truth}; predict again (dvc repro infer)"
+        )
     return check_predictions(read_json(path), gt, str(path))
 
 
