@@ -45,14 +45,12 @@ def error_counts(matched: Matching) -> dict[str, dict[str, int]]:
 
 def confusion_rows(matched: Matching) -> list[dict[str, str]]:
     """Rows {actual, predicted} at IoU 0.5 with 'background' for no class; crowd-ignored skip."""
-    names = matched.names
-    rows = []
-    for v in matched.verdicts:
-        predicted = names[v.pred["category_id"]]
-        if v.outcome in (TP, "classification"):
-            rows.append({"actual": names[v.gt_category_id], "predicted": predicted})
-        elif v.outcome != CROWD:
-            rows.append({"actual": BACKGROUND, "predicted": predicted})
+    names = {**matched.names, None: BACKGROUND}  # gt_category_id: None but for TP, classification
+    rows = [
+        {"actual": names[v.gt_category_id], "predicted": names[v.pred["category_id"]]}
+        for v in matched.verdicts
+        if v.outcome != CROWD
+    ]
     rows += [{"actual": names[a["category_id"]], "predicted": BACKGROUND} for a in matched.missed]
     return rows
 
