@@ -1,8 +1,4 @@
-"""Stage evaluate: score saved predictions (COCO mAP, IoU, Dice, P/R/F1) and explain errors.
-
-Public: match (matching: the one greedy pass both read); evaluate, load_ground_truth,
-load_predictions (metrics); analyse (error_analysis); write_reports (reports).
-"""
+"""Stage evaluate: score saved predictions (COCO mAP, IoU, Dice, P/R/F1) and explain errors."""
 
 from cocoseg.core.exports import lazy_exports
 

@@ -1,13 +1,10 @@
 """Why mask AP is lost: a TIDE-style error breakdown, read off the one matching.
 
-Prediction errors are `cocoseg.evaluate.matching`'s outcomes, under the predicted class. A
-non-crowd ground truth no true positive took is `missed` under its own class, by its area's
-COCOeval size; so one behind a classification or localisation error counts twice (unlike TIDE).
-
-ΔAP per type (COCOeval segm AP@[.5:.95], overall and per class): AP with that type's errors
-removed (not fixed, as TIDE would) minus AP of all predictions; missed ground truths are removed
-from the ground truth (a class left with none has ΔAP None). ΔAP reads every prediction, so its
-base is the report's segm AP; counts and confusion read those at the score threshold.
+Prediction errors count under the predicted class; a non-crowd ground truth no true positive took
+is missed under its own class and size (so one behind another error counts twice, unlike TIDE).
+ΔAP per type: segm AP@[.5:.95] of every prediction with that type's errors removed (missed: those
+ground truths), not fixed as TIDE would, minus the report's segm AP; None for a class left without
+ground truth. Counts and confusion read the predictions at the score threshold.
 """
 
 from __future__ import annotations
@@ -34,9 +31,6 @@ DELTA_TYPES = (*PREDICTION_ERRORS, "missed")
 BACKGROUND = "background"
 
 
-# --- counts, confusion and worst images ---------------------------------------------------------
-
-
 def error_counts(matched: Matching) -> dict[str, dict[str, int]]:
     """Counts per class name and type, plus `all`; prediction errors under the predicted class."""
     tallies = {name: Counter() for name in [*matched.names.values(), "all"]}
@@ -51,25 +45,20 @@ def error_counts(matched: Matching) -> dict[str, dict[str, int]]:
 
 def confusion_rows(matched: Matching) -> list[dict[str, str]]:
     """Rows {actual, predicted} at IoU 0.5 with 'background' for no class; crowd-ignored skip."""
-    names = matched.names
-    rows = []
-    for v in matched.verdicts:
-        predicted = names[v.pred["category_id"]]
-        if v.outcome in (TP, "classification"):
-            rows.append({"actual": names[v.gt_category_id], "predicted": predicted})
-        elif v.outcome != CROWD:
-            rows.append({"actual": BACKGROUND, "predicted": predicted})
+    names = {**matched.names, None: BACKGROUND}  # gt_category_id: None but for TP, classification
+    rows = [
+        {"actual": names[v.gt_category_id], "predicted": names[v.pred["category_id"]]}
+        for v in matched.verdicts
+        if v.outcome != CROWD
+    ]
     rows += [{"actual": names[a["category_id"]], "predicted": BACKGROUND} for a in matched.missed]
     return rows
 
 
 def errors_per_image(matched: Matching) -> Counter:
     """Number of errors (prediction errors and missed ground truths) per image id."""
-    count: Counter = Counter(
-        v.pred["image_id"] for v in matched.verdicts if v.outcome in PREDICTION_ERRORS
-    )
-    count.update(a["image_id"] for a in matched.missed)
-    return count
+    errors = [v.pred for v in matched.verdicts if v.outcome in PREDICTION_ERRORS] + matched.missed
+    return Counter(error["image_id"] for error in errors)
 
 
 def worst_images(matched: Matching, n: int) -> list[int]:
@@ -92,9 +81,6 @@ def image_outcomes(matched: Matching, gt: COCO, image_id: int) -> tuple[list, li
     return gts, preds
 
 
-# --- ΔAP ------------------------------------------------------------------------------------
-
-
 def fixed_inputs(
     gt: COCO, matched: Matching, types: Collection[str]
 ) -> tuple[COCO, list[dict[str, Any]]]:
@@ -112,16 +98,6 @@ def mask_ap(gt: COCO, preds: Sequence[dict[str, Any]]) -> dict[str, Number]:
     return metrics.mask_ap(gt, run_cocoeval(gt, preds, "segm"))
 
 
-def _difference(fixed: Number, base: Number) -> Number:
-    return None if fixed is None or base is None else fixed - base
-
-
-def _occurs(matched: Matching, error_type: str) -> bool:
-    if error_type == "missed":
-        return bool(matched.missed)
-    return any(v.outcome == error_type for v in matched.verdicts)
-
-
 def delta_ap(
     gt: COCO, matched: Matching, base: dict[str, Number] | None = None
 ) -> dict[str, dict[str, Number]]:
@@ -129,15 +105,18 @@ def delta_ap(
     The base is the AP of the matching's predictions: `base` when given (`Evaluation.mask_ap`)."""
     base = base or mask_ap(*fixed_inputs(gt, matched, ()))
     result: dict[str, dict[str, Number]] = {key: {} for key in base}
+    occurring = {v.outcome for v in matched.verdicts} | ({"missed"} if matched.missed else set())
     for error_type in DELTA_TYPES:
-        occurs = _occurs(matched, error_type)
+        occurs = error_type in occurring
         fixed = mask_ap(*fixed_inputs(gt, matched, {error_type})) if occurs else base
         for key, value in base.items():
-            result[key][error_type] = _difference(fixed[key], value) if occurs else 0.0
+            if not occurs:
+                result[key][error_type] = 0.0
+            elif fixed[key] is None or value is None:
+                result[key][error_type] = None
+            else:
+                result[key][error_type] = fixed[key] - value
     return result
-
-
-# --- the report and its files ----------------------------------------------------------------
 
 
 @dataclass
@@ -177,15 +156,11 @@ def count_rows(report: ErrorReport) -> list[dict[str, Any]]:
     return [{"class": n, **c} for n, c in report.counts.items() if n != "all"]
 
 
-def delta_rows(report: ErrorReport) -> list[dict[str, Any]]:
-    """errors_per_class.csv rows: one per class, a ΔAP column per type."""
-    return [{"class": n, **d} for n, d in report.delta_ap.items() if n != "all"]
-
-
 def write_error_reports(report: ErrorReport, eval_dir: str | Path) -> None:
     """errors.csv, errors_per_class.csv, confusion.json and confusion.csv under eval_dir."""
     eval_dir = Path(eval_dir)
     write_csv(eval_dir / "errors.csv", rounded(count_rows(report)))
-    write_csv(eval_dir / "errors_per_class.csv", rounded(delta_rows(report)))
+    deltas = [{"class": n, **d} for n, d in report.delta_ap.items() if n != "all"]
+    write_csv(eval_dir / "errors_per_class.csv", rounded(deltas))
     write_json(eval_dir / "confusion.json", report.confusion)
     write_csv(eval_dir / "confusion.csv", report.confusion, columns=("actual", "predicted"))

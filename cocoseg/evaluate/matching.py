@@ -55,9 +55,8 @@ class Overlap:
 
 @dataclass(frozen=True)
 class Matching:
-    """Verdicts (images by id, best score first), the non-crowd ground truths (same order) and,
-    per ground-truth id, the overlaps of the predictions that raised its best IoU, in score
-    order (so the last is its greedy pair)."""
+    """Verdicts (images by id, best score first), the non-crowd ground truths (same order) and, per
+    ground-truth id, the overlaps that raised its best IoU in score order (the last: its pair)."""
 
     verdicts: list[Verdict]
     ground_truths: list[dict[str, Any]]

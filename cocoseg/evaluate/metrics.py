@@ -30,9 +30,6 @@ HEADLINE_DECIMALS = 3  # as COCOeval prints them: `dvc exp show` keeps room for 
 RESULT_KEYS = ("image_id", "category_id", "bbox", "score", "segmentation")
 
 
-# --- loading and checking -------------------------------------------------------------------
-
-
 def load_ground_truth(path: str | Path) -> COCO:
     """The ground-truth annotation file as a COCO index; malformed files raise DataError."""
     dataset = read_json(path)
@@ -98,17 +95,6 @@ def check_prediction(pred: Any, gt: COCO, where: str) -> dict[str, Any]:
     }
 
 
-def check_class_names(classes: list[str], gt: COCO, source: str) -> None:
-    """Predictions made for `classes` (ids 1..K) must be scored against the same class list:
-    ids alone would score predictions made before `subset.classes` was reordered wrongly."""
-    truth = [gt.cats[c]["name"] for c in sorted(gt.cats)]
-    if list(classes) != truth:
-        raise DataError(
-            f"{source}: predictions were made for classes {list(classes)} but the ground "
-            f"truth's are {truth}; predict again (dvc repro infer)"
-        )
-
-
 def check_predictions(preds: Any, gt: COCO, source: str) -> list[dict[str, Any]]:
     """All results dicts checked; the error names the source, the entry and the bad id."""
     if not isinstance(preds, list):
@@ -117,15 +103,15 @@ def check_predictions(preds: Any, gt: COCO, source: str) -> list[dict[str, Any]]
 
 
 def load_predictions(path: str | Path, gt: COCO) -> list[dict[str, Any]]:
-    """A COCO results file checked against the ground truth (and the class names infer
-    recorded beside it, when there)."""
-    recorded = classes_path(path)
-    if recorded.exists():
-        check_class_names(read_json(recorded).get("classes"), gt, str(path))
+    """A COCO results file checked against the ground truth and the class names infer recorded
+    beside it, when there: ids alone would score predictions made for another order wrongly."""
+    recorded, truth = classes_path(path), [gt.cats[c]["name"] for c in sorted(gt.cats)]
+    if recorded.exists() and list(classes := read_json(recorded).get("classes")) != truth:
+        raise DataError(
+            f"{path}: predictions were made for classes {list(classes)} but the ground "
+            f"truth's are {truth}; predict again (dvc repro infer)"
+        )
     return check_predictions(read_json(path), gt, str(path))
-
-
-# --- COCO mAP -------------------------------------------------------------------------------
 
 
 def _mean_valid(values: np.ndarray) -> Number:
@@ -148,16 +134,21 @@ def per_class_ap(evaluator: COCOeval) -> dict[int, dict[str, Number]]:
     }
 
 
-def pr_curves(evaluator: COCOeval) -> dict[str, np.ndarray]:
-    """Precision per class on COCO's 101 recall thresholds: 'iou50' and 'iou50_95' [101, K]
+def pr_curves(evaluator: COCOeval, names: dict[int, str]) -> dict[str, list[dict[str, Any]]]:
+    """Rows {recall, <class>: precision} on COCO's 101 recall thresholds: 'iou50' and 'iou50_95'
     (the mean of the ten thresholds' curves); NaN where a class has no ground truth."""
     precision = evaluator.eval["precision"][:, :, :, 0, -1].astype(float)
     precision[precision < 0] = np.nan
     t50 = int(np.argmin(np.abs(evaluator.params.iouThrs - 0.5)))
-    return {"iou50": precision[t50], "iou50_95": precision.mean(axis=0)}
-
-
-# --- greedy IoU, Dice and one-to-one counts, read off the matching ----------------------------
+    classes = [names[c] for c in evaluator.params.catIds]
+    curves = {"iou50": precision[t50], "iou50_95": precision.mean(axis=0)}
+    return {
+        key: [
+            {"recall": float(r), **dict(zip(classes, map(float, values), strict=True))}
+            for r, values in zip(evaluator.params.recThrs, curve, strict=True)
+        ]
+        for key, curve in curves.items()
+    }
 
 
 @dataclass
@@ -170,12 +161,8 @@ class ClassMatch:
     fp: int = 0
 
     @property
-    def n_gt(self) -> int:
-        return len(self.ious)
-
-    @property
     def fn(self) -> int:
-        return self.n_gt - self.tp
+        return len(self.ious) - self.tp
 
 
 def class_matches(matched: Matching) -> dict[int, ClassMatch]:
@@ -190,9 +177,6 @@ def class_matches(matched: Matching) -> dict[int, ClassMatch]:
         found.tp += int(verdict.outcome == TP)
         found.fp += int(verdict.outcome not in (TP, CROWD))
     return result
-
-
-# --- the report -----------------------------------------------------------------------------
 
 
 def _ratio(num: float, den: float) -> Number:
@@ -229,9 +213,7 @@ class Evaluation:
 
     metrics: dict[str, Any]
     rows: list[dict[str, Any]]
-    curves: dict[str, np.ndarray]
-    recall: np.ndarray
-    class_names: list[str]
+    curves: dict[str, list[dict[str, Any]]]  # pr_<key>.csv rows
     mask_ap: dict[str, Number]  # segm AP unrounded: 'all' and per class (error analysis's base)
     matching: Matching  # of every prediction (the error analysis reads it too)
 
@@ -244,7 +226,7 @@ def mask_ap(gt: COCO, evaluator: COCOeval) -> dict[str, Number]:
 
 
 def _class_row(name: str, aps: dict[str, dict[str, Number]], found: ClassMatch) -> dict[str, Any]:
-    row: dict[str, Any] = {"class": name, "n_gt": found.n_gt}
+    row: dict[str, Any] = {"class": name, "n_gt": len(found.ious)}
     for iou_type in IOU_TYPES:
         row.update({f"{iou_type}_{k}": v for k, v in aps[iou_type].items()})
     row.update(iou=_mean(found.ious), dice=_mean(found.dices))
@@ -259,9 +241,8 @@ def evaluate(gt: COCO, preds: Sequence[dict[str, Any]], score_threshold: float) 
     matched = match(gt, preds)
     matches = class_matches(matched.at(score_threshold))
     per_type = {t: per_class_ap(e) for t, e in evaluators.items()}
-    names = {cat_id: gt.cats[cat_id]["name"] for cat_id in matches}
     rows = [
-        _class_row(names[c], {t: per_type[t][c] for t in IOU_TYPES}, found)
+        _class_row(matched.names[c], {t: per_type[t][c] for t in IOU_TYPES}, found)
         for c, found in matches.items()
     ]
     all_ious = [v for m in matches.values() for v in m.ious]
@@ -277,28 +258,15 @@ def evaluate(gt: COCO, preds: Sequence[dict[str, Any]], score_threshold: float) 
     return Evaluation(
         metrics=rounded(metrics),
         rows=rows,
-        curves=pr_curves(evaluators["segm"]),
-        recall=evaluators["segm"].params.recThrs,
-        class_names=[names[c] for c in matches],
+        curves=pr_curves(evaluators["segm"], matched.names),
         mask_ap=mask_ap(gt, evaluators["segm"]),
         matching=matched,
     )
 
 
-def curve_rows(
-    recalls: np.ndarray, curve: np.ndarray, class_names: Sequence[str]
-) -> list[dict[str, Any]]:
-    """A [R, K] precision array as rows {recall, <class>: precision, ...}."""
-    return [
-        {"recall": float(r), **dict(zip(class_names, map(float, values), strict=True))}
-        for r, values in zip(recalls, curve, strict=True)
-    ]
-
-
 def headline(m: dict[str, Any]) -> dict[str, Any]:
-    """metrics.json: the few numbers compared across experiments (`dvc exp show`), to 3
-    decimals; every number at full precision (COCO's twelve, per class, counts, errors) is in
-    details.json."""
+    """metrics.json: the few numbers compared across experiments (`dvc exp show`), to 3 decimals;
+    details.json has every number at full precision."""
     numbers = {
         "segm": {"AP": m["segm"]["AP"]},
         "bbox": {"AP": m["bbox"]["AP"]},
@@ -322,6 +290,5 @@ def write_reports(
         return
     eval_dir = Path(eval_dir)
     write_csv(eval_dir / "per_class.csv", rounded(evaluation.rows))
-    for key, curve in evaluation.curves.items():
-        rows = curve_rows(evaluation.recall, curve, evaluation.class_names)
+    for key, rows in evaluation.curves.items():
         write_csv(eval_dir / f"pr_{key}.csv", rounded(rows))

@@ -16,16 +16,6 @@ from cocoseg.core.io import safe_join
 from cocoseg.evaluate import error_analysis, metrics
 
 
-def score(
-    gt: COCO, preds: list[dict], p: EvaluateParams
-) -> tuple[metrics.Evaluation, error_analysis.ErrorReport]:
-    """Every metric of the report plus the error breakdown (both read one matching), merged."""
-    evaluation = metrics.evaluate(gt, preds, p.score_threshold)
-    errors = error_analysis.analyse(gt, evaluation.matching, p.score_threshold, evaluation.mask_ap)
-    evaluation.metrics.update(error_analysis.error_metrics(errors))
-    return evaluation, errors
-
-
 def write_reports(
     gt: COCO,
     preds: list[dict],
@@ -33,10 +23,12 @@ def write_reports(
     paths: tuple[str | Path, str | Path, Path | None],
     images_dir: Path,
 ) -> metrics.Evaluation:
-    """paths = (metrics.json, details.json, eval folder or None); with a folder also the
-    tables, curves and figures."""
+    """Every metric plus the error breakdown (both read one matching) to paths = (metrics.json,
+    details.json, eval folder or None); with a folder also the tables, curves and figures."""
     out, details, eval_dir = paths
-    evaluation, errors = score(gt, preds, p)
+    evaluation = metrics.evaluate(gt, preds, p.score_threshold)
+    errors = error_analysis.analyse(gt, evaluation.matching, p.score_threshold, evaluation.mask_ap)
+    evaluation.metrics.update(error_analysis.error_metrics(errors))
     metrics.write_reports(evaluation, out, details, eval_dir)
     if eval_dir is not None:
         error_analysis.write_error_reports(errors, eval_dir)
@@ -84,8 +76,7 @@ def draw_worst(
         (_image(gt, images_dir, i), *error_analysis.image_outcomes(errors.matching, gt, i))
         for i in ids
     ]
-    categories = {c: gt.cats[c]["name"] for c in sorted(gt.cats)}
     per_image = error_analysis.errors_per_image(errors.matching)
     labels = [f"image {i}: {per_image[i]} errors" for i in ids]
     title = f"The {len(ids)} val images with the most errors at score ≥ {p.score_threshold:g}"
-    visualize.error_grid(rows, categories, path, title=title, row_labels=labels)
+    visualize.error_grid(rows, errors.matching.names, path, title=title, row_labels=labels)

@@ -1,8 +1,5 @@
 """Stage predict: the trained model over test images or a folder, to results and overlays.
-
-The inference path itself is core's (cocoseg.core.inference): stages infer and train use it
-too. Public: predict, prepare_output (outputs).
-"""
+The inference path itself is core's (cocoseg.core.inference), shared with infer and train."""
 
 from cocoseg.core.exports import lazy_exports
 

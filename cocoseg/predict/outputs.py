@@ -32,9 +32,6 @@ MAX_SHEET = 48  # images on the contact sheet; a big folder would make an unread
 THUMB_WIDTH = 480  # contact-sheet thumbnails are downsized to keep memory flat
 
 
-# ---------------------------------------------------------------- results
-
-
 def prepare_output(out: Path, *, inputs: Path | None = None) -> Path:
     """Make the output folder, or say in one line why it cannot be (a file, inside the inputs,
     not writable), before any model loads."""
@@ -74,13 +71,9 @@ def overlay_names(images: Sequence[InputImage]) -> dict[int, str]:
     stems = Counter(Path(i.file_name).stem for i in images)
     names = {}
     for i in images:
-        stem = Path(i.file_name).stem
-        unique = stems[stem] == 1
-        names[i.id] = f"{stem}.png" if unique else f"{Path(i.file_name).name.replace('.', '_')}.png"
+        path = Path(i.file_name)
+        names[i.id] = f"{path.stem if stems[path.stem] == 1 else path.name.replace('.', '_')}.png"
     return names
-
-
-# ---------------------------------------------------------------- outputs
 
 
 def _thumbnail(image: np.ndarray) -> np.ndarray:
