@@ -79,9 +79,6 @@ def ann_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
     return mask
 
 
-# ---------------------------------------------------------------- masks and boxes
-
-
 def _edge(mask: np.ndarray) -> np.ndarray:
     """The mask's one-pixel inner outline."""
     padded = np.pad(mask, 1)
@@ -115,9 +112,6 @@ def _area(ann: Mapping[str, Any]) -> float:
     if area is None and "bbox" in ann:
         area = float(ann["bbox"][2]) * float(ann["bbox"][3])
     return float(area or 0)
-
-
-# ---------------------------------------------------------------- labels
 
 
 class Label(NamedTuple):
@@ -214,9 +208,6 @@ def layout_labels(
         sizes.append((right - left + 2 * pad, text_h + 2 * pad))
     rects = place_labels([a["bbox"] for a in boxed], sizes, width, height)
     return [Label(*parts) for parts in zip(texts, tab_colors, rects, strict=True)]
-
-
-# ---------------------------------------------------------------- the overlay
 
 
 def overlay(

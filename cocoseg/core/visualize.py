@@ -71,12 +71,11 @@ def _add_class_legend(
         )  # fmt: skip
 
 
-def _show(ax: Any, image: np.ndarray, title: str | None = None) -> None:
-    """imshow without ticks or frame, with an optional title."""
+def _show(ax: Any, image: np.ndarray, title: str) -> None:
+    """imshow without ticks or frame, under a title."""
     ax.imshow(image)
     ax.set_axis_off()
-    if title:
-        ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=10)
 
 
 def _note(ax: Any, text: str) -> None:
@@ -175,13 +174,6 @@ def contact_sheet(
     save_figure(fig, path, tight=False)
 
 
-def _outcome_name(class_name: str, outcome: str) -> str:
-    """The label an outcome is drawn under: the class alone for a TP, else 'class: outcome'."""
-    if outcome == "true positive":
-        return class_name
-    return f"{class_name}: {outcome.removesuffix(' (crowd)')}"
-
-
 def _by_outcome(anns: list[dict], names: dict[tuple[int, str], int]) -> list[dict]:
     """Annotation copies whose category id stands for (class, outcome), ids taken from names."""
     return [
@@ -204,14 +196,13 @@ def error_grid(
     recoded = [
         (image, _by_outcome(gts, names), _by_outcome(preds, names)) for image, gts, preds in rows
     ]
-    labels = {
-        new_id: _outcome_name(categories.get(cat_id, f"id {cat_id}"), outcome)
-        for (cat_id, outcome), new_id in names.items()
-    }
-    colors = {
-        labels[new_id]: OUTCOME_COLORS.get(outcome, UNKNOWN_COLOR)
-        for (_, outcome), new_id in names.items()
-    }
+    labels: dict[int, str] = {}
+    colors: dict[str, Color] = {}
+    for (cat_id, outcome), new_id in names.items():
+        label = categories.get(cat_id, f"id {cat_id}")
+        if outcome != "true positive":  # a TP is drawn under its class alone
+            label += f": {outcome.removesuffix(' (crowd)')}"
+        labels[new_id], colors[label] = label, OUTCOME_COLORS.get(outcome, UNKNOWN_COLOR)
     comparison_grid(recoded, labels, path, title=title, row_labels=row_labels, colors=colors,
                     legend=OUTCOME_COLORS)  # fmt: skip
 
@@ -225,10 +216,14 @@ def error_type_style(error_type: str) -> tuple[tuple[float, float, float], str]:
     return mpl_color(OUTCOME_COLORS.get(error_type, UNKNOWN_COLOR)), ""
 
 
-def error_bars_figure(
-    rows: Sequence[Mapping[str, Any]], error_types: Sequence[str], *, title: str
-) -> Figure:
-    """One horizontal bar per class ('class' key), stacked by error type counts."""
+def error_bars(
+    rows: Sequence[Mapping[str, Any]],
+    error_types: Sequence[str],
+    path: str | Path,
+    *,
+    title: str = "Errors per class",
+) -> None:
+    """A PNG with one horizontal bar per class ('class' key), stacked by error type counts."""
     if not rows:
         raise ValueError("error_bars needs at least one class row")
     fig = Figure(figsize=(8, 1.6 + 0.45 * len(rows)))
@@ -249,15 +244,4 @@ def error_bars_figure(
     ax.legend(
         title="error type", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9
     )
-    return fig
-
-
-def error_bars(
-    rows: Sequence[Mapping[str, Any]],
-    error_types: Sequence[str],
-    path: str | Path,
-    *,
-    title: str = "Errors per class",
-) -> None:
-    """`error_bars_figure` written as a PNG."""
-    save_figure(error_bars_figure(rows, error_types, title=title), path)
+    save_figure(fig, path)
