@@ -43,9 +43,9 @@ def stage_parser(
 
 def failure_line(err: BaseException) -> tuple[str, int] | None:
     """(one line to print, exit code) for an error a user can act on; None for a bug."""
-    if isinstance(err, KeyboardInterrupt) or signals.terminated():
-        if signals.terminated():
-            return "terminated (SIGTERM): " + _RESUMABLE, EXIT_TERMINATED
+    if signals.terminated():
+        return "terminated (SIGTERM): " + _RESUMABLE, EXIT_TERMINATED
+    if isinstance(err, KeyboardInterrupt):
         return "interrupted: " + _RESUMABLE, EXIT_INTERRUPTED
     inner = worker_error_line(err)
     if inner is not None:

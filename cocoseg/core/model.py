@@ -3,10 +3,9 @@ checkpoint) in torchvision's fine-tuning layout, and save/load the trained model
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -116,23 +115,13 @@ def load_record(path: str | Path) -> dict[str, Any]:
         raise DataError(f"{path}: cannot load as a weights-only checkpoint: {err}") from None
 
 
-@contextlib.contextmanager
-def _socket_timeout(seconds: float) -> Iterator[None]:
-    """Make a dead network fail in seconds rather than hang."""
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(old)
-
-
 def fetch_state_dict(weights: WeightsEnum, param_value: str) -> dict[str, torch.Tensor]:
     """torchvision's pretrained state dict from its cache, downloading it when missing."""
     path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(30)  # a dead network fails in seconds rather than hangs
     try:
-        with _socket_timeout(30):
-            return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
+        return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
     except (OSError, RuntimeError) as err:  # URLError, socket errors, hash mismatch
         raise DataError(
             f"train.weights = {param_value}: torchvision's file {path.name} is neither readable "
@@ -141,6 +130,8 @@ def fetch_state_dict(weights: WeightsEnum, param_value: str) -> dict[str, torch.
             f"that works offline: train.weights = none (random init) or a path to a checkpoint "
             f"file (a cocoseg model.pt or the downloaded .pth itself)."
         ) from None
+    finally:
+        socket.setdefaulttimeout(old_timeout)
 
 
 def freeze_bn(module: nn.Module, eps: float) -> nn.Module:
@@ -223,10 +214,9 @@ def initial_weights(
     model: MaskRCNN, arch: str, weights: str, classes: list[str], init_heads: bool
 ) -> MaskRCNN:
     """Load the start weights `train.weights` names into a (K+1)-class skeleton."""
-    if weights == "none":
+    if weights in ("none", "imagenet"):
         _ignored(init_heads, weights)
-    elif weights == "imagenet":
-        _ignored(init_heads, weights)
+    if weights == "imagenet":
         state = fetch_state_dict(IMAGENET_WEIGHTS, weights)
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         model.backbone.body.load_state_dict(state)
@@ -235,7 +225,7 @@ def initial_weights(
         heads = select_coco_rows(state, classes) if init_heads else {}
         log.info("weights: COCO-pretrained%s", " with heads from COCO's rows" if heads else "")
         _load_backbone_and_heads(model, state, heads, weights)
-    else:
+    elif weights != "none":
         _from_checkpoint(model, Path(weights), classes, init_heads)
     return model
 

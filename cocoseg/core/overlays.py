@@ -57,12 +57,9 @@ def _hash_color(name: str) -> Color:
 
 def ann_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
     """Decode a COCO segmentation (polygons, list-count RLE or string-count RLE) to bool HxW."""
-    if isinstance(segmentation, dict):
-        counts = segmentation.get("counts")
-        if isinstance(counts, (str, bytes)):
-            rle = dict(segmentation)
-        else:
-            rle = mask_utils.frPyObjects(segmentation, height, width)
+    if isinstance(segmentation, dict):  # string counts decode as they are, list counts compress
+        compressed = isinstance(segmentation.get("counts"), (str, bytes))
+        rle = segmentation if compressed else mask_utils.frPyObjects(segmentation, height, width)
     elif isinstance(segmentation, list):
         # Fewer than 3 points has no area (and 2 points would be misread as a box).
         polys = [p for p in segmentation if len(p) >= 6]
@@ -124,12 +121,8 @@ class Label(NamedTuple):
 
 def _label_text(ann: Mapping[str, Any], name: str) -> str:
     """Class name, plus score when the annotation is a prediction, plus a crowd marker."""
-    text = name
-    if "score" in ann:
-        text += f" {float(ann['score']):.2f}"
-    if ann.get("iscrowd"):
-        text += " (crowd)"
-    return text
+    score = f" {float(ann['score']):.2f}" if "score" in ann else ""
+    return name + score + (" (crowd)" if ann.get("iscrowd") else "")
 
 
 def _text_fill(color: Color) -> Color:

@@ -40,18 +40,16 @@ def gather_crops(values: Tensor, bounds: Tensor, host_bounds: list[list[int]]) -
             start, pixels = end, 0
         pixels += w * h
     steps.append((start, len(host_bounds)))
-    parts = []
-    for start, end in steps:
-        columns = sum(w for _, _, w, _ in host_bounds[start:end])
-        pixels = sum(w * h for _, _, w, h in host_bounds[start:end])
-        parts.append(_gather(values, bounds, start, end, columns, pixels))
-    return torch.cat(parts)
+    return torch.cat(
+        [_gather(values, bounds, start, host_bounds[start:end]) for start, end in steps]
+    )
 
 
-def _gather(
-    values: Tensor, bounds: Tensor, start: int, end: int, n_columns: int, n_pixels: int
-) -> Tensor:
-    """Crops of masks start..end-1 (`n_columns` columns, `n_pixels` pixels), column by column."""
+def _gather(values: Tensor, bounds: Tensor, start: int, host: list[list[int]]) -> Tensor:
+    """Crops of the masks from `start` on whose bounds `host` holds, column by column."""
+    end = start + len(host)
+    n_columns = sum(w for _, _, w, _ in host)
+    n_pixels = sum(w * h for _, _, w, h in host)
     _, height, width = values.shape
     device = values.device
     x, y, crop_w, crop_h = bounds[start:end].unbind(1)

@@ -1,7 +1,5 @@
-"""Figures (comparison grids, contact sheets, error charts) built on `cocoseg.core.overlays`.
-
-On matplotlib's `Figure`, never pyplot: importing this sets no global backend and works headless.
-"""
+"""Figures (comparison grids, contact sheets, error charts) built on `cocoseg.core.overlays`, on
+matplotlib's `Figure`, never pyplot: importing this sets no global backend and works headless."""
 
 from __future__ import annotations
 
