@@ -1,12 +1,5 @@
-"""What every stage shares: params, the stage runner, errors, files, images, the model.
-
-Public: load_params, parse_params, Params (config); run_stage, stage_parser (cli);
-CocosegError, ParamError, DataError, OutputError (errors); atomic_write, read_json,
-write_json, write_csv (io); resolve_device (device); build_model, load_trained_model,
-model_record (model); read_rgb, decode_image (images); folder_images, subset_images,
-split_paths (inputs); size_name, SPLITS (coco); run_cocoeval, summary (cocoeval);
-predict_images, run_trained_model (inference: the one fast path).
-"""
+"""What every stage shares: params, the stage runner, errors, files, images, the model, inference
+(the one fast path). Public names by module in EXPORTS, each module loaded on first use."""
 
 from cocoseg.core.exports import lazy_exports
 

@@ -1,9 +1,7 @@
 """Shared plumbing for the thin `stages/*.py` entry points: arguments, params, one-line endings.
 
-Every way a stage can fail that a user can act on ends in one line on stderr: our own
-errors and OS faults (disk full, read-only, permissions, I/O; also wrapped by torch, PIL or
-a DataLoader worker) exit 2, Ctrl-C exits 130, SIGTERM exits 143. Anything else is a bug
-and keeps its traceback.
+A failure a user can act on ends in one line on stderr: our errors and OS faults (also wrapped by
+torch, PIL or a DataLoader worker) exit 2, Ctrl-C 130, SIGTERM 143; a bug keeps its traceback.
 """
 
 from __future__ import annotations
@@ -45,9 +43,9 @@ def stage_parser(
 
 def failure_line(err: BaseException) -> tuple[str, int] | None:
     """(one line to print, exit code) for an error a user can act on; None for a bug."""
-    if isinstance(err, KeyboardInterrupt) or signals.terminated():
-        if signals.terminated():
-            return "terminated (SIGTERM): " + _RESUMABLE, EXIT_TERMINATED
+    if signals.terminated():
+        return "terminated (SIGTERM): " + _RESUMABLE, EXIT_TERMINATED
+    if isinstance(err, KeyboardInterrupt):
         return "interrupted: " + _RESUMABLE, EXIT_INTERRUPTED
     inner = worker_error_line(err)
     if inner is not None:
@@ -70,10 +68,8 @@ def run_stage(
     *,
     outputs: Callable[[argparse.Namespace], Sequence[str | Path]] = lambda args: (),
 ) -> int:
-    """Parse args, validate params, clear stale temp files from `outputs(args)`, run `main`.
-
-    Known failures print one line (see the module docstring) and return its exit code.
-    """
+    """Parse args, validate params, clear stale temp files from `outputs(args)`, run `main`;
+    a known failure prints one line (see the module docstring) and returns its exit code."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
     )

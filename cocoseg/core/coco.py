@@ -32,11 +32,8 @@ SIZE_NAMES = ("small", "medium", "large")
 
 
 def size_name(area: float) -> str:
-    """The first of small/medium/large whose closed range holds `area` (an annotation's "area").
-
-    COCOeval's ranges share their ends, so 32² and 96² lie in two; the first match puts them
-    in the smaller bucket: small <= 32² < medium <= 96² < large.
-    """
+    """small/medium/large of an annotation's "area": COCOeval's closed ranges share their ends,
+    and the first match puts those in the smaller: small <= 32² < medium <= 96² < large."""
     for name in SIZE_NAMES:
         lo, hi = AREA_RANGES[name]
         if lo <= area <= hi:

@@ -10,20 +10,9 @@ from typing import Any
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-SUMMARY_NAMES = (
-    "AP",
-    "AP50",
-    "AP75",
-    "APs",
-    "APm",
-    "APl",
-    "AR1",
-    "AR10",
-    "AR100",
-    "ARs",
-    "ARm",
-    "ARl",
-)
+# COCOeval.stats in order: six average precisions, then six average recalls.
+_PRECISIONS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+SUMMARY_NAMES = (*_PRECISIONS, "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 Number = float | None
 
@@ -59,11 +48,7 @@ def run_cocoeval(gt: COCO, preds: Sequence[dict[str, Any]], iou_type: str) -> CO
     return evaluator
 
 
-def _coco_number(value: float) -> Number:
-    """COCO's -1 (nothing to score) as None, anything else as float."""
-    return None if value < 0 else float(value)
-
-
 def summary(evaluator: COCOeval) -> dict[str, Number]:
-    """The twelve numbers `summarize()` prints, by name (AP, AP50, ... ARl)."""
-    return {name: _coco_number(v) for name, v in zip(SUMMARY_NAMES, evaluator.stats, strict=True)}
+    """The twelve numbers `summarize()` prints, by name; COCO's -1 (nothing to score) is None."""
+    stats = zip(SUMMARY_NAMES, evaluator.stats, strict=True)
+    return {name: None if value < 0 else float(value) for name, value in stats}

@@ -1,8 +1,6 @@
-"""Typed params: one frozen msgspec Struct per stage section of params.yaml.
-
-The constraints live in the types, so bad keys and values stop before any work starts
-(cocoseg.core.convert words the error). params.yaml restates the defaults (a test keeps them equal).
-"""
+"""Typed params: a frozen msgspec Struct per section of params.yaml, whose types hold the
+constraints, so bad keys and values stop before any work (cocoseg.core.convert words the error).
+params.yaml restates the defaults (a test keeps them equal)."""
 
 from __future__ import annotations
 
@@ -180,8 +178,7 @@ def _check_finite(value: Any, name: str) -> None:
 
 
 def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
-    """Validate a whole params mapping (as read from YAML) into `Params`; sections left out (or
-    empty) take their defaults."""
+    """Validate a params mapping (as read from YAML); sections left out or empty take defaults."""
     if not isinstance(raw, dict):
         got = "an empty file" if raw is None else f"a {type(raw).__name__}"
         raise ParamError(

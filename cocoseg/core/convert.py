@@ -1,9 +1,6 @@
-"""msgspec.convert with errors a person can act on: one line naming the key, value and rule.
-
-msgspec says where a value failed (`... - at $.train.lr`); this module follows that path through
+"""msgspec.convert with one-line errors: msgspec's path (`... - at $.train.lr`) is followed through
 the raw data and the types to say `train.lr = -1 is out of range: must be > 0`. Only the path and
-an unknown key's name are read from msgspec's text, so its wording cannot change ours.
-"""
+an unknown key's name are read from msgspec's text, so its wording cannot change ours."""
 
 from __future__ import annotations
 
@@ -35,14 +32,6 @@ def convert(raw: Any, cls: type[T], *, error: type[Exception], prefix: str = "")
         raise error(explain(err, raw, cls, prefix)) from None
 
 
-def unknown_key_message(parent: str, key: str, allowed: list[str]) -> str:
-    """Name the unknown key in dotted form, with the closest allowed key when one is near."""
-    dotted = (lambda k: f"{parent}.{k}") if parent else (lambda k: k)
-    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.4)
-    hint = f" (did you mean '{dotted(close[0])}'?)" if close else ""
-    return f"unknown key '{dotted(key)}'{hint}; allowed: {', '.join(allowed)}"
-
-
 def location(err: msgspec.ValidationError) -> tuple[str, str]:
     """(what failed, where as `$.a.b[3]`) from msgspec's message; a missing field is named in
     the path. With `explain`, the one place that reads msgspec's wording."""
@@ -66,8 +55,12 @@ def explain(err: msgspec.ValidationError, raw: Any, cls: type, prefix: str = "")
             names[-1:] = [f"{''.join(names[-1:])}[{index}]"]  # raw itself may be the list
     name = ".".join(names)
     unknown = _UNKNOWN.search(match["what"])
-    if unknown:
-        return unknown_key_message(name, unknown["key"], [f.name for f in _bare(info).fields])
+    if unknown:  # named in dotted form, with the closest allowed key when one is near
+        allowed = [f.name for f in _bare(info).fields]
+        dotted = (lambda k: f"{name}.{k}") if name else (lambda k: k)
+        close = difflib.get_close_matches(unknown["key"], allowed, n=1, cutoff=0.4)
+        hint = f" (did you mean '{dotted(close[0])}'?)" if close else ""
+        return f"unknown key '{dotted(unknown['key'])}'{hint}; allowed: {', '.join(allowed)}"
     if match["in_key"]:
         bad = next(k for k in value if not isinstance(k, str))
         return f"{name or 'the top level'} has the key {bad!r}; keys must be names (text)"

@@ -1,10 +1,6 @@
-"""Errors a user can meet; each message names the file, key or id at fault.
-
-Operating-system faults (disk full, read-only file system, permissions, I/O errors) reach us
-wrapped by the libraries that met them (`torch.save` raises a RuntimeError whose context is
-the OSError, DataLoader workers re-raise with the worker's traceback as the message):
-`os_fault` finds the OSError behind such wrappers and `os_fault_message` words it as one line.
-"""
+"""Errors a user can meet, each naming the file, key or id at fault. OS faults (disk full,
+read-only, permissions, I/O) come wrapped (`torch.save` in a RuntimeError, DataLoader workers in
+their traceback's text): `os_fault` finds the OSError, `os_fault_message` words it in one line."""
 
 from __future__ import annotations
 
@@ -50,10 +46,8 @@ class Terminated(KeyboardInterrupt):
 
 
 def os_fault(err: BaseException | None) -> OSError | None:
-    """The OSError with an errno behind `err` (itself, its cause or its context), if any.
-
-    A context that `raise ... from None` suppressed is not followed: that error was handled.
-    """
+    """The OSError with an errno behind `err` (itself, its cause or its context), if any; a
+    context suppressed by `raise ... from None` is not followed: that error was handled."""
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
@@ -74,11 +68,8 @@ def os_fault_message(fault: OSError, path: object = None, detail: str = "") -> s
 
 
 def worker_error_line(err: BaseException) -> str | None:
-    """The original one-line error inside a DataLoader worker's re-raised exception, if it is one.
-
-    An OS fault there keeps only its text ('[Errno 13] Permission denied: path'), which is
-    worded here as `os_fault_message` would.
-    """
+    """The original error line inside a DataLoader worker's re-raised exception, if it is one; an
+    OS fault there ('[Errno 13] Permission denied: path') is worded as `os_fault_message` would."""
     text = str(err)
     if not _WORKER_TRACEBACK.search(text):
         return None

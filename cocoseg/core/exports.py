@@ -1,8 +1,5 @@
-"""Lazy public names for a package's `__init__`: importing a package loads none of its modules.
-
-So `from cocoseg.evaluate import evaluate` works, while a stage that imports one module of a
-folder loads (and depends in dvc.yaml on) that module alone.
-"""
+"""Lazy public names for a package's `__init__`: `from cocoseg.evaluate import evaluate` works,
+while a stage importing one module of a folder loads (and depends in dvc.yaml on) that alone."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""The one image reader: whole decode, errors name the file, every PIL mode to 8-bit RGB.
-
-`read_rgb` and `decode_image` are how every stage opens an image; `to_rgb` turns every PIL
-mode into 8-bit RGB correctly (PIL's own `convert("RGB")` clips 16-bit gray to white and
-drops transparency).
-"""
+"""The one image reader (`read_rgb`, `decode_image`): whole decode, errors name the file, every
+PIL mode to 8-bit RGB (PIL's `convert("RGB")` clips 16-bit gray to white, drops transparency)."""
 
 from __future__ import annotations
 
@@ -27,23 +23,17 @@ WITH_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 
 
 def _decoded(path: str | Path, what: str, use: Callable[[Image.Image], T]) -> T:
-    """Decode the whole image (not just its header) and return `use(image)`.
-
-    A missing or undecodable file raises DataError naming the path and `what` it is.
-    """
+    """`use(image)` of the whole decoded image (not just its header); a missing or undecodable
+    file raises DataError naming the path and `what` it is."""
     try:
         with Image.open(path) as im:
             im.load()
             return use(im)
     except FileNotFoundError:
         raise DataError(f"{path}: {what} file not found") from None
-    except OSError as err:
-        if err.errno is not None:  # the file system failed (permissions, I/O), not the data
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        if isinstance(err, OSError) and err.errno is not None:  # the file system, not the data
             raise DataError(os_fault_message(err, path)) from None
-        raise DataError(
-            f"{path}: {what} does not decode (cannot decode as an image: {err})"
-        ) from None
-    except (SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(
             f"{path}: {what} does not decode (cannot decode as an image: {err})"
         ) from None
@@ -60,14 +50,9 @@ def read_rgb(path: str | Path, what: str = "image") -> np.ndarray:
 
 
 def to_rgb(im: Image.Image) -> np.ndarray:
-    """HxWx3 uint8 RGB from any PIL mode.
-
-    16-bit gray (`I;16*`) is scaled by its bit depth (65535 -> 255); 32-bit integer gray
-    (`I`) the same when its values fit 16 bits, else by its real range; float gray (`F`)
-    by x255 when within [0, 1], else by its real range. Images with transparency (RGBA,
-    LA, palette with a transparent colour) are composited onto BACKGROUND (white).
-    CMYK, YCbCr, 1-bit and palette images use PIL's conversion.
-    """
+    """HxWx3 uint8 RGB from any PIL mode: 16-bit gray by its depth (65535 -> 255), as is 32-bit
+    gray (`I`) that fits 16 bits; float gray (`F`) x255 within [0, 1]; other gray by its range.
+    Transparency is composited onto BACKGROUND; other modes use PIL's conversion."""
     if im.mode in SIXTEEN_BIT_MODES | {"I", "F"}:
         gray = _gray_to_8bit(np.asarray(im), im.mode)
         return np.repeat(gray[..., None], 3, axis=2)

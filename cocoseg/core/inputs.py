@@ -1,9 +1,6 @@
-"""Which images to predict on: a split of data/subset (`split_paths`: its layout, for every stage),
-or every image file in a folder.
-
-In a folder, other files are skipped and counted in the log; an image that does not decode stops
-the run before the model loads (dropping it would leave outputs that look complete but are not).
-"""
+"""Which images to predict on: a split of data/subset (`split_paths`: its layout, for every stage)
+or each image in a folder (other files skipped; one that does not decode stops the run before the
+model loads: dropping it would leave outputs that look complete but are not)."""
 
 from __future__ import annotations
 

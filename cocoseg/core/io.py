@@ -1,8 +1,6 @@
-"""The one place files are written: atomic writes, JSON and CSV helpers, safe path joins.
-
-Every output goes to a temp file beside it (`.<name>.<pid>.<random>.tmp`) renamed into place, so
-it is whole or absent; stages remove a killed process's temps first (`remove_stale_temps`).
-"""
+"""The one place files are written: each output goes to a temp file beside it (`.<name>.<pid>.
+<random>.tmp`) renamed into place, so it is whole or absent (`remove_stale_temps` clears a killed
+run's). Also JSON and CSV helpers and safe path joins."""
 
 from __future__ import annotations
 
@@ -46,33 +44,22 @@ def part_path(dest: Path) -> Path:
     return dest.with_name(dest.name + PART_SUFFIX)
 
 
-def temp_prefix(path: Path) -> str:
-    """The start of a temp file's name for `path`: hidden, and naming the writing process."""
-    return f".{path.name}.{os.getpid()}."
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
 def is_stale_temp(path: Path) -> bool:
     """A temp file of ours whose writing process is gone (killed before it could clean up)."""
     found = _TEMP_NAME.match(path.name)
-    if found is None:
+    if found is None or int(found["pid"]) == os.getpid():
         return False
-    pid = int(found["pid"])
-    return pid != os.getpid() and not _pid_alive(pid)
+    try:
+        os.kill(int(found["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        pass
+    return False
 
 
 def remove_stale_temps(path: str | Path) -> int:
-    """Remove the temp files killed runs left for an output (a folder: all under it); return how
-    many."""
+    """Remove (and count) the temp files killed runs left for an output (a folder: all under it)."""
     path = Path(path)
     if path.is_dir():
         candidates = path.rglob(".*" + TEMP_SUFFIX)
@@ -110,7 +97,8 @@ def atomic_write(
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=TEMP_SUFFIX)
+        prefix = f".{path.name}.{os.getpid()}."  # hidden, naming the writing process
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=TEMP_SUFFIX)
         os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f

@@ -1,16 +1,11 @@
-"""Build torchvision's Mask R-CNN for our classes, and save/load the trained model file.
-
-`train.weights` is `coco` (through torchvision's cache), `imagenet` (backbone), `none` or a
-checkpoint. Pretrained starts get torchvision's fine-tuning layout, which `load_trained_model`
-rebuilds.
-"""
+"""Build torchvision's Mask R-CNN for our classes from `train.weights` (coco, imagenet, none or a
+checkpoint) in torchvision's fine-tuning layout, and save/load the trained model file."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -106,13 +101,13 @@ def model_record(
     }
 
 
-def load_record(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_record(path: str | Path) -> dict[str, Any]:
     """torch.load with weights_only=True: a pickle that would run code is refused."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: model file not found (run `dvc repro train` first)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
         fault = os_fault(err)
         if fault is not None:  # the file system failed (permissions, I/O), not the file
@@ -120,29 +115,13 @@ def load_record(path: str | Path, map_location: str | torch.device = "cpu") -> d
         raise DataError(f"{path}: cannot load as a weights-only checkpoint: {err}") from None
 
 
-def cached_weights_path(weights: WeightsEnum) -> Path:
-    """Where torchvision's download cache keeps this weights file."""
-    name = Path(urlparse(weights.url).path).name
-    return Path(torch.hub.get_dir()) / "checkpoints" / name
-
-
-@contextlib.contextmanager
-def _socket_timeout(seconds: float) -> Iterator[None]:
-    """Make a dead network fail in seconds rather than hang."""
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(old)
-
-
 def fetch_state_dict(weights: WeightsEnum, param_value: str) -> dict[str, torch.Tensor]:
     """torchvision's pretrained state dict from its cache, downloading it when missing."""
-    path = cached_weights_path(weights)
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(30)  # a dead network fails in seconds rather than hangs
     try:
-        with _socket_timeout(30):
-            return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
+        return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
     except (OSError, RuntimeError) as err:  # URLError, socket errors, hash mismatch
         raise DataError(
             f"train.weights = {param_value}: torchvision's file {path.name} is neither readable "
@@ -151,6 +130,8 @@ def fetch_state_dict(weights: WeightsEnum, param_value: str) -> dict[str, torch.
             f"that works offline: train.weights = none (random init) or a path to a checkpoint "
             f"file (a cocoseg model.pt or the downloaded .pth itself)."
         ) from None
+    finally:
+        socket.setdefaulttimeout(old_timeout)
 
 
 def freeze_bn(module: nn.Module, eps: float) -> nn.Module:
@@ -205,9 +186,18 @@ def select_coco_rows(state: dict[str, torch.Tensor], classes: list[str]) -> dict
 def _load_backbone_and_heads(
     model: MaskRCNN, state: dict[str, torch.Tensor], heads: dict[str, torch.Tensor], source: str
 ) -> None:
-    """Load everything but the class predictors from `state`, and the predictors from `heads`."""
+    """Load everything but the class predictors from `state`, and the predictors from `heads`.
+    Start weights whose RPN head has another anchor count are a params error, not a crash."""
+    saved = state.get("rpn.head.cls_logits.weight")
+    ours = model.rpn.head.cls_logits.out_channels
+    if saved is not None and saved.shape[0] != ours:
+        ratios = [float(r) for r in model.rpn.anchor_generator.aspect_ratios[0]]
+        raise ParamError(
+            f"train.anchor_ratios = {ratios} gives {ours} anchors per location, but the RPN "
+            f"head of train.weights = {source} has {saved.shape[0]}: use {saved.shape[0]} "
+            "ratios to start from these weights, or train.weights = none"
+        )
     body = {k: v for k, v in state.items() if not k.startswith(PREDICTOR_PREFIXES)}
-    _check_rpn_fits(model, state, source)
     try:
         missing, unexpected = model.load_state_dict({**body, **heads}, strict=False)
     except RuntimeError as err:
@@ -220,35 +210,13 @@ def _load_backbone_and_heads(
         )
 
 
-def _check_rpn_fits(model: MaskRCNN, state: dict[str, torch.Tensor], source: str) -> None:
-    """Start weights whose RPN head has another anchor count are a params error, not a crash."""
-    saved = state.get("rpn.head.cls_logits.weight")
-    ours = model.rpn.head.cls_logits.out_channels
-    if saved is not None and saved.shape[0] != ours:
-        ratios = [float(r) for r in model.rpn.anchor_generator.aspect_ratios[0]]
-        raise ParamError(
-            f"train.anchor_ratios = {ratios} gives {ours} anchors per location, but the RPN "
-            f"head of train.weights = {source} has {saved.shape[0]}: use {saved.shape[0]} "
-            "ratios to start from these weights, or train.weights = none"
-        )
-
-
-def _checkpoint_state(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
-    """A checkpoint file's state dict (a cocoseg record or a bare state dict) and classes."""
-    record = load_record(path)
-    if isinstance(record.get("model"), dict):
-        return record["model"], record.get("classes")
-    return record, None
-
-
 def initial_weights(
     model: MaskRCNN, arch: str, weights: str, classes: list[str], init_heads: bool
 ) -> MaskRCNN:
     """Load the start weights `train.weights` names into a (K+1)-class skeleton."""
-    if weights == "none":
+    if weights in ("none", "imagenet"):
         _ignored(init_heads, weights)
-    elif weights == "imagenet":
-        _ignored(init_heads, weights)
+    if weights == "imagenet":
         state = fetch_state_dict(IMAGENET_WEIGHTS, weights)
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         model.backbone.body.load_state_dict(state)
@@ -257,7 +225,7 @@ def initial_weights(
         heads = select_coco_rows(state, classes) if init_heads else {}
         log.info("weights: COCO-pretrained%s", " with heads from COCO's rows" if heads else "")
         _load_backbone_and_heads(model, state, heads, weights)
-    else:
+    elif weights != "none":
         _from_checkpoint(model, Path(weights), classes, init_heads)
     return model
 
@@ -271,8 +239,11 @@ def _ignored(init_heads: bool, weights: str) -> None:
 
 
 def _from_checkpoint(model: MaskRCNN, path: Path, classes: list[str], init_heads: bool) -> None:
-    """Start from a checkpoint: its heads when they are ours, COCO's rows from a 91-class one."""
-    state, saved_classes = _checkpoint_state(path)
+    """Start from a checkpoint (a cocoseg record or a bare state dict): its heads when they are
+    ours, COCO's rows from a 91-class one."""
+    state, saved_classes = load_record(path), None
+    if isinstance(state.get("model"), dict):
+        state, saved_classes = state["model"], state.get("classes")
     n = state.get(f"{BOX_PREDICTOR}cls_score.weight", torch.empty(0)).shape[0]
     if n == len(COCO_CATEGORIES) and init_heads:
         heads = select_coco_rows(state, classes)

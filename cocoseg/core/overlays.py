@@ -1,8 +1,5 @@
-"""Drawing annotations onto images: a fixed colour per class, masks, boxes, placed labels.
-
-`overlay` draws every figure's images. Labels never cover one another: in crowded images the less
-important ones are left out (`place_labels`).
-"""
+"""Annotations drawn onto images (`overlay`, for every figure): a fixed colour per class, masks,
+boxes, and labels that never cover one another (`place_labels` leaves the least important out)."""
 
 from __future__ import annotations
 
@@ -44,17 +41,11 @@ PNG_COMPRESS_LEVEL = 1
 
 def class_colors(names: Sequence[str]) -> dict[str, Color]:
     """A fixed, distinct RGB colour per class name: known classes by name, others in order."""
-    colors: dict[str, Color] = {}
-    used = set()
+    colors = {name: FIXED_COLORS[name] for name in names if name in FIXED_COLORS}
+    spare = [c for c in SPARE_COLORS if c not in colors.values()]
     for name in names:
-        if name in FIXED_COLORS:
-            colors[name] = FIXED_COLORS[name]
-            used.add(FIXED_COLORS[name])
-    spare = [c for c in SPARE_COLORS if c not in used]
-    for name in names:
-        if name in colors:
-            continue
-        colors[name] = spare.pop(0) if spare else _hash_color(name)
+        if name not in colors:
+            colors[name] = spare.pop(0) if spare else _hash_color(name)
     return colors
 
 
@@ -66,12 +57,9 @@ def _hash_color(name: str) -> Color:
 
 def ann_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
     """Decode a COCO segmentation (polygons, list-count RLE or string-count RLE) to bool HxW."""
-    if isinstance(segmentation, dict):
-        counts = segmentation.get("counts")
-        if isinstance(counts, (str, bytes)):
-            rle = dict(segmentation)
-        else:
-            rle = mask_utils.frPyObjects(segmentation, height, width)
+    if isinstance(segmentation, dict):  # string counts decode as they are, list counts compress
+        compressed = isinstance(segmentation.get("counts"), (str, bytes))
+        rle = segmentation if compressed else mask_utils.frPyObjects(segmentation, height, width)
     elif isinstance(segmentation, list):
         # Fewer than 3 points has no area (and 2 points would be misread as a box).
         polys = [p for p in segmentation if len(p) >= 6]
@@ -86,9 +74,6 @@ def ann_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
             f"segmentation is {mask.shape[1]}x{mask.shape[0]} but the image is {width}x{height}"
         )
     return mask
-
-
-# ---------------------------------------------------------------- masks and boxes
 
 
 def _edge(mask: np.ndarray) -> np.ndarray:
@@ -126,9 +111,6 @@ def _area(ann: Mapping[str, Any]) -> float:
     return float(area or 0)
 
 
-# ---------------------------------------------------------------- labels
-
-
 class Label(NamedTuple):
     """A label's text, the colour of its tab and where it goes (None: no free spot)."""
 
@@ -137,22 +119,10 @@ class Label(NamedTuple):
     rect: Rect | None
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """Pillow's bundled font at `size` pixels (bitmap fallback without FreeType)."""
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError, ImportError):
-        return ImageFont.load_default()
-
-
 def _label_text(ann: Mapping[str, Any], name: str) -> str:
     """Class name, plus score when the annotation is a prediction, plus a crowd marker."""
-    text = name
-    if "score" in ann:
-        text += f" {float(ann['score']):.2f}"
-    if ann.get("iscrowd"):
-        text += " (crowd)"
-    return text
+    score = f" {float(ann['score']):.2f}" if "score" in ann else ""
+    return name + score + (" (crowd)" if ann.get("iscrowd") else "")
 
 
 def _text_fill(color: Color) -> Color:
@@ -171,11 +141,9 @@ def label_spots(box: Sequence[float], size: tuple[float, float]) -> list[Rect]:
     its top, below it; each flush left, then flush right. Every spot touches the box."""
     x, y, w, h = (float(v) for v in box)
     lw, lh = size
-    spots = []
-    for top in (y - lh, y, y + h):
-        for left in (x, x + w - lw):
-            spots.append((left, top, left + lw, top + lh))
-    return spots
+    return [
+        (left, top, left + lw, top + lh) for top in (y - lh, y, y + h) for left in (x, x + w - lw)
+    ]
 
 
 def _overlap(a: Rect, b: Rect) -> bool:
@@ -191,17 +159,16 @@ def place_labels(
     placed: list[Rect] = []
     spots: list[Rect | None] = []
     for box, (lw, lh) in zip(boxes, sizes, strict=True):
-        chosen = None
         for left, top, _, _ in label_spots(box, (lw, lh)):
             left = min(max(left, 0.0), width - lw)
             rect = (left, top, left + lw, top + lh)
             inside = left >= 0 and top >= 0 and rect[3] <= height
             if inside and not any(_overlap(rect, other) for other in placed):
-                chosen = rect
+                placed.append(rect)
                 break
-        if chosen is not None:
-            placed.append(chosen)
-        spots.append(chosen)
+        else:
+            rect = None
+        spots.append(rect)
     return spots
 
 
@@ -209,7 +176,7 @@ def _label_style(width: int, height: int) -> tuple[Any, int, int]:
     """(font, box line width, tab padding) scaled to the image's shorter side."""
     short = min(width, height)
     size = max(10, round(short / 24))
-    return _font(size), max(2, round(short / 200)), max(1, size // 6)
+    return ImageFont.load_default(size=size), max(2, round(short / 200)), max(1, size // 6)
 
 
 def layout_labels(
@@ -236,26 +203,6 @@ def layout_labels(
     return [Label(*parts) for parts in zip(texts, tab_colors, rects, strict=True)]
 
 
-def _draw_label(draw: ImageDraw.ImageDraw, label: Label, font: Any, pad: int) -> None:
-    """A tab of the label's colour at its spot, with the text in black or white on it."""
-    if label.rect is None:
-        return
-    left, top, right, bottom = label.rect
-    draw.rectangle([left, top, right - 1, bottom - 1], fill=label.color)
-    text_left, text_top, _, _ = draw.textbbox((0, 0), "Ag", font=font)
-    origin = (left + pad - text_left, top + pad - text_top)
-    draw.text(origin, label.text, fill=_text_fill(label.color), font=font)
-
-
-def _draw_box(draw: ImageDraw.ImageDraw, box: Sequence[float], color: Color, width: int) -> None:
-    """Outline the xywh box."""
-    x, y, w, h = (float(v) for v in box)
-    draw.rectangle([x, y, x + max(w - 1, 0), y + max(h - 1, 0)], outline=color, width=width)
-
-
-# ---------------------------------------------------------------- the overlay
-
-
 def overlay(
     image: np.ndarray,
     anns: list[dict],
@@ -274,22 +221,29 @@ def overlay(
     colors = dict(colors) if colors is not None else class_colors(list(categories.values()))
     canvas = image.astype(np.float32)
     order = sorted(anns, key=_draw_order)
-    for ann in order:
-        name = categories.get(ann["category_id"], f"id {ann['category_id']}")
+    names = [categories.get(a["category_id"], f"id {a['category_id']}") for a in order]
+    tints = [colors.get(name, UNKNOWN_COLOR) for name in names]
+    for ann, tint in zip(order, tints, strict=True):
         if ann.get("segmentation") is not None:
             mask = ann_mask(ann["segmentation"], height, width)
-            _paint_mask(canvas, mask, colors.get(name, UNKNOWN_COLOR), bool(ann.get("iscrowd")))
+            _paint_mask(canvas, mask, tint, bool(ann.get("iscrowd")))
     out = Image.fromarray(np.clip(canvas, 0, 255).round().astype(np.uint8))
     draw = ImageDraw.Draw(out)
     font, line, pad = _label_style(width, height)
-    for ann in order:
+    for ann, tint in zip(order, tints, strict=True):
         if "bbox" in ann:
-            name = categories.get(ann["category_id"], f"id {ann['category_id']}")
-            crowd = bool(ann.get("iscrowd"))
-            box_line = max(1, line // 2) if crowd else line
-            _draw_box(draw, ann["bbox"], colors.get(name, UNKNOWN_COLOR), box_line)
+            x, y, w, h = (float(v) for v in ann["bbox"])
+            box_line = max(1, line // 2) if ann.get("iscrowd") else line
+            corners = [x, y, x + max(w - 1, 0), y + max(h - 1, 0)]
+            draw.rectangle(corners, outline=tint, width=box_line)
+    # Each label: a tab of its colour at its spot, the text in black or white on it.
+    text_left, text_top, _, _ = draw.textbbox((0, 0), "Ag", font=font)
     for label in layout_labels(order, categories, colors, width, height):
-        _draw_label(draw, label, font, pad)
+        if label.rect is not None:
+            left, top, right, bottom = label.rect
+            draw.rectangle([left, top, right - 1, bottom - 1], fill=label.color)
+            origin = (left + pad - text_left, top + pad - text_top)
+            draw.text(origin, label.text, fill=_text_fill(label.color), font=font)
     return np.asarray(out)
 
 

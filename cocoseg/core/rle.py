@@ -1,9 +1,6 @@
-"""COCO RLEs of thresholded masks from their crops: little to move off the device, little GIL.
-
-On the device each mask is cut to its bounding box and the crops packed column by column
-(pycocotools' order) into one buffer for the host. There numpy finds the runs (releasing the GIL)
-and pycocotools only compresses them: the `counts` `mask.encode` gives for the full-image masks.
-"""
+"""COCO RLEs of thresholded masks from their crops, packed column by column (pycocotools' order)
+on the device into one buffer for the host, where numpy finds the runs (without the GIL) and
+pycocotools only compresses them: the `counts` `mask.encode` gives for the full-image masks."""
 
 from __future__ import annotations
 
@@ -34,9 +31,8 @@ def _span(hits: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def gather_crops(values: Tensor, bounds: Tensor, host_bounds: list[list[int]]) -> Tensor:
-    """The `bounds` crops of (N, H, W) `values` in one flat tensor, each column by column.
-    `host_bounds` (`bounds` on the host) gives sizes without a sync; steps of at most
-    `CROP_CHUNK` pixels (a larger mask alone) bound the index memory."""
+    """The `bounds` crops of (N, H, W) `values` in one flat tensor, each column by column, in steps
+    of at most `CROP_CHUNK` pixels; `host_bounds` (`bounds` on the host) spares a sync."""
     steps, start, pixels = [], 0, 0
     for end, (_, _, w, h) in enumerate(host_bounds):
         if pixels and pixels + w * h > CROP_CHUNK:
@@ -44,18 +40,16 @@ def gather_crops(values: Tensor, bounds: Tensor, host_bounds: list[list[int]]) -
             start, pixels = end, 0
         pixels += w * h
     steps.append((start, len(host_bounds)))
-    parts = []
-    for start, end in steps:
-        columns = sum(w for _, _, w, _ in host_bounds[start:end])
-        pixels = sum(w * h for _, _, w, h in host_bounds[start:end])
-        parts.append(_gather(values, bounds, start, end, columns, pixels))
-    return torch.cat(parts)
+    return torch.cat(
+        [_gather(values, bounds, start, host_bounds[start:end]) for start, end in steps]
+    )
 
 
-def _gather(
-    values: Tensor, bounds: Tensor, start: int, end: int, n_columns: int, n_pixels: int
-) -> Tensor:
-    """Crops of masks start..end-1 (`n_columns` columns, `n_pixels` pixels), column by column."""
+def _gather(values: Tensor, bounds: Tensor, start: int, host: list[list[int]]) -> Tensor:
+    """Crops of the masks from `start` on whose bounds `host` holds, column by column."""
+    end = start + len(host)
+    n_columns = sum(w for _, _, w, _ in host)
+    n_pixels = sum(w * h for _, _, w, h in host)
     _, height, width = values.shape
     device = values.device
     x, y, crop_w, crop_h = bounds[start:end].unbind(1)

@@ -1,13 +1,8 @@
-"""SIGTERM handled like Ctrl-C: the stage unwinds, cleans up and ends with one line.
-
-Python's default SIGTERM ends the process at once: no `finally`, no temp-file cleanup. Yet
-`timeout`, `docker stop`, Slurm, Kubernetes and `dvc queue kill` all send it first. While a
-stage runs, SIGTERM raises `Terminated` (a KeyboardInterrupt) in the main thread instead.
-DataLoader workers (`worker_init`) exit quietly with status 0: the main process, signalled
-too, reports for all (torch's own worker handler kills a worker signalled by anyone but
-its parent, and the main process then raises a second error about it).
-`stop_requested` tells worker threads (downloads) to stop between chunks.
-"""
+"""SIGTERM (`timeout`, `docker stop`, Slurm, `dvc queue kill`) handled like Ctrl-C, not by ending
+at once: while a stage runs it raises `Terminated` in the main thread, so `finally` blocks and
+temp-file cleanup run. DataLoader workers (`worker_init`) exit quietly: the main process, signalled
+too, reports for all (torch's own handler would make it raise a second error). `stop_requested`
+tells worker threads (downloads) to stop between chunks."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Figures: comparison grids, contact sheets, error charts, built on overlays of images.
-
-Built on `matplotlib.figure.Figure`, never pyplot: importing this sets no global backend and works
-headless. The overlay names of `cocoseg.core.overlays` are importable from here too.
-"""
+"""Figures (comparison grids, contact sheets, error charts) built on `cocoseg.core.overlays`, on
+matplotlib's `Figure`, never pyplot: importing this sets no global backend and works headless."""
 
 from __future__ import annotations
 
@@ -16,22 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from cocoseg.core.io import write_bytes
-from cocoseg.core.overlays import (
-    FIXED_COLORS,
-    PNG_COMPRESS_LEVEL,
-    UNKNOWN_COLOR,
-    Color,
-    ann_mask,
-    class_colors,
-    overlay,
-    save_png,
-)
-
-__all__ = [
-    "FIXED_COLORS", "OUTCOME_COLORS", "ann_mask", "class_colors", "comparison_figure",
-    "comparison_grid", "contact_sheet", "error_bars", "error_bars_figure", "error_grid",
-    "mpl_color", "note_figure", "overlay", "save_figure", "save_png",
-]  # fmt: skip
+from cocoseg.core.overlays import PNG_COMPRESS_LEVEL, UNKNOWN_COLOR, Color, class_colors, overlay
 
 FIG_DPI = 120
 LEGEND_COLUMNS = 6  # entries per legend row above image grids
@@ -62,39 +44,36 @@ def mpl_color(color: Color) -> tuple[float, float, float]:
     return (color[0] / 255, color[1] / 255, color[2] / 255)
 
 
-def save_figure(fig: Figure, path: str | Path, *, dpi: int = FIG_DPI, tight: bool = True) -> None:
+def save_figure(fig: Figure, path: str | Path, *, tight: bool = True) -> None:
     """Render a Figure to PNG atomically. `tight` crops to what is drawn but draws twice; a
     figure whose layout already fits (the contact sheet) saves half its time without."""
     buf = io.BytesIO()
     bbox, pil_kwargs = "tight" if tight else None, {"compress_level": PNG_COMPRESS_LEVEL}
     fig.savefig(
-        buf, format="png", dpi=dpi, bbox_inches=bbox, facecolor="white", pil_kwargs=pil_kwargs
+        buf, format="png", dpi=FIG_DPI, bbox_inches=bbox, facecolor="white", pil_kwargs=pil_kwargs
     )
     write_bytes(path, buf.getvalue())
-
-
-def legend_handles(colors: Mapping[str, Color]) -> list[Patch]:
-    """One coloured square per class, for figure legends."""
-    return [Patch(facecolor=mpl_color(c), edgecolor="none", label=n) for n, c in colors.items()]
 
 
 def _add_class_legend(
     fig: Figure, colors: Mapping[str, Color], *, top: float = 1.0, fontsize: int = 11
 ) -> None:
-    """A class legend centred under `top` (a fraction of the figure's height)."""
+    """A legend of coloured squares centred under `top` (a fraction of the figure's height)."""
     if colors:
+        handles = [
+            Patch(facecolor=mpl_color(c), edgecolor="none", label=n) for n, c in colors.items()
+        ]
         fig.legend(
-            handles=legend_handles(colors), loc="upper center", frameon=False, fontsize=fontsize,
+            handles=handles, loc="upper center", frameon=False, fontsize=fontsize,
             ncol=min(len(colors), LEGEND_COLUMNS), bbox_to_anchor=(0.5, top),
         )  # fmt: skip
 
 
-def _show(ax: Any, image: np.ndarray, title: str | None = None) -> None:
-    """imshow without ticks or frame, with an optional title."""
+def _show(ax: Any, image: np.ndarray, title: str) -> None:
+    """imshow without ticks or frame, under a title."""
     ax.imshow(image)
     ax.set_axis_off()
-    if title:
-        ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=10)
 
 
 def _note(ax: Any, text: str) -> None:
@@ -113,20 +92,19 @@ def note_figure(text: str, path: str | Path) -> None:
     save_figure(fig, path)
 
 
-def comparison_figure(
+def comparison_grid(
     rows: list[Row],
     categories: dict[int, str],
+    path: str | Path,
     *,
     title: str | None = None,
-    titles: tuple[str, str] = ("ground truth", "prediction"),
     row_labels: Sequence[str] | None = None,
     colors: Mapping[str, Color] | None = None,
     legend: Mapping[str, Color] | None = None,
     no_prediction: str = "no detection",
-) -> Figure:
-    """One row per image: its ground truth beside its prediction, under a title and legend.
-    `colors` (by name) and `legend` (label -> colour) override the class colours; an empty
-    prediction panel says `no_prediction`, so it is not mistaken for a glitch."""
+) -> None:
+    """A PNG with one row per image: ground truth beside prediction (an empty one says
+    `no_prediction`, not to pass for a glitch); `colors`/`legend` override the class colours."""
     if not rows:
         raise ValueError("comparison_grid needs at least one row")
     colors = dict(colors) if colors is not None else class_colors(list(categories.values()))
@@ -139,8 +117,8 @@ def comparison_figure(
     axes = fig.subplots(len(rows), 2, squeeze=False, gridspec_kw={"height_ratios": heights})
     for r, (image, gt, pred) in enumerate(rows):
         prefix = f"{row_labels[r]}: " if row_labels else ""
-        _show(axes[r][0], overlay(image, gt, categories, colors=colors), prefix + titles[0])
-        _show(axes[r][1], overlay(image, pred, categories, colors=colors), prefix + titles[1])
+        _show(axes[r][0], overlay(image, gt, categories, colors=colors), prefix + "ground truth")
+        _show(axes[r][1], overlay(image, pred, categories, colors=colors), prefix + "prediction")
         if not pred:
             _note(axes[r][1], no_prediction)
     fig_h = fig.get_figheight()
@@ -148,14 +126,7 @@ def comparison_figure(
     if title:
         fig.suptitle(title, fontsize=13, y=1.0 - 0.05 / fig_h, va="top")
     _add_class_legend(fig, legend, top=1 - (0.45 if title else 0) / fig_h)
-    return fig
-
-
-def comparison_grid(
-    rows: list[Row], categories: dict[int, str], path: str | Path, **options: Any
-) -> None:
-    """`comparison_figure` (same options) written as a PNG."""
-    save_figure(comparison_figure(rows, categories, **options), path)
+    save_figure(fig, path)
 
 
 def contact_sheet(
@@ -201,13 +172,6 @@ def contact_sheet(
     save_figure(fig, path, tight=False)
 
 
-def _outcome_name(class_name: str, outcome: str) -> str:
-    """The label an outcome is drawn under: the class alone for a TP, else 'class: outcome'."""
-    if outcome == "true positive":
-        return class_name
-    return f"{class_name}: {outcome.removesuffix(' (crowd)')}"
-
-
 def _by_outcome(anns: list[dict], names: dict[tuple[int, str], int]) -> list[dict]:
     """Annotation copies whose category id stands for (class, outcome), ids taken from names."""
     return [
@@ -230,36 +194,34 @@ def error_grid(
     recoded = [
         (image, _by_outcome(gts, names), _by_outcome(preds, names)) for image, gts, preds in rows
     ]
-    labels = {
-        new_id: _outcome_name(categories.get(cat_id, f"id {cat_id}"), outcome)
-        for (cat_id, outcome), new_id in names.items()
-    }
-    colors = {
-        labels[new_id]: OUTCOME_COLORS.get(outcome, UNKNOWN_COLOR)
-        for (_, outcome), new_id in names.items()
-    }
+    labels: dict[int, str] = {}
+    colors: dict[str, Color] = {}
+    for (cat_id, outcome), new_id in names.items():
+        label = categories.get(cat_id, f"id {cat_id}")
+        if outcome != "true positive":  # a TP is drawn under its class alone
+            label += f": {outcome.removesuffix(' (crowd)')}"
+        labels[new_id], colors[label] = label, OUTCOME_COLORS.get(outcome, UNKNOWN_COLOR)
     comparison_grid(recoded, labels, path, title=title, row_labels=row_labels, colors=colors,
                     legend=OUTCOME_COLORS)  # fmt: skip
-
-
-def _shade(color: Color, towards_white: float) -> tuple[float, float, float]:
-    """An 8-bit colour blended towards white by the given fraction, as matplotlib floats."""
-    r, g, b = (c + (1 - c) * towards_white for c in mpl_color(color))
-    return (r, g, b)
 
 
 def error_type_style(error_type: str) -> tuple[tuple[float, float, float], str]:
     """(matplotlib colour, hatch) of an error type's bars: missed_<size> paler and hatched."""
     if error_type in MISSED_STYLES:
         towards_white, hatch = MISSED_STYLES[error_type]
-        return _shade(OUTCOME_COLORS["missed"], towards_white), hatch
+        r, g, b = (c + (1 - c) * towards_white for c in mpl_color(OUTCOME_COLORS["missed"]))
+        return (r, g, b), hatch
     return mpl_color(OUTCOME_COLORS.get(error_type, UNKNOWN_COLOR)), ""
 
 
-def error_bars_figure(
-    rows: Sequence[Mapping[str, Any]], error_types: Sequence[str], *, title: str
-) -> Figure:
-    """One horizontal bar per class ('class' key), stacked by error type counts."""
+def error_bars(
+    rows: Sequence[Mapping[str, Any]],
+    error_types: Sequence[str],
+    path: str | Path,
+    *,
+    title: str = "Errors per class",
+) -> None:
+    """A PNG with one horizontal bar per class ('class' key), stacked by error type counts."""
     if not rows:
         raise ValueError("error_bars needs at least one class row")
     fig = Figure(figsize=(8, 1.6 + 0.45 * len(rows)))
@@ -280,15 +242,4 @@ def error_bars_figure(
     ax.legend(
         title="error type", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9
     )
-    return fig
-
-
-def error_bars(
-    rows: Sequence[Mapping[str, Any]],
-    error_types: Sequence[str],
-    path: str | Path,
-    *,
-    title: str = "Errors per class",
-) -> None:
-    """`error_bars_figure` written as a PNG."""
-    save_figure(error_bars_figure(rows, error_types, title=title), path)
+    save_figure(fig, path)

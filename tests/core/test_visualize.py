@@ -8,15 +8,16 @@ import synthcoco
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from cocoseg.core.overlays import label_spots, layout_labels, place_labels
-from cocoseg.core.visualize import (
+from cocoseg.core.overlays import (
     FIXED_COLORS,
     ann_mask,
     class_colors,
-    comparison_grid,
-    contact_sheet,
+    label_spots,
+    layout_labels,
     overlay,
+    place_labels,
 )
+from cocoseg.core.visualize import comparison_grid, contact_sheet
 
 CATEGORIES = {1: "person", 2: "cat", 3: "sports ball", 4: "book"}
 H, W = 120, 160
@@ -221,7 +222,7 @@ def _png_size(path) -> tuple[int, int]:
 
 def test_comparison_grid_writes_png(tmp_path):
     path = tmp_path / "deep" / "grid.png"
-    comparison_grid(_rows(3), CATEGORIES, path, titles=("truth", "model"))
+    comparison_grid(_rows(3), CATEGORIES, path)
     w, h = _png_size(path)
     assert 400 < w < 2500 and h > w
     assert not list(path.parent.glob(".*.tmp")), "atomic write left a temp file"

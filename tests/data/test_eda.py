@@ -15,7 +15,7 @@ from PIL import Image
 from cocoseg.core import visualize
 from cocoseg.core.config import EdaParams
 from cocoseg.core.errors import DataError
-from cocoseg.core.visualize import class_colors
+from cocoseg.core.overlays import class_colors
 from cocoseg.data import eda
 from cocoseg.data.eda import FIGURES, run_eda, sample_ids
 

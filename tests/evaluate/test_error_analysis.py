@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cocoseg.core import visualize
 from cocoseg.core.visualize import (
     OUTCOME_COLORS,
     error_bars,
-    error_bars_figure,
     error_grid,
     error_type_style,
     mpl_color,
@@ -273,10 +273,16 @@ def test_error_types_are_told_apart_and_missed_sizes_are_one_family():
         assert styles[error_type][0] == mpl_color(OUTCOME_COLORS[outcome])
 
 
-def test_error_chart_has_its_title_axis_titles_and_one_legend_entry_per_type(mixed):
+def test_error_chart_has_its_title_axis_titles_and_one_legend_entry_per_type(
+    mixed, tmp_path, monkeypatch
+):
     _, report = mixed
-    fig = error_bars_figure(ea.count_rows(report), ea.ERROR_TYPES, title="Errors at score ≥ 0.3")
-    (ax, *_) = fig.axes
+    figures = []
+    monkeypatch.setattr(visualize, "save_figure", lambda fig, path, **options: figures.append(fig))
+    error_bars(
+        ea.count_rows(report), ea.ERROR_TYPES, tmp_path / "e.png", title="Errors at score ≥ 0.3"
+    )
+    (ax, *_) = figures[0].axes
     assert ax.get_title() == "Errors at score ≥ 0.3"
     assert ax.get_xlabel() and ax.get_ylabel()
     legend = ax.get_legend()
