@@ -1,8 +1,9 @@
 """The train loop, top to bottom: set up, build, resume, train epochs, save, report.
 
-`train` reads in order, each step in its module: runtime, dataset, checkpoints, model, sampler,
-optim, then per epoch validate, checkpoints, selection and trainlog. Under `torchrun` each
-process trains its share through DistributedDataParallel; rank 0 writes.
+`train` reads in order, each step in its module: runtime, dataset, checkpoints, model, the
+optimiser recipe here (SGD with momentum, linear warm-up times a per-epoch LR schedule, AMP), then
+per epoch validate, checkpoints, selection and trainlog. Under `torchrun` each process trains its
+share through DistributedDataParallel; rank 0 writes.
 """
 
 from __future__ import annotations
@@ -33,10 +34,8 @@ from cocoseg.train.checkpoints import (
     save_checkpoint,
     save_torch,
 )
-from cocoseg.train.dataset import class_names, coco_dataset
-from cocoseg.train.optim import make_optimizer
+from cocoseg.train.dataset import class_names, coco_dataset, set_epoch, train_loader
 from cocoseg.train.runtime import Context, barrier, peak_gpu_mb, seed_all, session
-from cocoseg.train.sampler import set_epoch, train_loader
 from cocoseg.train.selection import recover_best, save_best, selected, stalled
 from cocoseg.train.trainlog import LOSS_PARTS, epoch_summary, open_log, write_log, write_summary
 from cocoseg.train.transforms import SKIPS_MODEL_RESIZE, build_transforms
@@ -69,6 +68,36 @@ def training_model(
     if state is not None:
         model.load_state_dict(state["model"])
     return model.to(device)
+
+
+def lr_factor(step: int, p: TrainParams, iters_per_epoch: int) -> float:
+    """Multiplier of train.lr after `step` optimiser steps: linear warm-up times the schedule."""
+    warm = 1.0
+    if step < p.warmup_iters:
+        alpha = step / p.warmup_iters
+        warm = p.warmup_factor * (1 - alpha) + alpha
+    epoch = step // iters_per_epoch  # 0-based
+    if p.schedule == "multistep":
+        return warm * p.lr_gamma ** sum(epoch >= m for m in p.lr_milestones)
+    if p.schedule == "cosine":
+        total = p.epochs * iters_per_epoch
+        return warm * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+    return warm
+
+
+def make_optimizer(
+    model: torch.nn.Module, p: TrainParams, iters_per_epoch: int, device: torch.device
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, torch.amp.GradScaler]:
+    """SGD over the trainable weights, its per-iteration LR schedule, and the AMP scaler."""
+    trainable = [q for q in model.parameters() if q.requires_grad]
+    optimizer = torch.optim.SGD(
+        trainable, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, p, iters_per_epoch)
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=p.amp and device.type == "cuda")
+    return optimizer, scheduler, scaler
 
 
 def _to_device(images: tuple, targets: tuple, device: torch.device) -> tuple[list, list]:
