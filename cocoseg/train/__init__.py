@@ -1,8 +1,4 @@
-"""Stage train: fine-tune Mask R-CNN on data/subset, resumable, one process or torchrun.
-
-Public: train, make_optimizer (engine); coco_dataset, train_loader (dataset); build_transforms,
-PRESETS (transforms); find_resume, save_checkpoint, data_fingerprint (checkpoints).
-"""
+"""Stage train: fine-tune Mask R-CNN on data/subset, resumable, one process or torchrun."""
 
 from cocoseg.core.exports import lazy_exports
 
