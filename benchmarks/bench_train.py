@@ -50,11 +50,15 @@ from cocoseg.core.config import DataParams, SubsetParams, TrainParams
 from cocoseg.core.inputs import split_paths
 from cocoseg.core.model import build_for_training, pretrained_layout
 from cocoseg.data.subset import make_subset
-from cocoseg.train.dataset import coco_dataset, collate
-from cocoseg.train.engine import train_one_epoch, train_step
-from cocoseg.train.optim import lr_factor, make_optimizer
+from cocoseg.train.dataset import (
+    GroupedBatchSampler,
+    aspect_groups,
+    coco_dataset,
+    collate,
+    train_loader,
+)
+from cocoseg.train.engine import lr_factor, make_optimizer, train_one_epoch, train_step
 from cocoseg.train.runtime import Context
-from cocoseg.train.sampler import GroupedBatchSampler, aspect_groups, train_loader
 from cocoseg.train.transforms import build_transforms
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "coco-sample"

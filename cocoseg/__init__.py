@@ -5,7 +5,7 @@ it; each stage folder imports `core` and never a sibling:
 
     core/      params, stage runner, errors, atomic writes, images, model, inference, COCO, drawing
     data/      download -> archives -> cocofile -> subset (placing the images) -> eda
-    train/     dataset -> transforms -> sampler -> optim -> checkpoints -> runtime -> engine
+    train/     dataset (and batches) -> transforms -> checkpoints -> runtime -> engine
     evaluate/  matching -> metrics and error_analysis -> reports
     predict/   outputs (overlays, contact sheet) of core's inference
 

@@ -1,15 +1,10 @@
-"""Stage train: fine-tune Mask R-CNN on data/subset, resumable, one process or torchrun.
-
-Public: train (engine); coco_dataset (dataset); build_transforms, PRESETS (transforms);
-train_loader (sampler); make_optimizer (optim); find_resume, save_checkpoint,
-data_fingerprint (checkpoints).
-"""
+"""Stage train: fine-tune Mask R-CNN on data/subset, resumable, one process or torchrun."""
 
 from cocoseg.core.exports import lazy_exports
 
 EXPORTS = {
     "train": "engine", "coco_dataset": "dataset", "build_transforms": "transforms",
-    "PRESETS": "transforms", "train_loader": "sampler", "make_optimizer": "optim",
+    "PRESETS": "transforms", "train_loader": "dataset", "make_optimizer": "engine",
     "find_resume": "checkpoints", "save_checkpoint": "checkpoints",
     "data_fingerprint": "checkpoints",
 }  # fmt: skip

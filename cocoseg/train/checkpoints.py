@@ -1,9 +1,7 @@
-"""Checkpoints: find, save, pick the one to resume from, clear and thin out.
+"""Checkpoints: each epoch's `epoch_NN.pt`, written atomically; find the one to resume, clear, thin.
 
-Each epoch writes `checkpoints/epoch_NN.pt` atomically. A run resumes from the newest readable
-one (epoch <= train.epochs) whose train params, classes and data (`data_fingerprint`: DVC does
-not hash a COCO copy's images) equal its own; `epochs` may differ but under the cosine schedule,
-keep_checkpoints and select never count. Otherwise old checkpoints and best.pt are removed.
+A run resumes from the newest readable one (epoch <= train.epochs) of the same params, classes
+and data (`epochs` counts only under the cosine schedule); otherwise all are removed.
 """
 
 from __future__ import annotations
@@ -32,12 +30,10 @@ def checkpoint_path(folder: Path, epoch: int) -> Path:
 
 def checkpoints(folder: Path) -> list[tuple[int, Path]]:
     """(epoch, path) of the checkpoint files in folder, newest first."""
-    found = []
-    for path in folder.glob("epoch_*.pt"):
-        suffix = path.stem.removeprefix("epoch_")
-        if suffix.isdigit():
-            found.append((int(suffix), path))
-    return sorted(found, reverse=True)
+    found = {path.stem.removeprefix("epoch_"): path for path in folder.glob("epoch_*.pt")}
+    return sorted(
+        ((int(epoch), path) for epoch, path in found.items() if epoch.isdigit()), reverse=True
+    )
 
 
 def tensor_bytes(obj: Any) -> int:
@@ -59,25 +55,17 @@ def save_torch(path: Path, obj: Any) -> None:
 
 def save_checkpoint(
     folder: Path, epoch: int, parts: dict[str, Any], identity: dict[str, Any], history: dict
-) -> Path:
+) -> None:
     """epoch_NN.pt: the state of each part (model, optimizer, ...; a DDP model's `.module`), this
     run's identity, logs."""
     states = {name: getattr(obj, "module", obj).state_dict() for name, obj in parts.items()}
-    path = checkpoint_path(folder, epoch)
-    save_torch(path, {"format": CHECKPOINT_FORMAT, **states, "epoch": epoch, **identity,
-                      "history": history})  # fmt: skip
-    return path
-
-
-def restore(state: dict[str, Any], **parts: Any) -> None:
-    """Load each part (optimizer=..., scheduler=..., ...) from the checkpoint `state`."""
-    for name, obj in parts.items():
-        obj.load_state_dict(state[name])
+    state = {"format": CHECKPOINT_FORMAT, **states, "epoch": epoch, **identity, "history": history}
+    save_torch(checkpoint_path(folder, epoch), state)
 
 
 def data_fingerprint(images_dir: Path, ann_file: Path) -> str:
-    """sha256 over the train json and the content of every image it lists, in its order: what
-    training reads, so a checkpoint made from other pixels is not resumed."""
+    """sha256 over the train json and every image it lists, in its order: DVC does not hash a COCO
+    copy's images, and a checkpoint made from other pixels must not be resumed."""
     digest = hashlib.sha256(ann_file.read_bytes())
     for image in read_json(ann_file).get("images", []):
         path = safe_join(images_dir, image["file_name"])
@@ -95,19 +83,6 @@ def resume_key(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
-    """'key: old -> new' for each difference, nested dicts flattened to dotted keys."""
-    out = []
-    for key in sorted(set(saved) | set(current)):
-        old, new = saved.get(key), current.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            out += _differences(old, new, f"{prefix}{key}.")
-        elif old != new:
-            shown = [v if len(repr(v)) < 40 else "..." for v in (old, new)]
-            out.append(f"{prefix}{key}: {shown[0]!r} -> {shown[1]!r}")
-    return out
-
-
 def why_not_resumed(saved: dict[str, Any], identity: dict[str, Any]) -> str | None:
     """Why a checkpoint's identity is another run's ('training data changed', ...), or None."""
     reasons = []
@@ -115,15 +90,19 @@ def why_not_resumed(saved: dict[str, Any], identity: dict[str, Any]) -> str | No
         reasons.append("training data changed")
     if saved.get("classes") != identity["classes"]:
         reasons.append(f"classes changed: {saved.get('classes')} -> {identity['classes']}")
-    diff = _differences(resume_key(saved.get("params") or {}), resume_key(identity["params"]))
+    old, new = resume_key(saved.get("params") or {}), resume_key(identity["params"])
+    diff = []  # 'key: old -> new', long values shown as ...
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            shown = [v if len(repr(v)) < 40 else "..." for v in (old.get(key), new.get(key))]
+            diff.append(f"{key}: {shown[0]!r} -> {shown[1]!r}")
     if diff:
         reasons.append("train params changed: " + ", ".join(diff))
     return "; ".join(reasons) or None
 
 
 def find_resume(folder: Path, identity: dict[str, Any], epochs: int) -> dict[str, Any] | None:
-    """The newest readable checkpoint (epoch <= epochs) whose identity ("params", "classes",
-    "data") is this run's, or None."""
+    """The newest readable checkpoint (epoch <= epochs) of this run's identity, or None."""
     for epoch, path in checkpoints(folder):
         if epoch > epochs:
             continue
@@ -152,8 +131,6 @@ def clear_checkpoints(folder: Path) -> None:
 
 def remove_older_checkpoints(folder: Path, epoch: int, keep: int) -> None:
     """Once epoch `epoch` is saved, keep it and the `keep` - 1 before it (`keep` 0: keep all)."""
-    if keep == 0:
-        return
     for older, path in checkpoints(folder):
-        if older <= epoch - keep:
+        if keep and older <= epoch - keep:
             path.unlink(missing_ok=True)

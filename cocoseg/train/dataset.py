@@ -1,30 +1,37 @@
-"""The subset's COCO json as a detection dataset: torchvision's CocoDetection + the v2 wrapper.
+"""Training data: the subset's COCO json as a dataset (CocoDetection + the v2 wrapper), batched.
 
-Crowd regions are left out of the targets, degenerate boxes dropped, images without any
-target kept as negatives (empty boxes/masks/labels). Images are read by the project's one
-reader (cocoseg.core.images.read_rgb), so 16-bit, transparent and CMYK images train as they look.
+Crowds are left out, images without targets kept as negatives; images are read by `read_rgb`,
+so 16-bit, transparent and CMYK images train as they look. Images of similar shape share a
+batch (torchvision's detection recipe), so the model pads less; each rank draws its share of a
+seeded per-epoch shuffle.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import math
+from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from torchvision import tv_tensors
 from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
 from torchvision.transforms import v2 as T
 
+from cocoseg.core.config import TrainParams
 from cocoseg.core.errors import DataError
 from cocoseg.core.images import read_rgb
 from cocoseg.core.inputs import split_paths
 from cocoseg.core.io import read_json, safe_join
+from cocoseg.core.signals import worker_init
 
-TARGET_KEYS = {"boxes", "masks", "labels", "image_id", "iscrowd"}
+TARGET_KEYS = {"boxes", "masks", "labels", "image_id"}
 
 
 def class_names(ann_file: str | Path) -> list[str]:
@@ -39,44 +46,28 @@ def class_names(ann_file: str | Path) -> list[str]:
 
 
 class CocoImages(CocoDetection):
-    """torchvision's CocoDetection reading images through `read_rgb` (every mode right).
-
-    `_load_image` is the hook torchvision's own subclasses override; CocoDetection has no
-    public loader argument.
-    """
+    """CocoDetection reading images through `read_rgb` and leaving crowd regions out; the
+    `_load_*` methods are the hooks torchvision's own subclasses override."""
 
     def _load_image(self, id: int) -> Image.Image:
         file_name = self.coco.loadImgs(id)[0]["file_name"]
         return Image.fromarray(read_rgb(safe_join(self.root, file_name)))
 
+    def _load_target(self, id: int) -> list[Any]:
+        return self.coco.loadAnns(self.coco.getAnnIds(id, iscrowd=False))
+
 
 class PrepareSample:
-    """Drop crowds, give empty targets the shapes the model expects, then augment."""
+    """Give a negative image's target the shapes the model expects, then augment."""
 
     def __init__(self, augment: T.Compose) -> None:
         self.augment = augment
 
     def __call__(self, image: Any, target: dict[str, Any]) -> tuple[torch.Tensor, dict]:
-        image = T.functional.to_image(image)
-        if image.shape[0] == 1:  # CocoDetection converts to RGB already; be sure anyway
-            image = tv_tensors.Image(image.expand(3, -1, -1))
-        target = keep_non_crowd(target, tuple(image.shape[-2:]))
-        image, target = self.augment(image, target)
-        return image, target
-
-
-def keep_non_crowd(target: dict[str, Any], canvas_size: tuple[int, int]) -> dict[str, Any]:
-    """The target without crowd regions; an image with none left gets empty tensors."""
-    image_id = target["image_id"]
-    if "boxes" not in target:
-        return empty_target(image_id, canvas_size)
-    keep = torch.tensor([not c for c in target["iscrowd"]], dtype=torch.bool)
-    return {
-        "boxes": tv_tensors.wrap(target["boxes"][keep], like=target["boxes"]),
-        "masks": tv_tensors.Mask(target["masks"][keep]),
-        "labels": target["labels"][keep].to(torch.int64),
-        "image_id": image_id,
-    }
+        image = T.functional.to_image(image)  # read_rgb's HxWx3: always three channels
+        if "boxes" not in target:  # the v2 wrapper's target for an image without annotations
+            target = empty_target(target["image_id"], tuple(image.shape[-2:]))
+        return self.augment(image, target)
 
 
 def empty_target(image_id: int, canvas_size: tuple[int, int]) -> dict[str, Any]:
@@ -103,16 +94,58 @@ def coco_dataset(subset_dir: str | Path, split: str, augment: T.Compose) -> Any:
     return wrap_dataset_for_transforms_v2(dataset, target_keys=TARGET_KEYS)
 
 
-def aspect_ratios(dataset: Any) -> np.ndarray:
-    """Width / height of every image in dataset order, from the json (no image is opened).
-
-    `coco` and `ids` are CocoDetection's public attributes; torchvision's v2 wrapper
-    forwards attribute access to the dataset it wraps.
-    """
-    coco = dataset.coco
-    return np.array([coco.imgs[i]["width"] / coco.imgs[i]["height"] for i in dataset.ids])
-
-
 def collate(batch: list[tuple[Any, Any]]) -> tuple[tuple, tuple]:
     """Detection batches stay lists: images differ in size."""
     return tuple(zip(*batch, strict=True))  # type: ignore[return-value]
+
+
+def aspect_groups(ratios: np.ndarray, k: int = 3) -> list[int]:
+    """Bin aspect ratios into 2k groups on a log scale (torchvision's detection recipe)."""
+    bins = 2 ** np.linspace(-1, 1, 2 * k + 1)
+    return np.digitize(ratios, bins).tolist()
+
+
+class GroupedBatchSampler(Sampler[list[int]]):
+    """Batches of images from one aspect-ratio group; leftovers close the epoch mixed. Every
+    index of `sampler` comes out exactly once, in ceil(n / batch_size) batches."""
+
+    def __init__(self, sampler: Sampler[int], group_ids: list[int], batch_size: int) -> None:
+        self.sampler, self.group_ids, self.batch_size = sampler, group_ids, batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        buffers: dict[int, list[int]] = defaultdict(list)
+        for index in self.sampler:
+            group = buffers[self.group_ids[index]]
+            group.append(index)
+            if len(group) == self.batch_size:
+                yield list(group)
+                group.clear()
+        leftovers = [i for g in sorted(buffers) for i in buffers[g]]
+        for start in range(0, len(leftovers), self.batch_size):
+            yield leftovers[start : start + self.batch_size]
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)  # type: ignore[arg-type]
+
+
+def train_loader(
+    dataset: Any, p: TrainParams, rank: int = 0, world_size: int = 1, *, pin_memory: bool = False
+) -> DataLoader:
+    """Shuffled per epoch (seeded; set_epoch its sampler), this rank's share, grouped batches.
+    Workers are not persistent: fresh ones each epoch, seeded from the main RNG the loop reseeds,
+    make a resumed run augment exactly as an uninterrupted one."""
+    sampler = DistributedSampler(
+        dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=p.seed
+    )
+    # Width / height from the json (no image is opened); the v2 wrapper forwards `coco` and `ids`.
+    coco = dataset.coco
+    ratios = np.array([coco.imgs[i]["width"] / coco.imgs[i]["height"] for i in dataset.ids])
+    batches = GroupedBatchSampler(sampler, aspect_groups(ratios), p.batch_size)
+    return DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=p.num_workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        worker_init_fn=worker_init,
+    )

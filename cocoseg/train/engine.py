@@ -1,8 +1,7 @@
 """The train loop, top to bottom: set up, build, resume, train epochs, save, report.
 
-`train` reads in order, each step in its module: runtime, dataset, checkpoints, model, sampler,
-optim, then per epoch validate, checkpoints, selection and trainlog. Under `torchrun` each
-process trains its share through DistributedDataParallel; rank 0 writes.
+The optimiser recipe: SGD with momentum, linear warm-up times a per-epoch LR schedule, AMP.
+Under `torchrun` each process trains its share through DistributedDataParallel; rank 0 writes.
 """
 
 from __future__ import annotations
@@ -29,14 +28,11 @@ from cocoseg.train.checkpoints import (
     data_fingerprint,
     find_resume,
     remove_older_checkpoints,
-    restore,
     save_checkpoint,
     save_torch,
 )
-from cocoseg.train.dataset import class_names, coco_dataset
-from cocoseg.train.optim import make_optimizer
-from cocoseg.train.runtime import Context, barrier, peak_gpu_mb, seed_all, session
-from cocoseg.train.sampler import set_epoch, train_loader
+from cocoseg.train.dataset import class_names, coco_dataset, train_loader
+from cocoseg.train.runtime import Context, barrier, seed_all, session
 from cocoseg.train.selection import recover_best, save_best, selected, stalled
 from cocoseg.train.trainlog import LOSS_PARTS, epoch_summary, open_log, write_log, write_summary
 from cocoseg.train.transforms import SKIPS_MODEL_RESIZE, build_transforms
@@ -71,26 +67,34 @@ def training_model(
     return model.to(device)
 
 
-def _to_device(images: tuple, targets: tuple, device: torch.device) -> tuple[list, list]:
-    """Images and target tensors onto the device (image ids stay ints)."""
-    images_out = [img.to(device, non_blocking=True) for img in images]
-    targets_out = [
-        {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
-        for t in targets
-    ]
-    return images_out, targets_out
+def lr_factor(step: int, p: TrainParams, iters_per_epoch: int) -> float:
+    """Multiplier of train.lr after `step` optimiser steps: linear warm-up times the schedule."""
+    warm = 1.0
+    if step < p.warmup_iters:
+        alpha = step / p.warmup_iters
+        warm = p.warmup_factor * (1 - alpha) + alpha
+    epoch = step // iters_per_epoch  # 0-based
+    if p.schedule == "multistep":
+        return warm * p.lr_gamma ** sum(epoch >= m for m in p.lr_milestones)
+    if p.schedule == "cosine":
+        total = p.epochs * iters_per_epoch
+        return warm * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+    return warm
 
 
-def reduce_losses(loss_dict: dict[str, torch.Tensor], world_size: int) -> dict[str, float]:
-    """Total and parts as floats, averaged over ranks so every rank sees the same numbers; read
-    as one stacked tensor: the one host sync per step the non-finite check needs."""
-    names = [n for n in LOSS_PARTS if n in loss_dict]
-    values = torch.stack([loss_dict[n].detach().float() for n in names])
-    if world_size > 1:
-        dist.all_reduce(values)
-        values /= world_size
-    parts = dict(zip(names, values.tolist(), strict=True))
-    return {"loss": sum(parts.values()), **parts}
+def make_optimizer(
+    model: torch.nn.Module, p: TrainParams, iters_per_epoch: int, device: torch.device
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, torch.amp.GradScaler]:
+    """SGD over the trainable weights, its per-iteration LR schedule, and the AMP scaler."""
+    trainable = [q for q in model.parameters() if q.requires_grad]
+    optimizer = torch.optim.SGD(
+        trainable, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, p, iters_per_epoch)
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=p.amp and device.type == "cuda")
+    return optimizer, scheduler, scaler
 
 
 def train_step(
@@ -105,10 +109,22 @@ def train_step(
     clip_grad_norm: float = 0.0,
 ) -> dict[str, float]:
     """One forward/backward/step; a non-finite loss returns without touching the weights."""
-    images, targets = _to_device(images, targets, ctx.device)
+    images = [img.to(ctx.device, non_blocking=True) for img in images]
+    targets = [
+        {k: v.to(ctx.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
+        for t in targets
+    ]  # image ids stay ints
     with torch.autocast(ctx.device.type, enabled=amp):
         loss_dict = model(images, targets)
-    losses = reduce_losses(loss_dict, ctx.world_size)
+    # Total and parts averaged over ranks (every rank sees the same numbers), read as one stacked
+    # tensor: the one host sync per step the non-finite check needs.
+    names = [n for n in LOSS_PARTS if n in loss_dict]
+    values = torch.stack([loss_dict[n].detach().float() for n in names])
+    if ctx.world_size > 1:
+        dist.all_reduce(values)
+        values /= ctx.world_size
+    parts = dict(zip(names, values.tolist(), strict=True))
+    losses = {"loss": sum(parts.values()), **parts}
     if not math.isfinite(losses["loss"]):
         return losses
     optimizer.zero_grad(set_to_none=True)
@@ -135,7 +151,7 @@ def train_one_epoch(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train one epoch; return its iteration rows and its summary row. A non-finite loss raises
     NonFiniteLossError, naming the newest checkpoint kept in `checkpoint_dir`."""
-    set_epoch(loader, epoch)
+    loader.batch_sampler.sampler.set_epoch(epoch)  # type: ignore[union-attr]
     seed_all(p.seed + 1000 * epoch + ctx.rank)  # the same per epoch on resume
     model.train()
     rows, n_images, start = [], 0, time.perf_counter()
@@ -148,7 +164,16 @@ def train_one_epoch(
         )  # fmt: skip
         iteration = scheduler.last_epoch + 1
         if not math.isfinite(losses["loss"]):
-            raise non_finite_error(iteration, epoch, losses, targets, ctx, checkpoint_dir)
+            kept = checkpoints(checkpoint_dir) if checkpoint_dir is not None else []
+            last = f"{kept[0][1]} is kept" if kept else "none was written yet"
+            parts = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
+            where = f" (rank {ctx.rank})" if ctx.world_size > 1 else ""
+            raise NonFiniteLossError(
+                f"non-finite loss at iteration {iteration} (epoch {epoch}){where}: {parts}; "
+                f"batch image ids {[t['image_id'] for t in targets]}. Last good checkpoint: "
+                f"{last}. Try a lower train.lr, longer train.warmup_iters or "
+                "train.clip_grad_norm > 0."
+            )
         scheduler.step()
         rows.append({"iteration": iteration, "epoch": epoch, "lr": lr, **losses})
         n_images += len(images) * ctx.world_size
@@ -156,33 +181,7 @@ def train_one_epoch(
     return rows, epoch_summary(rows, n_images, time.perf_counter() - start)
 
 
-def non_finite_error(
-    iteration: int,
-    epoch: int,
-    losses: dict[str, float],
-    targets: tuple,
-    ctx: Context,
-    checkpoint_dir: Path | None,
-) -> NonFiniteLossError:
-    """The error naming iteration, loss parts, the batch's image ids and what is kept."""
-    kept = checkpoints(checkpoint_dir) if checkpoint_dir is not None else []
-    last = f"{kept[0][1]} is kept" if kept else "none was written yet"
-    parts = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
-    ids = [t["image_id"] for t in targets]
-    where = f" (rank {ctx.rank})" if ctx.world_size > 1 else ""
-    return NonFiniteLossError(
-        f"non-finite loss at iteration {iteration} (epoch {epoch}){where}: {parts}; "
-        f"batch image ids {ids}. Last good checkpoint: {last}. Try a lower train.lr, "
-        f"longer train.warmup_iters or train.clip_grad_norm > 0."
-    )
-
-
-def train(
-    p: TrainParams,
-    subset_dir: str | Path,
-    out_dir: str | Path,
-    reports: str | Path,
-) -> Path:
+def train(p: TrainParams, subset_dir: str | Path, out_dir: str | Path, reports: str | Path) -> Path:
     """Train (or resume) on data/subset's train split; write model.pt, checkpoints, reports."""
     out_dir, reports = Path(out_dir), Path(reports)
     with session(p) as ctx:
@@ -194,11 +193,8 @@ def train(
             raise DataError(f"{ann_file}: no training images")
         classes = class_names(ann_file)
         params = to_dict(p)
-        identity = {
-            "params": params,
-            "classes": classes,
-            "data": data_fingerprint(images_dir, ann_file),
-        }
+        data = data_fingerprint(images_dir, ann_file)
+        identity = {"params": params, "classes": classes, "data": data}
 
         folder = out_dir / "checkpoints"
         if ctx.main:
@@ -219,7 +215,8 @@ def train(
         history: dict[str, list] = {"iterations": [], "epochs": [], "val": []}
         start = 1
         if state is not None:
-            restore(state, **parts)
+            for name, obj in parts.items():
+                obj.load_state_dict(state[name])
             history, start = state["history"], state["epoch"] + 1
             log.info("resuming after epoch %d of %d from %s", state["epoch"], p.epochs, folder)
         del state
@@ -266,7 +263,9 @@ def train(
             save_torch(model_path, record)
             write_log(live, history, selected_epoch=epoch)
             live.end()
-            write_summary(reports, history, record, peak_gpu_mb(ctx))
+            cuda = ctx.device.type == "cuda"
+            peak_mb = torch.cuda.max_memory_allocated(ctx.device) / 2**20 if cuda else None
+            write_summary(reports, history, record, peak_mb)
             log.info("wrote %s (epoch %d) and %s", model_path, epoch, reports)
         barrier(ctx)
         return model_path

@@ -33,28 +33,19 @@ class Context:
         return self.rank == 0
 
 
-def setup(device_name: str) -> Context:
-    """Join the torchrun process group when there is one; pick this process's device."""
-    device = resolve_device(device_name)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return Context(device)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Context(device, dist.get_rank(), dist.get_world_size())
-
-
 @contextlib.contextmanager
 def session(p: TrainParams) -> Iterator[Context]:
-    """This process's Context with train.deterministic on; all undone when the run ends.
-
-    Ranks other than 0 log warnings only (the package logger's level, restored after).
-    """
-    ctx = setup(p.device)
+    """This process's Context, in torchrun's process group when there is one, with
+    train.deterministic on; all undone when the run ends. Ranks other than 0 log warnings only."""
+    device = resolve_device(p.device)
+    ctx = Context(device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        ctx = Context(device, dist.get_rank(), dist.get_world_size())
     previous = set_deterministic(p.deterministic)
     level = PACKAGE_LOG.level
     if not ctx.main:
@@ -74,15 +65,6 @@ def barrier(ctx: Context) -> None:
         dist.barrier()
 
 
-def broadcast(obj: object, ctx: Context) -> object:
-    """Rank 0's `obj` on every rank (the others wait for it); itself without DDP."""
-    if ctx.world_size == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def seed_all(seed: int) -> None:
     """Seed Python, NumPy and torch (every device)."""
     random.seed(seed)
@@ -99,10 +81,3 @@ def set_deterministic(on: bool) -> bool:
     torch.backends.cudnn.deterministic = on
     torch.use_deterministic_algorithms(on, warn_only=True)  # roi_align backward has no det. kernel
     return previous
-
-
-def peak_gpu_mb(ctx: Context) -> float | None:
-    """Peak GPU memory allocated by this process, in MiB, where there is a GPU."""
-    if ctx.device.type != "cuda":
-        return None
-    return torch.cuda.max_memory_allocated(ctx.device) / 2**20

@@ -1,8 +1,7 @@
 """Which epoch model.pt holds (train.select) and when training stops early (train.patience).
 
-Both read the history's val rows (segm AP of each scored epoch). With select best,
-models/checkpoints/best.pt holds the best epoch's weights, written after that epoch's
-checkpoint so that a resumed run still has them; keep_checkpoints never removes it.
+Both read the val rows' segm AP. With select best, checkpoints/best.pt holds the best epoch's
+weights (written after that epoch's checkpoint, never thinned), so a resumed run still has them.
 """
 
 from __future__ import annotations
@@ -33,17 +32,11 @@ def best_row(val: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def stalled(val: list[dict[str, Any]], patience: int) -> bool:
-    """True once `patience` epochs have passed since val segm AP last rose (patience 0: never).
-
-    The first scored epoch counts as a rise; an equal AP is no rise.
-    """
+    """True once `patience` epochs have passed since val segm AP last rose (patience 0: never);
+    the first scored epoch is a rise, an equal AP is not (max keeps the first best)."""
     if patience == 0 or not val:
         return False
-    top, rose = _ap(val[0]), val[0]["epoch"]
-    for row in val[1:]:
-        if _ap(row) > top:
-            top, rose = _ap(row), row["epoch"]
-    return val[-1]["epoch"] - rose >= patience
+    return val[-1]["epoch"] - max(val, key=_ap)["epoch"] >= patience
 
 
 def save_best(folder: Path, model: torch.nn.Module, history: dict[str, list]) -> None:
@@ -64,12 +57,8 @@ def _kept_epoch(folder: Path) -> int | None:
 
 
 def recover_best(folder: Path, state: dict[str, Any], write: bool) -> bool:
-    """Before resuming from `state`: best.pt holds the best epoch of its history, or False.
-
-    The weights come from best.pt, the checkpoint resumed from, or the best epoch's own
-    checkpoint; only where all lack them (fewer epochs than a run that went further,
-    checkpoints thinned) is the answer False, and the run starts fresh. Only `write` writes.
-    """
+    """Before resuming from `state`: best.pt holds its history's best epoch, or False (start
+    fresh) when best.pt, `state` and that epoch's checkpoint all lack it. Only `write` writes."""
     best = best_row(state["history"]["val"])
     if best is None or _kept_epoch(folder) == best["epoch"]:
         return True
@@ -78,8 +67,7 @@ def recover_best(folder: Path, state: dict[str, Any], write: bool) -> bool:
         log.info("select best: epoch %d's weights are not kept: starting fresh", best["epoch"])
         return False
     if write:
-        kept = state if best["epoch"] == state["epoch"] else load_record(source)
-        weights = kept["model"]
+        weights = (state if best["epoch"] == state["epoch"] else load_record(source))["model"]
         save_torch(folder / BEST, {"model": weights, "epoch": best["epoch"], "val": best})
     return True
 

@@ -1,11 +1,8 @@
 """The train stage's log, written by DVCLive: one step per epoch, each from the whole history.
 
-In reports/train/live: metrics.json, DVCLive's summary and the stage's one DVC metrics file
-(train/loss, val/segm_AP, val/bbox_AP of the newest epoch, selected_epoch once model.pt is
-written; step = epoch), and plots/custom/{iterations,epochs,val}.json, drawn by dvc.yaml's
-top-level plots. Every write starts from the history the checkpoints carry, so a resumed run
-neither repeats nor loses a row. reports/train/summary.json: time, throughput, memory and the
-chosen epoch, a plain JSON (not a DVC metric: `dvc exp show` stays narrow).
+reports/train/live holds the stage's DVC metrics (newest epoch's losses and APs) and the plots
+dvc.yaml draws; each write starts from the checkpoints' history, so a resumed run neither
+repeats nor loses a row. summary.json is plain JSON, not a DVC metric (`dvc exp show` stays narrow).
 """
 
 from __future__ import annotations
@@ -40,10 +37,8 @@ def epoch_summary(rows: list[dict[str, Any]], n_images: int, seconds: float) -> 
 
 
 def open_log(reports: Path) -> Live:
-    """DVCLive over reports/train/live, emptied (write_log refills it from the history).
-
-    No dvc.yaml, report or experiment of its own: the pipeline's dvc.yaml declares the files.
-    """
+    """DVCLive over reports/train/live, emptied (write_log refills it); no dvc.yaml, report or
+    experiment of its own: the pipeline's dvc.yaml declares the files."""
     return Live(
         dir=str(reports / LIVE_DIR), resume=False, save_dvc_exp=False, dvcyaml=False,
         report=None, monitor_system=False,

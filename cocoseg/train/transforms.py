@@ -1,9 +1,7 @@
 """Named augmentation presets (transforms.v2 on tv_tensors), chosen by `train.augment`.
 
-Every preset takes the image (tv_tensors.Image, uint8) and its target (boxes, masks, labels)
-and returns a float image in [0, 1] with targets whose boxes are valid. `multiscale` and
-`scale_jitter` choose the scale themselves, so the model must not resize again in training
-(see `SKIPS_MODEL_RESIZE`).
+`multiscale` and `scale_jitter` choose the scale themselves, so the model must not resize again
+in training (`SKIPS_MODEL_RESIZE`).
 """
 
 from __future__ import annotations
@@ -19,16 +17,14 @@ from torchvision.transforms import v2 as T
 
 def boxes_from_masks(image: Any, target: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """Tight boxes around the (rotated, cropped) masks; empty masks get an empty box."""
-    masks = target.get("masks")
-    if masks is None or masks.shape[0] == 0:
+    masks = target["masks"]
+    if masks.shape[0] == 0:
         return image, target
     boxes = masks_to_boxes(masks.as_subclass(torch.Tensor))
     empty = masks.flatten(1).amax(1) == 0
     boxes[empty] = 0
     boxes[:, 2:] += 1.0 * ~empty[:, None]  # masks_to_boxes gives inclusive pixel ends
-    target = dict(target)
-    target["boxes"] = tv_tensors.wrap(boxes, like=target["boxes"])
-    return image, target
+    return image, {**target, "boxes": tv_tensors.wrap(boxes, like=target["boxes"])}
 
 
 def _flip_rotate_color(min_size: int, max_size: int) -> list[Any]:
@@ -57,16 +53,11 @@ def _scale_jitter(min_size: int, max_size: int) -> list[Any]:
     ]
 
 
-def _none(min_size: int, max_size: int) -> list[Any]:
-    """No augmentation."""
-    return []
-
-
 PRESETS: dict[str, Callable[[int, int], list[Any]]] = {
     "flip_rotate_color": _flip_rotate_color,
     "multiscale": _multiscale,
     "scale_jitter": _scale_jitter,
-    "none": _none,
+    "none": lambda min_size, max_size: [],
 }
 SKIPS_MODEL_RESIZE = {"multiscale", "scale_jitter"}
 

@@ -1,9 +1,7 @@
 """Val COCO mAP during training (train.eval_every): the one inference path, then COCOeval.
 
-Rank 0 scores data/subset's val split, the images the evaluate stage scores, batched and
-without figures; the other ranks wait for its row. The next epoch reseeds every generator
-before it draws (train_one_epoch), so validation cannot shift training's random stream: a
-resumed run trains exactly as an uninterrupted one.
+Rank 0 scores the val split; the other ranks wait for its row. The next epoch reseeds before it
+draws, so validation cannot shift training's random stream (a resumed run trains the same).
 """
 
 from __future__ import annotations
@@ -14,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from pycocotools.coco import COCO
 
 from cocoseg.core.cocoeval import coco_from_dataset, run_cocoeval, summary
@@ -22,7 +21,7 @@ from cocoseg.core.errors import DataError
 from cocoseg.core.inference import predict_images
 from cocoseg.core.inputs import split_paths, subset_images
 from cocoseg.core.io import read_json
-from cocoseg.train.runtime import Context, broadcast
+from cocoseg.train.runtime import Context
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +75,10 @@ def validate_if_due(
     """Score `epoch` on rank 0 when it is due and not yet scored; every rank gets the row."""
     if not due(epoch, p) or any(row["epoch"] == epoch for row in history["val"]):
         return
-    row = score(model, val, epoch, p, ctx.device) if ctx.main else None  # type: ignore[arg-type]
-    row = broadcast(row, ctx)
+    box = [score(model, val, epoch, p, ctx.device) if ctx.main else None]  # type: ignore[arg-type]
+    if ctx.world_size > 1:
+        dist.broadcast_object_list(box, src=0)  # the other ranks wait for rank 0's row
+    row = box[0]
     history["val"].append(row)
     log.info(
         "epoch %d val: segm AP %s, bbox AP %s (%.1f s)",

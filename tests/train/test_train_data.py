@@ -15,9 +15,8 @@ from torch.utils.data import DistributedSampler
 
 from cocoseg.core.config import TrainParams
 from cocoseg.core.errors import DataError
-from cocoseg.train.dataset import class_names, coco_dataset
-from cocoseg.train.optim import lr_factor
-from cocoseg.train.sampler import GroupedBatchSampler, aspect_groups
+from cocoseg.train.dataset import GroupedBatchSampler, aspect_groups, class_names, coco_dataset
+from cocoseg.train.engine import lr_factor
 from cocoseg.train.transforms import PRESETS, build_transforms
 
 

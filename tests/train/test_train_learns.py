@@ -18,11 +18,15 @@ from cocoseg.core.config import TrainParams, to_dict
 from cocoseg.core.io import atomic_write
 from cocoseg.core.model import load_record, load_trained_model, model_record
 from cocoseg.train import engine
-from cocoseg.train.dataset import class_names, coco_dataset
-from cocoseg.train.engine import NonFiniteLossError, train, train_one_epoch, training_model
-from cocoseg.train.optim import make_optimizer
+from cocoseg.train.dataset import class_names, coco_dataset, train_loader
+from cocoseg.train.engine import (
+    NonFiniteLossError,
+    make_optimizer,
+    train,
+    train_one_epoch,
+    training_model,
+)
 from cocoseg.train.runtime import Context
-from cocoseg.train.sampler import train_loader
 from cocoseg.train.transforms import build_transforms
 
 PROJECT = Path(__file__).resolve().parents[2]
