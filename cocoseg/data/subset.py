@@ -82,16 +82,6 @@ def split_rng(seed: int, split: str) -> random.Random:
     return random.Random(f"cocoseg-subset/{seed}/{split}")
 
 
-def eligible_by_class(source: Source) -> dict[int, list[int]]:
-    """New category id -> sorted ids of images holding a kept non-crowd instance of it."""
-    by_class: dict[int, list[int]] = {new_id: [] for new_id in source.remap.values()}
-    for image_id in sorted(source.by_image):
-        cats = {source.remap[k.category] for k in source.by_image[image_id] if not k.crowd}
-        for cat in cats:
-            by_class[cat].append(image_id)
-    return by_class
-
-
 def select_balanced(
     pool: list[int], by_class: dict[int, list[int]], targets: dict[int, int], n: int, rng: Any
 ) -> list[int]:
@@ -109,7 +99,10 @@ def select_balanced(
 def select_labelled(source: Source, split: str, sp: SubsetParams) -> list[int]:
     """Pick n_<split> image ids holding a non-crowd instance of a chosen class, by seed."""
     n = getattr(sp, f"n_{split}")
-    by_class = eligible_by_class(source)
+    by_class: dict[int, list[int]] = {new_id: [] for new_id in source.remap.values()}
+    for image_id in sorted(source.by_image):  # each class's images with a non-crowd instance
+        for cat in {source.remap[k.category] for k in source.by_image[image_id] if not k.crowd}:
+            by_class[cat].append(image_id)
     pool = sorted({i for ids in by_class.values() for i in ids})
     what = f"{source.name} has only {len(pool)} images with a non-crowd instance of"
     if n > len(pool):
