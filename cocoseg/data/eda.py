@@ -41,9 +41,6 @@ FIGURES = ("class_counts.png", "instances_per_image.png", "object_sizes.png", "i
 LEGEND_OUTSIDE = {"frameon": False, "loc": "upper left", "bbox_to_anchor": (1, 1)}
 
 
-# ---------------------------------------------------------------- loading
-
-
 def load_subset(subset: str | Path) -> dict[str, dict[str, Any]]:
     """The split jsons of data/subset by split name; train and val required, test optional."""
     cocos = {}
@@ -87,9 +84,6 @@ def category_names(cocos: Mapping[str, dict[str, Any]]) -> dict[int, str]:
     return names or {}
 
 
-# ---------------------------------------------------------------- counting
-
-
 def split_summary(coco: Mapping[str, Any], categories: Mapping[int, str]) -> dict[str, Any]:
     """Images, instances (non-crowd), crowd regions and per-class counts of one split."""
     summary: dict[str, Any] = {"images": len(coco["images"])}
@@ -121,9 +115,6 @@ def objects_per_image(coco: Mapping[str, Any]) -> tuple[list[int], list[int]]:
             found[a["image_id"]].append(a["category_id"])
     ids = [img["id"] for img in coco["images"]]
     return [len(found[i]) for i in ids], [len(set(found[i])) for i in ids]
-
-
-# ---------------------------------------------------------------- figures
 
 
 def _label_bars(ax: Any, bars: Any, fontsize: int = 8) -> None:

@@ -45,9 +45,6 @@ class Source:
     dropped: Counter[str]
 
 
-# --------------------------------------------------------------------------- loading
-
-
 def category_remap(categories: list[Category], classes: list[str], path: Path) -> dict[int, int]:
     """Map the file's category ids of `classes` to 1..K in classes order; unknown names stop."""
     by_name = {cat.name: cat.id for cat in categories}
@@ -72,9 +69,6 @@ def load_labelled(root: Path, name: str, classes: list[str]) -> Source:
         if count:
             log.warning("%s: dropped %d (%s)", path.name, count, reason.replace("_", " "))
     return Source(name, file, remap, by_image, dropped)
-
-
-# --------------------------------------------------------------------------- selecting
 
 
 def split_rng(seed: int, split: str) -> random.Random:
@@ -129,9 +123,6 @@ def select_labelled(source: Source, split: str, sp: SubsetParams) -> list[int]:
     return select_balanced(pool, by_class, targets, n, rng)
 
 
-# --------------------------------------------------------------------------- building
-
-
 def labelled_split(source: Source, split: str, ids: list[int]) -> Split:
     """The output split of the chosen images: their annotations cleaned, renumbered 1..K, iscrowd
     as 0/1, sorted by id; all else as in COCO."""
@@ -173,9 +164,6 @@ def select_subset(root: Path, sp: SubsetParams) -> tuple[dict[str, Split], dict,
     images = [file.record(i) for i in sorted(split_rng(sp.seed, "test").sample(pool, sp.n_test))]
     test = Split("test", sp.test_from, images, None, file.info, file.licenses)
     return {"train": train, "val": val, "test": test}, dropped, categories
-
-
-# --------------------------------------------------------------------------- writing
 
 
 def basename(file_name: str) -> str:
