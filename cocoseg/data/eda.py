@@ -1,8 +1,5 @@
 """Exploratory analysis of data/subset: counts and sizes per split, and the figures that show them.
-
-Crowd annotations (iscrowd 1) are counted apart from instances. Object sizes are COCOeval's ranges
-on the annotation's "area" (`cocoseg.core.coco`).
-"""
+Crowd regions are counted apart from instances; sizes are COCOeval's ranges on each "area"."""
 
 from __future__ import annotations
 
@@ -178,7 +175,7 @@ def plot_instances_per_image(cocos: Mapping[str, dict[str, Any]], path: Path) ->
             hist = np.bincount(clipped, minlength=top + 1)
             offset = (k - (len(splits) - 1) / 2) * width
             label = f"{split} ({len(values)} images)"
-            color = SPLIT_COLORS.get(split, "#555555")
+            color = SPLIT_COLORS[split]
             ax.bar(np.arange(len(hist)) + offset, hist, width, color=color, label=label)
         ticks = [str(i) for i in range(top + 1)]
         if cap is not None:
@@ -230,7 +227,7 @@ def plot_image_sizes(cocos: Mapping[str, dict[str, Any]], path: Path) -> None:
             continue
         (w, h), n = Counter(sizes).most_common(1)[0]
         ws, hs = zip(*sizes, strict=True)
-        marker, color = markers.get(split, "o"), SPLIT_COLORS.get(split, "#555555")
+        marker, color = markers[split], SPLIT_COLORS[split]
         label = f"{split}: {len(sizes)} images (most common {w}×{h}: {n})"
         ax.scatter(ws, hs, s=22, alpha=0.45, marker=marker, color=color, label=label)
     ax.set_title("Image sizes", fontsize=14)
