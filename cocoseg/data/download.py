@@ -157,7 +157,6 @@ def download_file(
 ) -> Path:
     """Download `url` to `dest` via `<dest>.part`, resuming and retrying transient failures
     (backoff from `backoff` s); `verify(part)` may raise DataError/DownloadError to reject it."""
-    dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = part_path(dest)
     # disable=None: a bar on a terminal only, never into logs.
