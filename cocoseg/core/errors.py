@@ -41,10 +41,6 @@ class OutputError(CocosegError):
     """An output could not be written (disk full, read-only, permissions); nothing was replaced."""
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM arrived: unwound like Ctrl-C, so `finally` blocks and temp-file cleanup run."""
-
-
 def os_fault(err: BaseException | None) -> OSError | None:
     """The OSError with an errno behind `err` (itself, its cause or its context), if any; a
     context suppressed by `raise ... from None` is not followed: that error was handled."""
