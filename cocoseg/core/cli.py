@@ -3,8 +3,7 @@
 A failure a user can act on ends in one line on stderr: our errors and OS faults (also wrapped by
 torch, PIL or a DataLoader worker) exit 2, Ctrl-C 130, SIGTERM 143; a bug keeps its traceback.
 SIGTERM (`timeout`, `docker stop`, Slurm, `dvc queue kill`) is handled like Ctrl-C, so `finally`
-blocks and temp-file cleanup run; DataLoader workers (`worker_init`) exit quietly: the main
-process, signalled too, reports for all (torch's own handler would raise a second error).
+blocks and temp-file cleanup run.
 """
 
 from __future__ import annotations
@@ -122,5 +121,6 @@ def _exit_quietly(signum: int, frame: Any) -> None:
 
 
 def worker_init(worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: on SIGTERM the worker exits quietly (see the docstring)."""
+    """DataLoader `worker_init_fn`: SIGTERM ends the worker quietly; the main process, signalled
+    too, reports for all (torch's own handler would raise a second error)."""
     signal.signal(signal.SIGTERM, _exit_quietly)
