@@ -1,7 +1,22 @@
 """What every stage shares: params, the stage runner, errors, files, images, the model, inference
 (the one fast path). Public names by module in EXPORTS, each module loaded on first use."""
 
-from cocoseg.core.exports import lazy_exports
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+
+def lazy_exports(package: str, exports: dict[str, str]) -> Callable[[str], Any]:
+    """A module `__getattr__` importing `package.<exports[name]>` when `name` is first used: a
+    stage importing one module of a folder loads (and depends in dvc.yaml on) that alone."""
+
+    def __getattr__(name: str) -> Any:
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(f"{package}.{exports[name]}"), name)
+
+    return __getattr__
+
 
 EXPORTS = {
     "load_params": "config", "parse_params": "config", "Params": "config",

@@ -2,17 +2,22 @@
 
 A failure a user can act on ends in one line on stderr: our errors and OS faults (also wrapped by
 torch, PIL or a DataLoader worker) exit 2, Ctrl-C 130, SIGTERM 143; a bug keeps its traceback.
+SIGTERM (`timeout`, `docker stop`, Slurm, `dvc queue kill`) is handled like Ctrl-C, so `finally`
+blocks and temp-file cleanup run.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from cocoseg.core import signals
 from cocoseg.core.config import PARAMS_FILE, Params, load_params
 from cocoseg.core.errors import CocosegError, os_fault, os_fault_message, worker_error_line
 from cocoseg.core.io import remove_stale_temps
@@ -22,6 +27,9 @@ from cocoseg.core.io import remove_stale_temps
 log = logging.getLogger("cocoseg")
 
 EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
+stop_requested = threading.Event()  # SIGTERM arrived: worker threads (downloads) stop
+_main_pid: int | None = None
+_raising = False
 
 
 def stage_parser(
@@ -43,17 +51,15 @@ def stage_parser(
 
 def failure_line(err: BaseException) -> tuple[str, int] | None:
     """(one line to print, exit code) for an error a user can act on; None for a bug."""
-    if signals.terminated():
+    if stop_requested.is_set():
         return "terminated (SIGTERM): " + _RESUMABLE, EXIT_TERMINATED
     if isinstance(err, KeyboardInterrupt):
         return "interrupted: " + _RESUMABLE, EXIT_INTERRUPTED
-    inner = worker_error_line(err)
-    if inner is not None:
+    if (inner := worker_error_line(err)) is not None:
         return f"error: {inner}", EXIT_ERROR
     if isinstance(err, CocosegError):
         return f"error: {' '.join(str(err).split())}", EXIT_ERROR
-    fault = os_fault(err)
-    if fault is not None:
+    if (fault := os_fault(err)) is not None:
         return f"error: {os_fault_message(fault)}", EXIT_ERROR
     return None
 
@@ -70,23 +76,51 @@ def run_stage(
 ) -> int:
     """Parse args, validate params, clear stale temp files from `outputs(args)`, run `main`;
     a known failure prints one line (see the module docstring) and returns its exit code."""
+    global _main_pid, _raising
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
     )
     args = parser.parse_args(argv)
-    with signals.sigterm_as_interrupt():
-        try:
-            params = load_params(args.params)
-            for path in outputs(args):
-                if removed := remove_stale_temps(path):
-                    log.info("removed %d temp file(s) a killed run left in %s", removed, path)
-            main(args, params)
-            signals.stop_raising()
-        except BaseException as err:
-            signals.stop_raising()
-            ending = failure_line(err)
-            if ending is None:
-                raise
-            print(ending[0], file=sys.stderr)
-            return ending[1]
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    _main_pid, _raising = os.getpid(), True
+    stop_requested.clear()
+    try:
+        params = load_params(args.params)
+        for path in outputs(args):
+            if removed := remove_stale_temps(path):
+                log.info("removed %d temp file(s) a killed run left in %s", removed, path)
+        main(args, params)
+        _raising = False  # from now on SIGTERM is only remembered: the report must not break
+    except BaseException as err:
+        _raising = False
+        ending = failure_line(err)
+        if ending is None:
+            raise
+        print(ending[0], file=sys.stderr)
+        return ending[1]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: unwound like Ctrl-C, so `finally` blocks and temp-file cleanup run."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """While a stage runs, raise Terminated in its main thread; a forked child just exits."""
+    if os.getpid() != _main_pid:
+        _exit_quietly(signum, frame)
+    stop_requested.set()
+    if _raising:
+        raise Terminated(signum)
+
+
+def _exit_quietly(signum: int, frame: Any) -> None:
+    os._exit(0)
+
+
+def worker_init(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: SIGTERM ends the worker quietly; the main process, signalled
+    too, reports for all (torch's own handler would raise a second error)."""
+    signal.signal(signal.SIGTERM, _exit_quietly)

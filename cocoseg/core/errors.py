@@ -41,10 +41,6 @@ class OutputError(CocosegError):
     """An output could not be written (disk full, read-only, permissions); nothing was replaced."""
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM arrived: unwound like Ctrl-C, so `finally` blocks and temp-file cleanup run."""
-
-
 def os_fault(err: BaseException | None) -> OSError | None:
     """The OSError with an errno behind `err` (itself, its cause or its context), if any; a
     context suppressed by `raise ... from None` is not followed: that error was handled."""
@@ -60,10 +56,9 @@ def os_fault(err: BaseException | None) -> OSError | None:
 def os_fault_message(fault: OSError, path: object = None, detail: str = "") -> str:
     """'<path>: <cause> (<detail>); <hint>' for an OS fault; `path` defaults to the error's."""
     where = path if path is not None else fault.filename
-    cause = fault.strerror or str(fault)
-    extra = f" ({detail})" if detail else ""
-    hint = OS_HINTS.get(fault.errno, "")
-    text = f"{cause}{extra}" + (f"; {hint}" if hint else "")
+    text = (fault.strerror or str(fault)) + (f" ({detail})" if detail else "")
+    if hint := OS_HINTS.get(fault.errno):
+        text += f"; {hint}"
     return f"{where}: {text}" if where is not None else text
 
 
@@ -75,8 +70,6 @@ def worker_error_line(err: BaseException) -> str | None:
         return None
     last = text.strip().splitlines()[-1]
     message = last.split(": ", 1)[1] if ": " in last else last
-    found = _ERRNO_LINE.search(message)
-    if found:
-        fault = OSError(int(found["errno"]), found["cause"], found["path"])
-        return os_fault_message(fault)
+    if found := _ERRNO_LINE.search(message):
+        return os_fault_message(OSError(int(found["errno"]), found["cause"], found["path"]))
     return message

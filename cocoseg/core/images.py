@@ -3,7 +3,6 @@ PIL mode to 8-bit RGB (PIL's `convert("RGB")` clips 16-bit gray to white, drops 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -13,7 +12,6 @@ from PIL import Image
 
 from cocoseg.core.errors import DataError, os_fault_message
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Transparent pixels are composited onto white, as an image viewer or a browser shows them.
@@ -54,7 +52,15 @@ def to_rgb(im: Image.Image) -> np.ndarray:
     gray (`I`) that fits 16 bits; float gray (`F`) x255 within [0, 1]; other gray by its range.
     Transparency is composited onto BACKGROUND; other modes use PIL's conversion."""
     if im.mode in SIXTEEN_BIT_MODES | {"I", "F"}:
-        gray = _gray_to_8bit(np.asarray(im), im.mode)
+        values = np.asarray(im).astype(np.float64)
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if im.mode in SIXTEEN_BIT_MODES or (im.mode == "I" and low >= 0 and high <= 65535):
+            scaled = values / 65535.0
+        elif im.mode == "F" and low >= 0 and high <= 1:
+            scaled = values
+        else:
+            scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+        gray = np.round(np.clip(scaled, 0, 1) * 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
     if im.mode in WITH_ALPHA_MODES or (im.mode in ("P", "L", "RGB") and "transparency" in im.info):
         rgba = np.asarray(im.convert("RGBA"), dtype=np.float32)
@@ -62,16 +68,3 @@ def to_rgb(im: Image.Image) -> np.ndarray:
         blended = rgba[..., :3] * alpha + np.asarray(BACKGROUND, np.float32) * (1 - alpha)
         return np.round(blended).astype(np.uint8)
     return np.asarray(im.convert("RGB"))
-
-
-def _gray_to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
-    """One channel of 16/32-bit integers or floats as uint8 (rule in `to_rgb`)."""
-    values = values.astype(np.float64)
-    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-    if mode in SIXTEEN_BIT_MODES or (mode == "I" and low >= 0 and high <= 65535):
-        scaled = values / 65535.0
-    elif mode == "F" and low >= 0 and high <= 1:
-        scaled = values
-    else:
-        scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
-    return np.round(np.clip(scaled, 0, 1) * 255).astype(np.uint8)

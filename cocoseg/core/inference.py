@@ -21,13 +21,13 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as F
 from tqdm import tqdm
 
+from cocoseg.core.cli import worker_init
 from cocoseg.core.config import EvaluateParams, PredictParams
 from cocoseg.core.device import resolve_device
 from cocoseg.core.errors import DataError
 from cocoseg.core.images import read_rgb
 from cocoseg.core.model import load_trained_model
 from cocoseg.core.rle import crop_bounds, crop_rles, gather_crops
-from cocoseg.core.signals import worker_init
 
 log = logging.getLogger(__name__)
 

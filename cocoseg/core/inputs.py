@@ -40,11 +40,10 @@ def folder_images(folder: str | Path) -> list[InputImage]:
         log.info("%s: skipped %d file(s) without a .jpg/.jpeg/.png suffix", folder, skipped)
     if not images:
         raise DataError(f"{folder}: no .jpg, .jpeg or .png images found")
-    out = []
-    for image_id, path in enumerate(images, start=1):
-        _, (width, height) = decode_image(path)
-        out.append(InputImage(image_id, path, path.name, width, height))
-    return out
+    return [
+        InputImage(image_id, path, path.name, *decode_image(path)[1])
+        for image_id, path in enumerate(images, start=1)
+    ]
 
 
 def classes_path(predictions: str | Path) -> Path:

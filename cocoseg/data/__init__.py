@@ -1,6 +1,6 @@
 """Stages download, subset and eda: COCO's annotation files -> data/subset -> its figures."""
 
-from cocoseg.core.exports import lazy_exports
+from cocoseg.core import lazy_exports
 
 EXPORTS = {
     "ensure_annotations": "archives", "download_file": "download", "read_coco": "cocofile",

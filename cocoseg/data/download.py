@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 import requests
 from tqdm import tqdm
 
-from cocoseg.core.errors import DataError, DownloadError, OutputError, Terminated, os_fault_message
+from cocoseg.core.cli import Terminated, stop_requested
+from cocoseg.core.errors import DataError, DownloadError, OutputError, os_fault_message
 from cocoseg.core.io import part_path
-from cocoseg.core.signals import stop_requested
 
 log = logging.getLogger(__name__)
 

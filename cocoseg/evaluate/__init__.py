@@ -1,6 +1,6 @@
 """Stage evaluate: score saved predictions (COCO mAP, IoU, Dice, P/R/F1) and explain errors."""
 
-from cocoseg.core.exports import lazy_exports
+from cocoseg.core import lazy_exports
 
 EXPORTS = {
     "match": "matching", "evaluate": "metrics", "load_ground_truth": "metrics",

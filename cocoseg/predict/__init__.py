@@ -1,7 +1,7 @@
 """Stage predict: the trained model over test images or a folder, to results and overlays.
 The inference path itself is core's (cocoseg.core.inference), shared with infer and train."""
 
-from cocoseg.core.exports import lazy_exports
+from cocoseg.core import lazy_exports
 
 EXPORTS = {
     "predict": "outputs", "prepare_output": "outputs",

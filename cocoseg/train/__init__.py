@@ -1,6 +1,6 @@
 """Stage train: fine-tune Mask R-CNN on data/subset, resumable, one process or torchrun."""
 
-from cocoseg.core.exports import lazy_exports
+from cocoseg.core import lazy_exports
 
 EXPORTS = {
     "train": "engine", "coco_dataset": "dataset", "build_transforms": "transforms",
