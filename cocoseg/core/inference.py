@@ -53,11 +53,6 @@ class ImageFiles(Dataset):
         return image_id, torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
 
 
-def _as_list(batch: list[Any]) -> list[Any]:
-    """Images differ in size: a batch stays a list."""
-    return batch
-
-
 def decode_workers(num_workers: int, device: torch.device) -> int:
     """Decoding processes that run beside the model, not against it: on the CPU only the cores
     its threads leave free (2 workers on 2 cores made inference ~10% slower than none)."""
@@ -79,13 +74,8 @@ def image_loader(
         )  # fmt: skip
     return DataLoader(
         ImageFiles(items), batch_size=batch_size, shuffle=False, num_workers=workers,
-        collate_fn=_as_list, pin_memory=device.type == "cuda", worker_init_fn=worker_init,
+        collate_fn=list, pin_memory=device.type == "cuda", worker_init_fn=worker_init,
     )  # fmt: skip
-
-
-def to_model_input(image: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A uint8 CHW image as the float [0, 1] tensor the model takes, converted on the device."""
-    return F.to_dtype(image.to(device, non_blocking=True), torch.float32, scale=True)
 
 
 def host_detections(
@@ -160,8 +150,11 @@ def encode_batch(
 def _run_model(
     model: torch.nn.Module, images: list[torch.Tensor], device: torch.device, amp: bool
 ) -> list[dict[str, torch.Tensor]]:
-    """The model's detections on one batch; AMP only on CUDA."""
-    inputs = [to_model_input(image, device) for image in images]
+    """The model's detections on one batch of uint8 images (made float on the device); AMP only
+    on CUDA."""
+    inputs = [
+        F.to_dtype(i.to(device, non_blocking=True), torch.float32, scale=True) for i in images
+    ]
     with torch.autocast(device_type=device.type, enabled=amp and device.type == "cuda"):
         return model(inputs)
 

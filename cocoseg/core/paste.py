@@ -27,11 +27,6 @@ SCRATCH_BYTES = 96  # per pasted pixel: indices, float32 and float64 intermediat
 PASTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def batched_paste_supported(masks: Tensor) -> bool:
-    """The dtypes Mask R-CNN's head gives, on the devices whose kernels `paste_masks` follows."""
-    return masks.dtype in PASTE_DTYPES and masks.device.type in ("cpu", "cuda")
-
-
 def paste_masks(
     masks: Tensor,
     boxes: Tensor,
@@ -222,8 +217,9 @@ class BatchedPasteTransform(GeneralizedRCNNTransform):
         for pred, shape, original in zip(result, image_shapes, original_image_sizes, strict=True):
             pred["boxes"] = resize_boxes(pred["boxes"], shape, original)
             if "masks" in pred:
-                masks = pred["masks"]
-                paste = paste_masks if batched_paste_supported(masks) else paste_masks_in_image
+                masks = pred["masks"]  # the dtypes and devices whose kernels paste_masks follows
+                ours = masks.dtype in PASTE_DTYPES and masks.device.type in ("cpu", "cuda")
+                paste = paste_masks if ours else paste_masks_in_image
                 pred["masks"] = paste(masks, pred["boxes"], original)
             if "keypoints" in pred:
                 pred["keypoints"] = resize_keypoints(pred["keypoints"], shape, original)
