@@ -44,6 +44,7 @@ BOX_PREDICTOR = "roi_heads.box_predictor."  # state-dict prefixes of the class-s
 MASK_PREDICTOR = "roi_heads.mask_predictor.mask_fcn_logits."
 PREDICTOR_PREFIXES = (BOX_PREDICTOR, MASK_PREDICTOR)
 TRAINABLE_LAYERS = ("layer2", "layer3", "layer4")  # torchvision's default of 3 when pretrained
+HEADS_IGNORED = "train.init_heads_from_coco ignored: train.weights = %s has no COCO heads"
 
 
 def set_anchors(model: MaskRCNN, sizes: Sequence[int], ratios: Sequence[float]) -> MaskRCNN:
@@ -69,19 +70,15 @@ def build_model(
     arch: str,
     num_classes: int,
     *,
-    min_size: int = 800,
-    max_size: int = 1333,
     anchor_sizes: Sequence[int] = ANCHOR_SIZES,
     anchor_ratios: Sequence[float] = ANCHOR_RATIOS,
     **kwargs: Any,
 ) -> MaskRCNN:
     """A randomly initialised Mask R-CNN for `num_classes` (background included) whose transform
-    pastes masks batched (`cocoseg.core.paste`); extra kwargs go to torchvision's builder."""
+    pastes masks batched (`cocoseg.core.paste`); other kwargs (min_size...) go to torchvision."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
-    kwargs.setdefault("weights", None)
-    kwargs.setdefault("weights_backbone", None)
-    model = ARCHS[arch](num_classes=num_classes, min_size=min_size, max_size=max_size, **kwargs)
+    model = ARCHS[arch](weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
     model.transform = BatchedPasteTransform.like(model.transform)
     return set_anchors(model, anchor_sizes, anchor_ratios)
 
@@ -90,9 +87,8 @@ def model_record(
     model: nn.Module, classes: list[str], arch: str, min_size: int, max_size: int, params: dict
 ) -> dict[str, Any]:
     """What models/model.pt holds: weights plus everything needed to rebuild and use them."""
-    module = model.module if hasattr(model, "module") else model
     return {
-        "model": module.state_dict(),
+        "model": getattr(model, "module", model).state_dict(),  # unwrapped from DDP
         "classes": list(classes),
         "arch": arch,
         "min_size": min_size,
@@ -214,8 +210,8 @@ def initial_weights(
     model: MaskRCNN, arch: str, weights: str, classes: list[str], init_heads: bool
 ) -> MaskRCNN:
     """Load the start weights `train.weights` names into a (K+1)-class skeleton."""
-    if weights in ("none", "imagenet"):
-        _ignored(init_heads, weights)
+    if init_heads and weights in ("none", "imagenet"):
+        log.info(HEADS_IGNORED, weights)
     if weights == "imagenet":
         state = fetch_state_dict(IMAGENET_WEIGHTS, weights)
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
@@ -228,14 +224,6 @@ def initial_weights(
     elif weights != "none":
         _from_checkpoint(model, Path(weights), classes, init_heads)
     return model
-
-
-def _ignored(init_heads: bool, weights: str) -> None:
-    """Say that the head-row copy does not apply to these weights."""
-    if init_heads:
-        log.info(
-            "train.init_heads_from_coco ignored: train.weights = %s has no COCO heads", weights
-        )
 
 
 def _from_checkpoint(model: MaskRCNN, path: Path, classes: list[str], init_heads: bool) -> None:
@@ -253,7 +241,8 @@ def _from_checkpoint(model: MaskRCNN, path: Path, classes: list[str], init_heads
         log.info("weights: %s, heads included", path)
     else:
         heads = {}
-        _ignored(init_heads, str(path))
+        if init_heads:
+            log.info(HEADS_IGNORED, path)
         log.info("weights: %s, class heads start fresh (its classes differ)", path)
     _load_backbone_and_heads(model, state, heads, str(path))
 
@@ -264,14 +253,12 @@ def build_for_training(
     *,
     weights: str,
     init_heads: bool,
-    min_size: int,
-    max_size: int,
     load_weights: bool = True,
     **kwargs: Any,
 ) -> MaskRCNN:
     """The model to fine-tune: layout from `weights`, loaded unless `load_weights` is False
-    (the bare skeleton a resumed run loads its checkpoint into)."""
-    model = build_model(arch, len(classes) + 1, min_size=min_size, max_size=max_size, **kwargs)
+    (the bare skeleton a resumed run loads its checkpoint into); kwargs go to `build_model`."""
+    model = build_model(arch, len(classes) + 1, **kwargs)
     pretrained_layout(model, arch, weights)
     if load_weights:
         initial_weights(model, arch, weights, classes, init_heads)

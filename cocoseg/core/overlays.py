@@ -85,13 +85,9 @@ def _edge(mask: np.ndarray) -> np.ndarray:
 
 def _paint_mask(canvas: np.ndarray, mask: np.ndarray, color: Color, crowd: bool) -> None:
     """Blend the mask into canvas (float HxWx3) in place; crowds hatched and dimmer."""
-    if crowd:
-        h, w = mask.shape
-        yy, xx = np.mgrid[0:h, 0:w]
-        mask = mask & (((xx + yy) // 4) % 2 == 0)
-        alpha = CROWD_ALPHA
-    else:
-        alpha = MASK_ALPHA
+    alpha = CROWD_ALPHA if crowd else MASK_ALPHA
+    if crowd:  # diagonal stripes 4 px wide
+        mask = mask & (np.indices(mask.shape).sum(axis=0) // 4 % 2 == 0)
     rgb = np.asarray(color, dtype=np.float32)
     canvas[mask] = canvas[mask] * (1 - alpha) + rgb * alpha
     if not crowd:

@@ -155,8 +155,7 @@ def contact_sheet(
         if i < len(images):
             ax.imshow(images[i])
             ax.set_xlabel(captions[i], fontsize=9)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
         else:
             ax.set_axis_off()
     if not images:

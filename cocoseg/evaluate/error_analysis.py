@@ -104,19 +104,14 @@ def delta_ap(
     """ΔAP per type, {'all' | class name: {type: AP(fixed) - AP(base)}}; 0 where none occur.
     The base is the AP of the matching's predictions: `base` when given (`Evaluation.mask_ap`)."""
     base = base or mask_ap(*fixed_inputs(gt, matched, ()))
-    result: dict[str, dict[str, Number]] = {key: {} for key in base}
     occurring = {v.outcome for v in matched.verdicts} | ({"missed"} if matched.missed else set())
-    for error_type in DELTA_TYPES:
-        occurs = error_type in occurring
-        fixed = mask_ap(*fixed_inputs(gt, matched, {error_type})) if occurs else base
-        for key, value in base.items():
-            if not occurs:
-                result[key][error_type] = 0.0
-            elif fixed[key] is None or value is None:
-                result[key][error_type] = None
-            else:
-                result[key][error_type] = fixed[key] - value
-    return result
+    deltas = {error_type: dict.fromkeys(base, 0.0) for error_type in DELTA_TYPES}
+    for error_type in [t for t in DELTA_TYPES if t in occurring]:
+        fixed = mask_ap(*fixed_inputs(gt, matched, {error_type}))
+        deltas[error_type] = {
+            k: None if None in (fixed[k], v) else fixed[k] - v for k, v in base.items()
+        }
+    return {key: {t: deltas[t][key] for t in DELTA_TYPES} for key in base}
 
 
 @dataclass
@@ -138,10 +133,7 @@ def analyse(
         raise ValueError("the error breakdown needs the matching of every prediction (ΔAP)")
     kept = matched.at(score_threshold)
     return ErrorReport(
-        matching=kept,
-        counts=error_counts(kept),
-        delta_ap=delta_ap(gt, matched, base_ap),
-        confusion=confusion_rows(kept),
+        kept, error_counts(kept), delta_ap(gt, matched, base_ap), confusion_rows(kept)
     )
 
 
@@ -156,9 +148,8 @@ def count_rows(report: ErrorReport) -> list[dict[str, Any]]:
     return [{"class": n, **c} for n, c in report.counts.items() if n != "all"]
 
 
-def write_error_reports(report: ErrorReport, eval_dir: str | Path) -> None:
+def write_error_reports(report: ErrorReport, eval_dir: Path) -> None:
     """errors.csv, errors_per_class.csv, confusion.json and confusion.csv under eval_dir."""
-    eval_dir = Path(eval_dir)
     write_csv(eval_dir / "errors.csv", rounded(count_rows(report)))
     deltas = [{"class": n, **d} for n, d in report.delta_ap.items() if n != "all"]
     write_csv(eval_dir / "errors_per_class.csv", rounded(deltas))

@@ -1,9 +1,5 @@
-"""Scoring instance segmentation: COCO mAP (segm, bbox), greedy IoU, Dice, precision/recall/F1.
-
-Greedy IoU, Dice and P/R/F1 read the one matching of `cocoseg.evaluate.matching` (COCOeval's at
-IoU 0.5). A ratio with nothing to divide by, and COCO's -1 (a class without ground truth), are
-None: JSON null.
-"""
+"""Scoring: COCO mAP (segm, bbox), and greedy IoU, Dice and P/R/F1 read off the one matching of
+`cocoseg.evaluate.matching`. Undefined ratios and COCO's -1 (no ground truth) are None: null."""
 
 from __future__ import annotations
 
@@ -220,9 +216,8 @@ class Evaluation:
 
 def mask_ap(gt: COCO, evaluator: COCOeval) -> dict[str, Number]:
     """A segm COCOeval's AP@[.5:.95]: overall under 'all' and per class name."""
-    per_class = per_class_ap(evaluator)
-    names = {c: gt.cats[c]["name"] for c in per_class}
-    return {"all": summary(evaluator)["AP"], **{names[c]: v["AP"] for c, v in per_class.items()}}
+    per_class = {gt.cats[c]["name"]: v["AP"] for c, v in per_class_ap(evaluator).items()}
+    return {"all": summary(evaluator)["AP"], **per_class}
 
 
 def _class_row(name: str, aps: dict[str, dict[str, Number]], found: ClassMatch) -> dict[str, Any]:
@@ -255,12 +250,9 @@ def evaluate(gt: COCO, preds: Sequence[dict[str, Any]], score_threshold: float) 
         "match": {**prf(tp, fp, fn), "tp": tp, "fp": fp, "fn": fn},
         "per_class": {r["class"]: {k: v for k, v in r.items() if k != "class"} for r in rows},
     }
+    segm = evaluators["segm"]
     return Evaluation(
-        metrics=rounded(metrics),
-        rows=rows,
-        curves=pr_curves(evaluators["segm"], matched.names),
-        mask_ap=mask_ap(gt, evaluators["segm"]),
-        matching=matched,
+        rounded(metrics), rows, pr_curves(segm, matched.names), mask_ap(gt, segm), matched
     )
 
 
@@ -268,8 +260,7 @@ def headline(m: dict[str, Any]) -> dict[str, Any]:
     """metrics.json: the few numbers compared across experiments (`dvc exp show`), to 3 decimals;
     details.json has every number at full precision."""
     numbers = {
-        "segm": {"AP": m["segm"]["AP"]},
-        "bbox": {"AP": m["bbox"]["AP"]},
+        **{iou_type: {"AP": m[iou_type]["AP"]} for iou_type in IOU_TYPES},
         "iou": m["iou"]["mean"],
         "dice": m["dice"]["mean"],
         **{k: m["match"][k] for k in ("precision", "recall", "f1")},
@@ -277,18 +268,12 @@ def headline(m: dict[str, Any]) -> dict[str, Any]:
     return rounded(numbers, HEADLINE_DECIMALS)
 
 
-def write_reports(
-    evaluation: Evaluation,
-    metrics_path: str | Path,
-    details_path: str | Path,
-    eval_dir: str | Path | None,
-) -> None:
-    """metrics.json, details.json and, with an eval_dir, per_class.csv and pr_<iou>.csv."""
-    write_json(metrics_path, headline(evaluation.metrics))
-    write_json(details_path, evaluation.metrics)
+def write_reports(evaluation: Evaluation, out: Path, details: Path, eval_dir: Path | None) -> None:
+    """metrics.json to `out`, details.json and, with an eval_dir, per_class.csv and pr_<iou>.csv."""
+    write_json(out, headline(evaluation.metrics))
+    write_json(details, evaluation.metrics)
     if eval_dir is None:
         return
-    eval_dir = Path(eval_dir)
     write_csv(eval_dir / "per_class.csv", rounded(evaluation.rows))
     for key, rows in evaluation.curves.items():
         write_csv(eval_dir / f"pr_{key}.csv", rounded(rows))

@@ -20,7 +20,7 @@ def write_reports(
     gt: COCO,
     preds: list[dict],
     p: EvaluateParams,
-    paths: tuple[str | Path, str | Path, Path | None],
+    paths: tuple[Path, Path, Path | None],
     images_dir: Path,
 ) -> metrics.Evaluation:
     """Every metric plus the error breakdown (both read one matching) to paths = (metrics.json,

@@ -126,9 +126,7 @@ def write_outputs(
             captions.append(f"{img.file_name}: {len(dets)} detection{'s' * (len(dets) != 1)}")
     shown = f"first {len(thumbs)} of {len(images)}" if len(thumbs) < len(images) else len(images)
     title = f"Predictions on {shown} images (score ≥ {threshold:g})"
-    contact_sheet(
-        thumbs, captions, out / "contact_sheet.png", columns=4, title=title, colors=colors
-    )
+    contact_sheet(thumbs, captions, out / "contact_sheet.png", title=title, colors=colors)
 
 
 def predict(
