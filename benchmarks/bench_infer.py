@@ -30,12 +30,15 @@ import argparse
 import copy
 import json
 import math
+import os
 import platform
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as the stages run (cocoseg.core.cli)
 
 import numpy as np
 import torch
@@ -245,6 +248,7 @@ def main() -> None:
         "repeat": args.repeat,
         "cpu_model": platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
+        "thp_alloc": os.environ["THP_MEM_ALLOC_ENABLE"],
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         paths = sample_images(args.coco_root, args.images)
