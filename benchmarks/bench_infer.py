@@ -4,15 +4,18 @@ On the same images, weights (Mask R-CNN R50-FPN, random: nothing is downloaded; 
 keeps 100 detections per image, the worst case for postprocessing) and batch size, per device:
 
 - ours: `cocoseg.core.inference.predict_images` (DataLoader decoding in workers, the model with
-  its batched mask paste, mask crops thresholded on the device, RLE encoding in a thread
-  beside the loop, AMP on CUDA);
+  its mask paste (`cocoseg.core.paste`), mask crops thresholded on the device, RLE encoding in
+  a thread beside the loop, AMP on CUDA);
 - plain: serial PIL decode, torchvision's model as shipped (its per-detection mask paste),
   threshold, `pycocotools.mask.encode`, in turn;
 - model only: the images already decoded and on the device, `model(images)` alone, with our
-  batched paste and with torchvision's (`torchvision_model_only`);
+  paste and with torchvision's (`torchvision_model_only`);
 - paste: the mask paste alone, 100 masks and boxes from the model's own heads at the first
   image's size: torchvision's `paste_masks_in_image` and `cocoseg.core.paste.paste_masks`
-  (`paste_output_ms`: allocating and zeroing the output, which both pay).
+  (`paste_output_ms`: allocating and zeroing a 100-mask output, the floor of any paste that
+  returns one).
+
+Like the stages, it runs PyTorch with `THP_MEM_ALLOC_ENABLE=1` unless that is set (`thp_alloc`).
 
 Every method is warmed up first, then they run interleaved, the best of `--repeat` kept.
 With no argument it takes the first 12 val images of the real COCO sample beside the
