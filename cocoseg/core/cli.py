@@ -81,9 +81,10 @@ def run_stage(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
     )
     args = parser.parse_args(argv)
-    # Read by PyTorch when it starts (stages import it in `main`): tensors of 2 MB or more get
-    # transparent huge pages, so a large fresh output (a 100-mask paste) faults in ~4x faster.
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    if "torch" not in sys.modules:  # PyTorch reads it once, when it starts (in `main`)
+        # Tensors of 2 MB or more get transparent huge pages: a large fresh output (a 100-mask
+        # paste) faults in ~4x faster. A user's own setting wins.
+        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     _main_pid, _raising = os.getpid(), True
     stop_requested.clear()

@@ -229,9 +229,10 @@ def initial_weights(
 def _from_checkpoint(model: MaskRCNN, path: Path, classes: list[str], init_heads: bool) -> None:
     """Start from a checkpoint (a cocoseg record or a bare state dict): its heads when they are
     ours, COCO's rows from a 91-class one."""
-    state, saved_classes = load_record(path), None
-    if isinstance(state.get("model"), dict):
-        state, saved_classes = state["model"], state.get("classes")
+    record = load_record(path)
+    is_ours = isinstance(record.get("model"), dict)
+    state = record["model"] if is_ours else record
+    saved_classes = record.get("classes") if is_ours else None
     n = state.get(f"{BOX_PREDICTOR}cls_score.weight", torch.empty(0)).shape[0]
     if n == len(COCO_CATEGORIES) and init_heads:
         heads = select_coco_rows(state, classes)

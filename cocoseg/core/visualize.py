@@ -199,7 +199,8 @@ def error_grid(
         label = categories.get(cat_id, f"id {cat_id}")
         if outcome != "true positive":  # a TP is drawn under its class alone
             label += f": {outcome.removesuffix(' (crowd)')}"
-        labels[new_id], colors[label] = label, OUTCOME_COLORS.get(outcome, UNKNOWN_COLOR)
+        labels[new_id] = label
+        colors[label] = OUTCOME_COLORS.get(outcome, UNKNOWN_COLOR)
     comparison_grid(recoded, labels, path, title=title, row_labels=row_labels, colors=colors,
                     legend=OUTCOME_COLORS)  # fmt: skip
 

@@ -133,10 +133,18 @@ def _extract_and_discard(archive: Path, members: list[str], coco_root: Path, url
 
 
 def ensure_annotations(
-    coco_root: Path, base_url: str, *, need_test_info: bool, **http: Any
+    coco_root: Path,
+    base_url: str,
+    *,
+    need_test_info: bool,
+    retries: int = 5,
+    timeout: float = 60.0,
+    progress: bool = True,
+    backoff: float = 1.0,
 ) -> dict[str, Any]:
     """Make coco_root/annotations hold the needed COCO-2017 files; return their manifest. Missing
-    ones come from COCO's zips, fetched by download_file(**http) into .downloads, deleted after."""
+    ones come from COCO's zips, fetched by download_file into .downloads, deleted after."""
+    http = {"retries": retries, "timeout": timeout, "progress": progress, "backoff": backoff}
     coco_root = Path(coco_root)
     ann_dir = coco_root / "annotations"
     sources = [*LABELLED_SOURCES, "test2017"] if need_test_info else LABELLED_SOURCES

@@ -156,7 +156,9 @@ def download_file(
     backoff: float = 1.0,
 ) -> Path:
     """Download `url` to `dest` via `<dest>.part`, resuming and retrying transient failures
-    (backoff from `backoff` s); `verify(part)` may raise DataError/DownloadError to reject it."""
+    (backoff from `backoff` s); `verify(part)` may raise DataError/DownloadError to reject it.
+    Thread-safe for different dests (image placing downloads in parallel)."""
+    dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = part_path(dest)
     # disable=None: a bar on a terminal only, never into logs.

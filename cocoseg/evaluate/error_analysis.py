@@ -133,7 +133,10 @@ def analyse(
         raise ValueError("the error breakdown needs the matching of every prediction (ΔAP)")
     kept = matched.at(score_threshold)
     return ErrorReport(
-        kept, error_counts(kept), delta_ap(gt, matched, base_ap), confusion_rows(kept)
+        matching=kept,
+        counts=error_counts(kept),
+        delta_ap=delta_ap(gt, matched, base_ap),
+        confusion=confusion_rows(kept),
     )
 
 

@@ -101,7 +101,8 @@ def check_predictions(preds: Any, gt: COCO, source: str) -> list[dict[str, Any]]
 def load_predictions(path: str | Path, gt: COCO) -> list[dict[str, Any]]:
     """A COCO results file checked against the ground truth and the class names infer recorded
     beside it, when there: ids alone would score predictions made for another order wrongly."""
-    recorded, truth = classes_path(path), [gt.cats[c]["name"] for c in sorted(gt.cats)]
+    recorded = classes_path(path)
+    truth = [gt.cats[c]["name"] for c in sorted(gt.cats)]
     if recorded.exists() and list(classes := read_json(recorded).get("classes")) != truth:
         raise DataError(
             f"{path}: predictions were made for classes {list(classes)} but the ground "
@@ -252,7 +253,11 @@ def evaluate(gt: COCO, preds: Sequence[dict[str, Any]], score_threshold: float) 
     }
     segm = evaluators["segm"]
     return Evaluation(
-        rounded(metrics), rows, pr_curves(segm, matched.names), mask_ap(gt, segm), matched
+        metrics=rounded(metrics),
+        rows=rows,
+        curves=pr_curves(segm, matched.names),
+        mask_ap=mask_ap(gt, segm),
+        matching=matched,
     )
 
 

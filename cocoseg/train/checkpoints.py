@@ -76,7 +76,7 @@ def data_fingerprint(images_dir: Path, ann_file: Path) -> str:
 
 
 def resume_key(params: dict[str, Any]) -> dict[str, Any]:
-    """The params a resumed run must share with its checkpoint (see the module docstring)."""
+    """The params a resumed run must share with its checkpoint (all but NOT_IN_RESUME_KEY)."""
     cosine = params.get("schedule") == "cosine"  # its curve depends on epochs
     return {
         k: v for k, v in params.items() if k not in NOT_IN_RESUME_KEY and (k != "epochs" or cosine)
@@ -131,6 +131,8 @@ def clear_checkpoints(folder: Path) -> None:
 
 def remove_older_checkpoints(folder: Path, epoch: int, keep: int) -> None:
     """Once epoch `epoch` is saved, keep it and the `keep` - 1 before it (`keep` 0: keep all)."""
+    if not keep:
+        return
     for older, path in checkpoints(folder):
-        if keep and older <= epoch - keep:
+        if older <= epoch - keep:
             path.unlink(missing_ok=True)

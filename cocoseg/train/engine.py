@@ -20,7 +20,7 @@ from tqdm import tqdm
 from cocoseg.core.config import TrainParams, to_dict
 from cocoseg.core.errors import CocosegError, DataError
 from cocoseg.core.inputs import split_paths
-from cocoseg.core.io import remove_stale_temps
+from cocoseg.core.io import MB, remove_stale_temps
 from cocoseg.core.model import build_for_training, model_record
 from cocoseg.train.checkpoints import (
     checkpoints,
@@ -264,7 +264,7 @@ def train(p: TrainParams, subset_dir: str | Path, out_dir: str | Path, reports: 
             write_log(live, history, selected_epoch=epoch)
             live.end()
             cuda = ctx.device.type == "cuda"
-            peak_mb = torch.cuda.max_memory_allocated(ctx.device) / 2**20 if cuda else None
+            peak_mb = torch.cuda.max_memory_allocated(ctx.device) / MB if cuda else None
             write_summary(reports, history, record, peak_mb)
             log.info("wrote %s (epoch %d) and %s", model_path, epoch, reports)
         barrier(ctx)

@@ -1,4 +1,5 @@
-"""The stage runner starts PyTorch with transparent huge pages for its large CPU tensors."""
+"""The stage runner: how a run ends (one line, its exit code), and PyTorch started with
+transparent huge pages for its large CPU tensors."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from pathlib import Path
 
 import pytest
 from paramfiles import write_params
+
+from cocoseg.core import cli
+from cocoseg.core.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[2]
 THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
@@ -46,3 +50,18 @@ def test_a_stage_backs_large_tensors_with_huge_pages(tmp_path):
     assert huge_page_mb(params) >= 32
     if MODE == "madvise":  # only asked-for regions get huge pages: the setting is what asks
         assert huge_page_mb(params, THP_MEM_ALLOC_ENABLE="0") < 32
+
+
+def test_ctrl_c_and_sigterm_end_in_one_line_with_their_codes(monkeypatch):
+    monkeypatch.setattr(cli, "stop_requested", cli.threading.Event())
+    line, code = cli.failure_line(KeyboardInterrupt())
+    assert code == 130 and line.startswith("interrupted: ")
+    assert cli.failure_line(DataError("bad.jpg: does not decode")) == (
+        "error: bad.jpg: does not decode",
+        2,
+    )
+    assert cli.failure_line(ValueError("a bug")) is None  # keeps its traceback
+    cli.stop_requested.set()  # SIGTERM arrived: whatever it unwound, the ending is SIGTERM's
+    for err in (KeyboardInterrupt(), ValueError("raised while unwinding")):
+        line, code = cli.failure_line(err)
+        assert code == 143 and line.startswith("terminated (SIGTERM): ")
