@@ -158,14 +158,17 @@ def crowded_subset(root: Path, n: int = 100, side: int = 128) -> Path:
 
 MEMORY_SCRIPT = textwrap.dedent(
     """
-    import json, resource, sys, torch
+    import json, sys, torch
     from cocoseg.core.config import TrainParams, to_dict
     from cocoseg.train.engine import train
     torch.set_num_threads(1)
     p = TrainParams(weights="none", epochs=1, batch_size=1, num_workers=0, min_size=128,
                     max_size=128, augment="none", amp=False, device="cpu", eval_every=0)
     train(p, sys.argv[1], sys.argv[2] + "/models", sys.argv[2] + "/reports")
-    print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    # VmHWM: this process's own peak. ru_maxrss would count the parent's RSS at the fork,
+    # which an xdist worker late in the suite has pushed past the budget by itself.
+    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    print(json.dumps({"peak_mb": int(status["VmHWM"].split()[0]) / 1024}))
     """
 )
 MEMORY_BUDGET_MB = 2500  # a one-image run with one shape peaks near 1.4 GB here
