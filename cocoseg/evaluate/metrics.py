@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
@@ -103,12 +104,26 @@ def load_predictions(path: str | Path, gt: COCO) -> list[dict[str, Any]]:
     beside it, when there: ids alone would score predictions made for another order wrongly."""
     recorded = classes_path(path)
     truth = [gt.cats[c]["name"] for c in sorted(gt.cats)]
-    if recorded.exists() and list(classes := read_json(recorded).get("classes")) != truth:
+    if recorded.exists() and (classes := recorded_classes(recorded)) != truth:
         raise DataError(
-            f"{path}: predictions were made for classes {list(classes)} but the ground "
+            f"{path}: predictions were made for classes {classes} but the ground "
             f"truth's are {truth}; predict again (dvc repro infer)"
         )
     return check_predictions(read_json(path), gt, str(path))
+
+
+class RecordedClasses(msgspec.Struct):
+    """What infer writes beside its predictions (`<stem>.classes.json`)."""
+
+    classes: list[str]
+
+
+def recorded_classes(path: Path) -> list[str]:
+    """The class names in a `*.classes.json`; any other content raises DataError naming it."""
+    try:
+        return msgspec.convert(read_json(path), RecordedClasses).classes
+    except msgspec.ValidationError as err:
+        raise DataError(f'{path}: expected {{"classes": [names]}}: {err}') from None
 
 
 def _mean_valid(values: np.ndarray) -> Number:

@@ -357,6 +357,20 @@ def test_a_truncated_or_non_list_file_is_refused_by_name(gt_file, tmp_path, text
         metrics.load_predictions(preds_file, metrics.load_ground_truth(gt_file))
 
 
+@pytest.mark.parametrize(
+    ("text", "detail"),
+    [('{"names": ["a"]}', "missing required field `classes`"), ('["a"]', "Expected `object`"),
+     ('{"classes": [1]}', "Expected `str`, got `int` - at `$.classes[0]`")],
+)  # fmt: skip
+def test_a_malformed_classes_record_is_named(gt_file, tmp_path, text, detail):
+    preds_file = tmp_path / "preds.json"
+    preds_file.write_text(json.dumps([pred(7, 1, box(0, 0, 5, 5))]))
+    (tmp_path / "preds.classes.json").write_text(text)
+    with pytest.raises(DataError, match=r"preds\.classes\.json: expected") as err:
+        metrics.load_predictions(preds_file, metrics.load_ground_truth(gt_file))
+    assert detail in str(err.value)
+
+
 def test_uncompressed_rle_predictions_are_accepted(gt_file):
     gt = metrics.load_ground_truth(gt_file)
     mask = box(0, 0, 5, H)  # column-major runs: 0 unset, 100 set (5 columns), 300 unset
