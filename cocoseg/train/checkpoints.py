@@ -86,6 +86,8 @@ def resume_key(params: dict[str, Any]) -> dict[str, Any]:
 def why_not_resumed(saved: dict[str, Any], identity: dict[str, Any]) -> str | None:
     """Why a checkpoint's identity is another run's ('training data changed', ...), or None."""
     reasons = []
+    if saved.get("format") != CHECKPOINT_FORMAT:  # another layout: its states may not load
+        reasons.append(f"checkpoint format {saved.get('format')} -> {CHECKPOINT_FORMAT}")
     if saved.get("data") != identity["data"]:
         reasons.append("training data changed")
     if saved.get("classes") != identity["classes"]:

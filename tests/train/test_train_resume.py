@@ -26,6 +26,7 @@ from cocoseg.core.config import TrainParams, to_dict
 from cocoseg.core.io import write_bytes
 from cocoseg.core.model import load_record
 from cocoseg.train.checkpoints import (
+    CHECKPOINT_FORMAT,
     checkpoint_path,
     clear_checkpoints,
     data_fingerprint,
@@ -44,7 +45,7 @@ def identity(**changes) -> dict:
 
 def fake_checkpoint(folder: Path, epoch: int, **changes) -> Path:
     path = checkpoint_path(folder, epoch)
-    save_torch(path, {"epoch": epoch, **identity(**changes)})
+    save_torch(path, {"format": CHECKPOINT_FORMAT, "epoch": epoch, **identity(**changes)})
     return path
 
 
@@ -70,6 +71,14 @@ def test_other_params_classes_or_data_start_fresh_and_say_why(tmp_path, caplog):
     assert f"{expected} fresh" in caplog.text
     fake_checkpoint(tmp_path, 2, schedule="cosine")
     assert find_resume(tmp_path, identity(schedule="cosine", epochs=8), 8) is None  # curve moved
+
+
+def test_a_checkpoint_of_another_format_starts_fresh(tmp_path, caplog):
+    path = fake_checkpoint(tmp_path, 1)
+    save_torch(path, {**torch.load(path), "format": CHECKPOINT_FORMAT + 1})
+    with caplog.at_level(logging.INFO, logger="cocoseg"):
+        assert find_resume(tmp_path, identity(), 6) is None
+    assert f"(checkpoint format {CHECKPOINT_FORMAT + 1} -> {CHECKPOINT_FORMAT})" in caplog.text
 
 
 def test_the_data_fingerprint_sees_pixels_the_annotation_file_does_not(tmp_path):
