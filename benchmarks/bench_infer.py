@@ -52,6 +52,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform, res
 from torchvision.transforms.v2 import functional as F
 
 from cocoseg.core.inference import predict_images
+from cocoseg.core.io import MB
 from cocoseg.core.model import build_model
 from cocoseg.core.paste import paste_masks
 
@@ -230,7 +231,7 @@ def bench(device: torch.device, paths: list[Path], args: argparse.Namespace) -> 
     }
     if device.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(device)
-        out["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
+        out["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / MB)
     return out
 
 

@@ -19,6 +19,8 @@ step (or an epoch) each, so that a change in the machine's load falls on all of 
   reference's horizontal flip); our loop with the `--augment` preset is reported beside
   them, and each loader's throughput alone (no model) too.
 
+Like the stages, it runs PyTorch with `THP_MEM_ALLOC_ENABLE=1` unless that is set (`thp_alloc`).
+
     python benchmarks/bench_train.py [--device cpu|cuda] [--iters 3] [--warmup 5]
     python benchmarks/bench_train.py --epoch --device cuda --batch-size 8 --workers 8 \\
         --images 200 --epochs 3 --coco-root /path/to/coco
@@ -33,6 +35,7 @@ import contextlib
 import io
 import json
 import math
+import os
 import platform
 import tempfile
 import time
@@ -41,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as the stages run (cocoseg.core.cli)
+
 import torch
 from torch.utils.data import DataLoader, RandomSampler, Subset
 from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
@@ -48,6 +53,7 @@ from torchvision.transforms import v2 as T
 
 from cocoseg.core.config import DataParams, SubsetParams, TrainParams
 from cocoseg.core.inputs import split_paths
+from cocoseg.core.io import MB
 from cocoseg.core.model import build_for_training, pretrained_layout
 from cocoseg.data.subset import make_subset
 from cocoseg.train.dataset import (
@@ -234,7 +240,7 @@ def bench_iterations(device: torch.device, args: argparse.Namespace) -> dict:
     out["warmup_steps"], out["timed_steps"] = args.warmup, args.iters
     out["last_loss"] = {k: round(v, 4) for k, v in losses.items()}  # finite, or it stopped
     if device.type == "cuda":
-        out["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
+        out["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / MB)
     return out
 
 
@@ -411,7 +417,7 @@ def bench_epochs(device: torch.device, args: argparse.Namespace, subset: Path) -
                       preset: p.augment}  # fmt: skip
     out["last_loss"] = {k: round(v, 4) for k, v in last.items()}
     if device.type == "cuda":
-        out["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
+        out["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / MB)
     return out
 
 
@@ -445,6 +451,7 @@ def main() -> None:
         "max_size": args.max_size, "torch": torch.__version__,
         "cpu_model": platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
+        "thp_alloc": os.environ["THP_MEM_ALLOC_ENABLE"],
     }  # fmt: skip
     report["batch"] = args.batch_size if args.epoch else 2
     with tempfile.TemporaryDirectory() as tmp:
