@@ -14,7 +14,8 @@ COCO_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "coco-sample"
 def coco_sample() -> Path:
     """The real COCO-2017 sample beside the checkout; tests needing it skip where absent."""
     if not (COCO_SAMPLE / "annotations" / "instances_train2017.json").exists():
-        pytest.skip(f"real COCO sample not found at {COCO_SAMPLE} (see README: shared data)")
+        where = f"real COCO sample not found at {COCO_SAMPLE}"
+        pytest.skip(f"{where} (it lies there on the project's own machines only)")
     return COCO_SAMPLE
 
 
