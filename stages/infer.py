@@ -13,7 +13,7 @@ import argparse
 
 from cocoseg.core.cli import log, run_stage, stage_parser
 from cocoseg.core.config import Params
-from cocoseg.core.inputs import classes_path
+from cocoseg.core.inputs import classes_path, record_classes
 from cocoseg.core.io import write_json
 
 DEFAULT_OUT = "reports/eval/predictions.json"
@@ -34,7 +34,7 @@ def main(args: argparse.Namespace, params: Params) -> None:
     images, classes = subset_images(args.subset, "val")
     items = sorted((image.id, image.path) for image in images)
     results, _ = run_trained_model(args.model, items, params.evaluate, expect_classes=classes)
-    write_json(classes_path(args.out), {"classes": classes})
+    record_classes(args.out, classes)
     write_json(args.out, results, indent=False)
     log.info("infer: %d detections on %d val images -> %s", len(results), len(items), args.out)
 

@@ -8,9 +8,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
+
 from cocoseg.core.errors import DataError
 from cocoseg.core.images import decode_image
-from cocoseg.core.io import read_json, safe_join
+from cocoseg.core.io import read_json, safe_join, write_json
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,29 @@ def classes_path(predictions: str | Path) -> Path:
     """Where the class names of a predictions file are recorded: `<stem>.classes.json` beside it."""
     predictions = Path(predictions)
     return predictions.with_name(f"{predictions.stem}.classes.json")
+
+
+class RecordedClasses(msgspec.Struct):
+    """The class names of ids 1..K a predictions file was made for."""
+
+    classes: list[str]
+
+
+def record_classes(predictions: str | Path, classes: list[str]) -> None:
+    """Write the class names beside a predictions file (`classes_path`)."""
+    write_json(classes_path(predictions), {"classes": list(classes)})  # RecordedClasses
+
+
+def recorded_classes(predictions: str | Path) -> list[str] | None:
+    """The class names recorded beside a predictions file, None where none are; any other content
+    raises DataError naming the file."""
+    path = classes_path(predictions)
+    if not path.exists():
+        return None
+    try:
+        return msgspec.convert(read_json(path), RecordedClasses).classes
+    except msgspec.ValidationError as err:
+        raise DataError(f'{path}: expected {{"classes": [names]}}: {err}') from None
 
 
 def split_paths(subset_dir: str | Path, split: str) -> tuple[Path, Path]:

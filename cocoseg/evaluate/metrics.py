@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
@@ -17,7 +16,7 @@ from pycocotools.cocoeval import COCOeval
 
 from cocoseg.core.cocoeval import Number, coco_from_dataset, run_cocoeval, summary
 from cocoseg.core.errors import DataError
-from cocoseg.core.inputs import classes_path
+from cocoseg.core.inputs import recorded_classes
 from cocoseg.core.io import read_json, write_csv, write_json
 from cocoseg.evaluate.matching import CROWD, TP, Matching, match
 
@@ -102,28 +101,13 @@ def check_predictions(preds: Any, gt: COCO, source: str) -> list[dict[str, Any]]
 def load_predictions(path: str | Path, gt: COCO) -> list[dict[str, Any]]:
     """A COCO results file checked against the ground truth and the class names infer recorded
     beside it, when there: ids alone would score predictions made for another order wrongly."""
-    recorded = classes_path(path)
     truth = [gt.cats[c]["name"] for c in sorted(gt.cats)]
-    if recorded.exists() and (classes := recorded_classes(recorded)) != truth:
+    if (classes := recorded_classes(path)) is not None and classes != truth:
         raise DataError(
             f"{path}: predictions were made for classes {classes} but the ground "
             f"truth's are {truth}; predict again (dvc repro infer)"
         )
     return check_predictions(read_json(path), gt, str(path))
-
-
-class RecordedClasses(msgspec.Struct):
-    """What infer writes beside its predictions (`<stem>.classes.json`)."""
-
-    classes: list[str]
-
-
-def recorded_classes(path: Path) -> list[str]:
-    """The class names in a `*.classes.json`; any other content raises DataError naming it."""
-    try:
-        return msgspec.convert(read_json(path), RecordedClasses).classes
-    except msgspec.ValidationError as err:
-        raise DataError(f'{path}: expected {{"classes": [names]}}: {err}') from None
 
 
 def _mean_valid(values: np.ndarray) -> Number:
