@@ -21,7 +21,9 @@ from torchvision.models.detection.transform import (
     resize_keypoints,
 )
 
-CHUNK_BYTES = 128 * 2**20  # scratch per step: memory stays flat however many masks
+from cocoseg.core.io import MB
+
+CHUNK_BYTES = 128 * MB  # scratch per step: memory stays flat however many masks
 SCRATCH_BYTES = 96  # per pasted pixel: indices, float32 and float64 intermediates
 PASTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # What `F.interpolate(mode="bilinear", align_corners=False)` calls, minus its ~15 us of checks.
