@@ -4,7 +4,6 @@ transparent huge pages for its large CPU tensors."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -17,8 +16,7 @@ from cocoseg.core import cli
 from cocoseg.core.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[2]
-THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-MODE = re.search(r"\[(\w+)\]", THP_MODE.read_text()).group(1) if THP_MODE.exists() else "never"
+THP = Path("/sys/kernel/mm/transparent_hugepage")
 
 PROBE = """
 import re, sys
@@ -26,30 +24,34 @@ from cocoseg.core.cli import run_stage, stage_parser
 
 def main(args, params):
     import torch
-    block = torch.zeros(64 * 2**20, dtype=torch.uint8)  # 64 MB, every page touched
-    rollup = open("/proc/self/smaps_rollup").read()
-    print(int(re.search(r"AnonHugePages:\\s+(\\d+) kB", rollup).group(1)) // 1024, "MB")
+    block = torch.zeros(64 * 2**20, dtype=torch.uint8)  # 64 MB
+    address = block.data_ptr()
+    for region in re.finditer(r"^([0-9a-f]+)-([0-9a-f]+) .*?^VmFlags:(.*?)$",
+                              open("/proc/self/smaps").read(), re.M | re.S):
+        if int(region[1], 16) <= address < int(region[2], 16):
+            print("advised" if "hg" in region[3].split() else "not advised")
 
 sys.exit(run_stage(main, stage_parser("probe"), ["--params", sys.argv[1]]))
 """
 
 
-def huge_page_mb(params: Path, **env: str) -> int:
-    """MB of huge pages a stage process holds after allocating a 64 MB tensor."""
+def tensor_memory_advice(params: Path, **env: str) -> str:
+    """Whether a stage process's 64 MB tensor lies in memory advised for huge pages."""
     environ = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"} | env
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(PROBE), str(params)],
         cwd=ROOT, env=environ, capture_output=True, text=True, check=True,
     )  # fmt: skip
-    return int(done.stdout.split()[-2])
+    return done.stdout.strip()
 
 
-@pytest.mark.skipif(MODE == "never", reason="transparent huge pages are off on this machine")
-def test_a_stage_backs_large_tensors_with_huge_pages(tmp_path):
+@pytest.mark.skipif(not THP.exists(), reason="this kernel has no transparent huge pages")
+def test_a_stage_asks_huge_pages_for_large_tensors(tmp_path):
+    # The advice (VmFlags "hg") is what the stage controls; how many huge pages the kernel
+    # then grants depends on its free contiguous memory (a busy CI machine gave 26 of 64 MB).
     params = write_params(tmp_path / "params.yaml", {})
-    assert huge_page_mb(params) >= 32
-    if MODE == "madvise":  # only asked-for regions get huge pages: the setting is what asks
-        assert huge_page_mb(params, THP_MEM_ALLOC_ENABLE="0") < 32
+    assert tensor_memory_advice(params) == "advised"
+    assert tensor_memory_advice(params, THP_MEM_ALLOC_ENABLE="0") == "not advised"
 
 
 def test_ctrl_c_and_sigterm_end_in_one_line_with_their_codes(monkeypatch):
