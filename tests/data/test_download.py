@@ -11,7 +11,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -430,17 +429,15 @@ def test_stage_script_reports_a_failure_in_one_line(server: FileServer, tmp_path
 
 
 def test_stage_offline_fails_within_seconds_in_one_line(tmp_path: Path) -> None:
-    # params.yaml's retries (5) with 1 s backoff: retrying the lookup would take over 15 s.
+    # params.yaml's retries (5) with 1 s backoff: retrying the lookup would take over 15 s,
+    # each retry logged ("retrying in"); an unresolvable host is not retried at all.
     params = stage_params(tmp_path / "p.yaml", coco_root="coco", base_url=UNRESOLVABLE)
-    start = time.monotonic()
     proc = run_stage(tmp_path, params)
-    elapsed = time.monotonic() - start
     assert proc.returncode == 2
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
     assert "host name coco.invalid does not resolve" in line
     assert "set data.coco_root (now coco) to an existing COCO copy" in line
     assert "retrying" not in proc.stderr and "Traceback" not in proc.stderr
-    assert elapsed < 10  # generous: a behaviour check (no backoff), not a benchmark
     assert not (tmp_path / "data" / "download.json").exists()
 
 
