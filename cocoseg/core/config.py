@@ -25,6 +25,14 @@ NonNegFloat = Annotated[float, Meta(ge=0)]
 PositiveFloat = Annotated[float, Meta(gt=0)]
 Fraction = Annotated[float, Meta(ge=0, le=1)]
 Text = Annotated[str, Meta(min_length=1)]
+# auto picks cuda, then mps, then cpu (cocoseg.core.device)
+Device = Annotated[
+    str,
+    Meta(
+        pattern=r"^(auto|cpu|mps|cuda(:[0-9]+)?)$",
+        description="choose auto, cpu, cuda, cuda:N or mps",
+    ),
+]
 # torchvision's RPN anchors: one size per feature map of the ResNet-FPN (P2-P5 and a pooled P6),
 # every ratio at each. The model builder (cocoseg.core.model) takes its defaults from here.
 ANCHOR_SIZES = (32, 64, 128, 256, 512)
@@ -95,7 +103,7 @@ class TrainParams(_Section):
     clip_grad_norm: NonNegFloat = 0.0  # 0 turns clipping off
     rois_per_image: PositiveInt = 512  # RoIs sampled per image for the box and mask losses
     amp: bool = True
-    device: Text = "auto"  # auto | cpu | cuda | cuda:N | mps
+    device: Device = "auto"
     seed: int = 42
     deterministic: bool = False
     keep_checkpoints: NonNegInt = 0  # 0 keeps all; N keeps the newest N
@@ -115,7 +123,7 @@ class EvaluateParams(_Section):
     num_workers: NonNegInt = 2
     n_samples: PositiveInt = 6
     n_worst: NonNegInt = 6  # val images with the most errors in worst_images.png
-    device: Text = "auto"
+    device: Device = "auto"
 
 
 class PredictParams(_Section):
@@ -125,7 +133,7 @@ class PredictParams(_Section):
     mask_threshold: Fraction = 0.5
     batch_size: PositiveInt = 2
     num_workers: NonNegInt = 2
-    device: Text = "auto"
+    device: Device = "auto"
 
 
 class Params(_Section):

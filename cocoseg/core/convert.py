@@ -83,6 +83,8 @@ def _describe(name: str, value: Any, info: mi.Type) -> str | None:
     if isinstance(info, mi.BoolType):
         return f"{shown} must be true or false"
     if isinstance(info, mi.StrType):
+        if isinstance(value, str) and value and info.pattern:
+            return f"{shown} is not allowed; {doc or f'must match {info.pattern}'}"
         return f"{shown} must be a non-empty string"
     if isinstance(info, mi.ListType):
         return _describe_list(shown, value, info, doc)

@@ -6,6 +6,8 @@ import torch
 
 from cocoseg.core.errors import ParamError
 
+KINDS = "auto|cpu|cuda|cuda:N|mps"
+
 
 def resolve_device(name: str) -> torch.device:
     """'auto' means cuda, then mps, then cpu; an explicit device must exist here."""
@@ -15,10 +17,12 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ParamError(
-            f"device = {name!r} is not a torch device (auto|cpu|cuda|cuda:N|mps)"
-        ) from None
+        device = None
+    if device is None or device.type not in ("cpu", *available):
+        raise ParamError(f"device = {name!r} is not a device this pipeline runs on ({KINDS})")
     if device.type in available and not available[device.type]():
         kind = device.type.upper()
         raise ParamError(f"device = {name!r} but {kind} is not available here; use auto or cpu")
+    if device.type == "cuda" and (device.index or 0) >= (count := torch.cuda.device_count()):
+        raise ParamError(f"device = {name!r} but this machine has {count} CUDA device(s)")
     return device

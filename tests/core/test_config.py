@@ -89,6 +89,9 @@ def test_the_project_params_file_is_valid_and_names_every_key():
         ),
         ({"train": {"patience": 3, "eval_every": 0}}, r"train.patience = 3 needs train.eval_every"),
         ({"train": {"select": "first"}}, r"train.select = 'first' is not allowed"),
+        ({"train": {"device": "gpu"}}, r"train.device = 'gpu' is not allowed; choose auto, cpu"),
+        ({"predict": {"device": "cuda:x"}}, r"predict.device = 'cuda:x' is not allowed"),
+        ({"evaluate": {"device": "cuda0"}}, r"evaluate.device = 'cuda0' is not allowed"),
         ({"train": {"eval_every": -1}}, r"train.eval_every = -1 is out of range: must be >= 0"),
         (
             {"train": {"anchor_sizes": [32, 64, 128, 256]}},
@@ -119,6 +122,11 @@ def test_the_project_params_file_is_valid_and_names_every_key():
 def test_bad_params_are_rejected_by_name(raw, expected):
     with pytest.raises(ParamError, match=expected):
         parse_params(raw)
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1", "mps"])
+def test_every_device_form_is_accepted(device):
+    assert parse_params({"train": {"device": device}}).train.device == device
 
 
 def test_an_int_is_accepted_where_a_float_is_expected():
