@@ -62,7 +62,7 @@ class RecordedClasses(msgspec.Struct):
 
 def record_classes(predictions: str | Path, classes: list[str]) -> None:
     """Write the class names beside a predictions file (`classes_path`)."""
-    write_json(classes_path(predictions), {"classes": list(classes)})  # RecordedClasses
+    write_json(classes_path(predictions), msgspec.to_builtins(RecordedClasses(list(classes))))
 
 
 def recorded_classes(predictions: str | Path) -> list[str] | None:
