@@ -85,7 +85,7 @@ def _describe(name: str, value: Any, info: mi.Type) -> str | None:
     if isinstance(info, mi.StrType):
         if isinstance(value, str) and value and info.pattern:
             return f"{shown} is not allowed; {doc or f'must match {info.pattern}'}"
-        return f"{shown} must be a non-empty string"
+        return f"{shown} must be a non-empty string" + (f"; {doc}" if doc else "")
     if isinstance(info, mi.ListType):
         return _describe_list(shown, value, info, doc)
     if type(info) not in _NUMBERS:

@@ -90,6 +90,7 @@ def test_the_project_params_file_is_valid_and_names_every_key():
         ({"train": {"patience": 3, "eval_every": 0}}, r"train.patience = 3 needs train.eval_every"),
         ({"train": {"select": "first"}}, r"train.select = 'first' is not allowed"),
         ({"train": {"device": "gpu"}}, r"train.device = 'gpu' is not allowed; choose auto, cpu"),
+        ({"train": {"device": 3}}, r"train.device = 3 must be a non-empty string; choose auto"),
         ({"predict": {"device": "cuda:x"}}, r"predict.device = 'cuda:x' is not allowed"),
         ({"evaluate": {"device": "cuda0"}}, r"evaluate.device = 'cuda0' is not allowed"),
         ({"train": {"eval_every": -1}}, r"train.eval_every = -1 is out of range: must be >= 0"),
