@@ -26,7 +26,7 @@ PositiveFloat = Annotated[float, Meta(gt=0)]
 Fraction = Annotated[float, Meta(ge=0, le=1)]
 Text = Annotated[str, Meta(min_length=1)]
 # The devices a stage runs on; auto picks cuda, then mps, then cpu (cocoseg.core.device).
-DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)\Z"  # \Z: "$" would let "cpu\n" through
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
 Device = Annotated[str, Meta(pattern=DEVICE_PATTERN, description=f"choose {DEVICE_CHOICES}")]
 # torchvision's RPN anchors: one size per feature map of the ResNet-FPN (P2-P5 and a pooled P6),

@@ -93,6 +93,7 @@ def test_the_project_params_file_is_valid_and_names_every_key():
         ({"train": {"device": 3}}, r"train.device = 3 must be a non-empty string; choose auto"),
         ({"predict": {"device": "cuda:x"}}, r"predict.device = 'cuda:x' is not allowed"),
         ({"evaluate": {"device": "cuda0"}}, r"evaluate.device = 'cuda0' is not allowed"),
+        ({"train": {"device": "cpu\n"}}, r"train.device = 'cpu\\n' is not allowed"),
         ({"train": {"eval_every": -1}}, r"train.eval_every = -1 is out of range: must be >= 0"),
         (
             {"train": {"anchor_sizes": [32, 64, 128, 256]}},

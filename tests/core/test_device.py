@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -16,9 +18,11 @@ def test_auto_and_cpu_resolve_to_what_this_machine_has():
     assert resolve_device("cpu") == torch.device("cpu")
 
 
-@pytest.mark.parametrize("name", ["gpu", "cuda:x", "meta", "cpu cuda"])
+@pytest.mark.parametrize("name", ["gpu", "cuda:x", "meta", "cpu cuda", "cpu\n"])
 def test_a_name_that_is_no_usable_device_is_named(name):
-    with pytest.raises(ParamError, match=f"device = {name!r} is not a device .*cuda:N"):
+    with pytest.raises(
+        ParamError, match=f"device = {re.escape(repr(name))} is not a device .*cuda:N"
+    ):
         resolve_device(name)
 
 
