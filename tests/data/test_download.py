@@ -428,7 +428,7 @@ def test_stage_script_reports_a_failure_in_one_line(server: FileServer, tmp_path
     assert not (tmp_path / "data" / "download.json").exists()
 
 
-def test_stage_offline_fails_within_seconds_in_one_line(tmp_path: Path) -> None:
+def test_stage_offline_fails_at_once_without_retrying_in_one_line(tmp_path: Path) -> None:
     # params.yaml's retries (5) with 1 s backoff: retrying the lookup would take over 15 s,
     # each retry logged ("retrying in"); an unresolvable host is not retried at all.
     params = stage_params(tmp_path / "p.yaml", coco_root="coco", base_url=UNRESOLVABLE)
