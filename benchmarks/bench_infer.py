@@ -3,15 +3,15 @@
 On the same images, weights (Mask R-CNN R50-FPN, random: nothing is downloaded; such a model
 keeps 100 detections per image, the worst case for postprocessing) and batch size, per device:
 
-- ours: `cocoseg.core.inference.predict_images` (DataLoader decoding in workers, the model with
-  its mask paste (`cocoseg.core.paste`), mask crops thresholded on the device, RLE encoding in
+- ours: `cocoseg.modeling.inference.predict_images` (DataLoader decoding in workers, the model with
+  its mask paste (`cocoseg.modeling.paste`), mask crops thresholded on the device, RLE encoding in
   a thread beside the loop, AMP on CUDA);
 - plain: serial PIL decode, torchvision's model as shipped (its per-detection mask paste),
   threshold, `pycocotools.mask.encode`, in turn;
 - model only: the images already decoded and on the device, `model(images)` alone, with our
   paste and with torchvision's (`torchvision_model_only`);
 - paste: the mask paste alone, 100 masks and boxes from the model's own heads at the first
-  image's size: torchvision's `paste_masks_in_image` and `cocoseg.core.paste.paste_masks`
+  image's size: torchvision's `paste_masks_in_image` and `cocoseg.modeling.paste.paste_masks`
   (`paste_output_ms`: allocating and zeroing a 100-mask output, the floor of any paste that
   returns one; `paste_speedup_ceiling`: torchvision's paste over that floor).
 
@@ -41,7 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as the stages run (cocoseg.core.cli)
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as the stages run (cocoseg.common.cli)
 
 import numpy as np
 import torch
@@ -51,10 +51,10 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.transforms.v2 import functional as F
 
-from cocoseg.core.inference import predict_images
-from cocoseg.core.io import MB
-from cocoseg.core.model import build_model
-from cocoseg.core.paste import paste_masks
+from cocoseg.common.io import MB
+from cocoseg.modeling.inference import predict_images
+from cocoseg.modeling.paste import paste_masks
+from cocoseg.modeling.registry import build_model
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "coco-sample"
 

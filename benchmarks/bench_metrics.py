@@ -16,7 +16,7 @@ import time
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from cocoseg.core import cocoeval
+from cocoseg.coco import cocoeval
 from cocoseg.evaluate import metrics
 
 WIDTH, HEIGHT = 640, 480

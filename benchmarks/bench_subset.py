@@ -76,8 +76,8 @@ CHILD = {
     "subset": """
 import sys
 from pathlib import Path
-from cocoseg.core.config import DataParams, SubsetParams
-from cocoseg.data.subset import make_subset
+from cocoseg.common.params import DataParams, SubsetParams
+from cocoseg.subset.make import make_subset
 root, n = Path(sys.argv[1]), int(sys.argv[2])
 params = SubsetParams(n_train=n, n_val=n, n_test=n // 10, test_from="test2017")
 stats = make_subset(DataParams(coco_root=str(root)), params, root / "out", with_images=False)

@@ -12,7 +12,7 @@ step (or an epoch) each, so that a change in the machine's load falls on all of 
   references/detection/engine.py does it, on two synthetic 640x480 images with 3 shapes
   each, resized by the model to min_size/max_size (800/1333). Data loading excluded.
 - `--epoch`: whole epochs with data loading: the train stage's loop (cocoseg.train.engine:
-  CocoDetection through cocoseg.data, aspect-ratio batches, `train_one_epoch`) beside a
+  CocoDetection through cocoseg.train.dataset, aspect-ratio batches, `train_one_epoch`) beside a
   reference-style loop (CocoDetection + transforms.v2, DataLoader with aspect-ratio
   batches, the reference's step), on the train split of a subset folder (default
   data/subset; else one is made from --coco-root). Both augment the same way (the
@@ -44,18 +44,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as the stages run (cocoseg.core.cli)
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as the stages run (cocoseg.common.cli)
 
 import torch
 from torch.utils.data import DataLoader, RandomSampler, Subset
 from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
 from torchvision.transforms import v2 as T
 
-from cocoseg.core.config import DataParams, SubsetParams, TrainParams
-from cocoseg.core.inputs import split_paths
-from cocoseg.core.io import MB
-from cocoseg.core.model import build_for_training, pretrained_layout
-from cocoseg.data.subset import make_subset
+from cocoseg.coco.inputs import split_paths
+from cocoseg.common.io import MB
+from cocoseg.common.params import DataParams, SubsetParams, TrainParams
+from cocoseg.modeling.registry import pretrained_layout
+from cocoseg.modeling.weights import build_for_training
+from cocoseg.subset.make import make_subset
 from cocoseg.train.dataset import (
     GroupedBatchSampler,
     aspect_groups,

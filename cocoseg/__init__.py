@@ -1,13 +1,11 @@
-"""cocoseg: Mask R-CNN instance segmentation on a COCO-2017 subset, as a DVC pipeline.
+"""cocoseg: instance segmentation on a COCO-2017 subset, as a DVC pipeline.
 
-The package is grouped by stage. `core` is what every stage shares and imports nothing above
-it; each stage folder imports `core` and never a sibling:
+Layers, each importing only those below it, then one folder per stage, importing layers and
+never a sibling stage (tests/test_stage_scripts.py keeps both rules):
 
-    core/      params, stage runner, errors, atomic writes, images, model, inference, COCO, drawing
-    data/      download -> archives -> cocofile -> subset (placing the images) -> eda
-    train/     dataset (and batches) -> transforms -> checkpoints -> runtime -> engine
-    evaluate/  matching -> metrics and error_analysis -> reports
-    predict/   outputs (overlays, contact sheet) of core's inference
-
-Each folder's `__init__` names its public functions (imported lazily, on first use).
+    common/    0  stage runner, params, errors, atomic writes, HTTP
+    coco/      1  COCO names, COCO mAP, the image reader, inputs, results' classes
+    viz/       1  overlays and figures
+    modeling/  2  arch registry, start weights, model file, device, inference (and stage infer)
+    download/ subset/ eda/ train/ evaluate/ predict/   one folder per stage
 """

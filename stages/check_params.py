@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cocoseg.core.cli import log, run_stage, stage_parser
-from cocoseg.core.config import Params
-from cocoseg.core.io import write_bytes
+from cocoseg.common.cli import log, run_stage, stage_parser
+from cocoseg.common.io import write_bytes
+from cocoseg.common.params import Params
 
 DEFAULT_OUT = "data/params_checked.txt"
-CHECKED = b"params.yaml: every section and key valid (see cocoseg/core/config.py)\n"
+CHECKED = b"params.yaml: every section and key valid (see cocoseg/common/params.py)\n"
 
 
 def parser() -> argparse.ArgumentParser:

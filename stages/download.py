@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cocoseg.core.cli import log, run_stage, stage_parser
-from cocoseg.core.config import Params
-from cocoseg.core.io import write_json
-from cocoseg.data.archives import ensure_annotations
+from cocoseg.common.cli import log, run_stage, stage_parser
+from cocoseg.common.io import write_json
+from cocoseg.common.params import Params
+from cocoseg.download.archives import ensure_annotations
 
 
 def parser() -> argparse.ArgumentParser:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from cocoseg.core.cli import log, run_stage, stage_parser
-from cocoseg.core.config import Params
+from cocoseg.common.cli import log, run_stage, stage_parser
+from cocoseg.common.params import Params
 
 
 def parser() -> argparse.ArgumentParser:
@@ -21,7 +21,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace, params: Params) -> None:
     """Analyse the subset and report what was found and where it went."""
-    from cocoseg.data.eda import run_eda  # matplotlib: imported once arguments are parsed
+    from cocoseg.eda.analysis import run_eda  # matplotlib: imported once arguments are parsed
 
     summary = run_eda(args.subset, args.out, params.eda)
     for split, s in summary.items():

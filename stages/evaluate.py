@@ -17,9 +17,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cocoseg.core.cli import log, run_stage, stage_parser
-from cocoseg.core.config import Params
-from cocoseg.core.errors import CocosegError
+from cocoseg.common.cli import log, run_stage, stage_parser
+from cocoseg.common.errors import CocosegError
+from cocoseg.common.params import Params
 
 DEFAULT_PREDICTIONS = "reports/eval/predictions.json"
 DEFAULT_OUT = "reports/metrics.json"
@@ -44,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace, params: Params) -> None:
     """Read the predictions, score them, write the reports."""
-    from cocoseg.core.inputs import split_paths
+    from cocoseg.coco.inputs import split_paths
     from cocoseg.evaluate import metrics
     from cocoseg.evaluate import reports as evaluation  # heavy: imported once arguments are parsed
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-from cocoseg.core.cli import log, run_stage, stage_parser
-from cocoseg.core.config import Params
-from cocoseg.core.inputs import classes_path, record_classes
-from cocoseg.core.io import write_json
+from cocoseg.coco.results import classes_path
+from cocoseg.common.cli import run_stage, stage_parser
+from cocoseg.common.params import Params
 
 DEFAULT_OUT = "reports/eval/predictions.json"
 
@@ -28,15 +27,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace, params: Params) -> None:
     """Predict every val image (in id order) and write the results."""
-    from cocoseg.core.inference import run_trained_model  # torch: once arguments are parsed
-    from cocoseg.core.inputs import subset_images
+    from cocoseg.modeling.infer import infer_val  # torch: once arguments are parsed
 
-    images, classes = subset_images(args.subset, "val")
-    items = sorted((image.id, image.path) for image in images)
-    results, _ = run_trained_model(args.model, items, params.evaluate, expect_classes=classes)
-    record_classes(args.out, classes)
-    write_json(args.out, results, indent=False)
-    log.info("infer: %d detections on %d val images -> %s", len(results), len(items), args.out)
+    infer_val(args.model, args.subset, args.out, params.evaluate)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cocoseg.core.cli import log, run_stage, stage_parser
-from cocoseg.core.config import Params, override
-from cocoseg.core.errors import DataError
+from cocoseg.common.cli import log, run_stage, stage_parser
+from cocoseg.common.errors import DataError
+from cocoseg.common.params import Params, override
 
 DVC_OUT = "reports/predictions"
 
@@ -33,7 +33,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace, params: Params) -> None:
     """Pick the inputs for the mode, predict, and say where the outputs are."""
-    from cocoseg.core.inputs import folder_images, subset_images
+    from cocoseg.coco.inputs import folder_images, subset_images
     from cocoseg.predict.outputs import predict, prepare_output  # torch: once arguments are parsed
 
     settings = params.predict

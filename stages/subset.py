@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cocoseg.core.cli import log, run_stage, stage_parser
-from cocoseg.core.config import Params
-from cocoseg.data.subset import make_subset
+from cocoseg.common.cli import log, run_stage, stage_parser
+from cocoseg.common.params import Params
+from cocoseg.subset.make import make_subset
 
 
 def main(args: argparse.Namespace, params: Params) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cocoseg.core.cli import log, run_stage, stage_parser
-from cocoseg.core.config import Params
+from cocoseg.common.cli import log, run_stage, stage_parser
+from cocoseg.common.params import Params
 
 
 def main(args: argparse.Namespace, params: Params) -> None:

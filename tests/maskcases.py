@@ -8,7 +8,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from cocoseg.core import cocoeval
+from cocoseg.coco import cocoeval
 
 
 def box(x0: int, y0: int, x1: int, y1: int, size: tuple[int, int]) -> np.ndarray:

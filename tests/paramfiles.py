@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from cocoseg.core.config import Params, to_dict
+from cocoseg.common.params import Params, to_dict
 
 
 def deep_update(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -25,10 +25,10 @@ import yaml
 from httpserver import slow_folder_server
 from torch.utils.data import DataLoader, Dataset
 
-from cocoseg.core.cli import failure_line
-from cocoseg.core.errors import DataError, OutputError, os_fault
-from cocoseg.core.io import atomic_write, remove_stale_temps, write_json
-from cocoseg.core.model import load_record
+from cocoseg.common.cli import failure_line
+from cocoseg.common.errors import DataError, OutputError, os_fault
+from cocoseg.common.io import atomic_write, remove_stale_temps, write_json
+from cocoseg.modeling.records import load_record
 from cocoseg.train.checkpoints import checkpoint_path, save_torch
 
 PROJECT = Path(__file__).resolve().parents[1]

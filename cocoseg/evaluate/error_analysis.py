@@ -18,9 +18,9 @@ from typing import Any
 
 from pycocotools.coco import COCO
 
-from cocoseg.core.coco import SIZE_NAMES, size_name
-from cocoseg.core.cocoeval import Number, coco_from_dataset, run_cocoeval
-from cocoseg.core.io import write_csv, write_json
+from cocoseg.coco.cocoeval import Number, coco_from_dataset, run_cocoeval
+from cocoseg.coco.names import SIZE_NAMES, size_name
+from cocoseg.common.io import write_csv, write_json
 from cocoseg.evaluate import metrics
 from cocoseg.evaluate.matching import CROWD, PREDICTION_ERRORS, TP, Matching
 from cocoseg.evaluate.metrics import rounded

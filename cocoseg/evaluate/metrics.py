@@ -14,10 +14,10 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from cocoseg.core.cocoeval import Number, coco_from_dataset, run_cocoeval, summary
-from cocoseg.core.errors import DataError
-from cocoseg.core.inputs import recorded_classes
-from cocoseg.core.io import read_json, write_csv, write_json
+from cocoseg.coco.cocoeval import Number, coco_from_dataset, run_cocoeval, summary
+from cocoseg.coco.results import recorded_classes
+from cocoseg.common.errors import DataError
+from cocoseg.common.io import read_json, write_csv, write_json
 from cocoseg.evaluate.matching import CROWD, TP, Matching, match
 
 IOU_TYPES = ("segm", "bbox")

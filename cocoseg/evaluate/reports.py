@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 from pycocotools.coco import COCO
 
-from cocoseg.core import visualize
-from cocoseg.core.config import EvaluateParams
-from cocoseg.core.images import read_rgb
-from cocoseg.core.io import safe_join
+from cocoseg.coco.images import read_rgb
+from cocoseg.common.io import safe_join
+from cocoseg.common.params import EvaluateParams
 from cocoseg.evaluate import error_analysis, metrics
+from cocoseg.viz import figures as visualize
 
 
 def write_reports(

@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cocoseg.core.config import PredictParams
-from cocoseg.core.errors import DataError, OutputError, os_fault_message
-from cocoseg.core.images import read_rgb
-from cocoseg.core.inference import add_category_names, run_trained_model
-from cocoseg.core.inputs import InputImage
-from cocoseg.core.io import write_json
+from cocoseg.coco.images import read_rgb
+from cocoseg.coco.inputs import InputImage
+from cocoseg.common.errors import DataError, OutputError, os_fault_message
+from cocoseg.common.io import write_json
+from cocoseg.common.params import PredictParams
+from cocoseg.modeling.inference import add_category_names, run_trained_model
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,8 @@ def write_outputs(
 ) -> None:
     """Write <name>.json, images.json, one overlay per image and the contact sheet."""
     # Drawing (matplotlib) is imported only now: the model starts before it loads.
-    from cocoseg.core.overlays import class_colors, overlay, save_png
-    from cocoseg.core.visualize import contact_sheet
+    from cocoseg.viz.figures import contact_sheet
+    from cocoseg.viz.overlays import class_colors, overlay, save_png
 
     write_json(out / f"{name}.json", list(results))
     write_json(out / "images.json", images_index(images, classes))

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from cocoseg.core.errors import DataError
-from cocoseg.core.io import atomic_write, read_json, safe_join
-from cocoseg.core.model import load_record
+from cocoseg.common.errors import DataError
+from cocoseg.common.io import atomic_write, read_json, safe_join
+from cocoseg.modeling.records import load_record
 
 log = logging.getLogger(__name__)
 

@@ -24,12 +24,12 @@ from torchvision import tv_tensors
 from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
 from torchvision.transforms import v2 as T
 
-from cocoseg.core.cli import worker_init
-from cocoseg.core.config import TrainParams
-from cocoseg.core.errors import DataError
-from cocoseg.core.images import read_rgb
-from cocoseg.core.inputs import split_paths
-from cocoseg.core.io import read_json, safe_join
+from cocoseg.coco.images import read_rgb
+from cocoseg.coco.inputs import split_paths
+from cocoseg.common.cli import worker_init
+from cocoseg.common.errors import DataError
+from cocoseg.common.io import read_json, safe_join
+from cocoseg.common.params import TrainParams
 
 TARGET_KEYS = {"boxes", "masks", "labels", "image_id"}
 

@@ -17,11 +17,12 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cocoseg.core.config import TrainParams, to_dict
-from cocoseg.core.errors import CocosegError, DataError
-from cocoseg.core.inputs import split_paths
-from cocoseg.core.io import MB, remove_stale_temps
-from cocoseg.core.model import build_for_training, model_record
+from cocoseg.coco.inputs import split_paths
+from cocoseg.common.errors import CocosegError, DataError
+from cocoseg.common.io import MB, remove_stale_temps
+from cocoseg.common.params import TrainParams, to_dict
+from cocoseg.modeling.records import model_record
+from cocoseg.modeling.weights import build_for_training
 from cocoseg.train.checkpoints import (
     checkpoints,
     clear_checkpoints,

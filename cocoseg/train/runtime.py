@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from cocoseg.core.config import TrainParams
-from cocoseg.core.device import resolve_device
+from cocoseg.common.params import TrainParams
+from cocoseg.modeling.device import resolve_device
 
 PACKAGE_LOG = logging.getLogger("cocoseg")
 

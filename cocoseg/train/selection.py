@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from cocoseg.core.errors import CocosegError, DataError
-from cocoseg.core.model import load_record
+from cocoseg.common.errors import CocosegError, DataError
+from cocoseg.modeling.records import load_record
 from cocoseg.train.checkpoints import checkpoint_path, save_torch
 
 log = logging.getLogger(__name__)

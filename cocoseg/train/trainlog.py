@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from dvclive import Live
 
-from cocoseg.core.io import write_json
+from cocoseg.common.io import write_json
 
 LOSS_PARTS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
 LIVE_DIR = "live"

@@ -15,12 +15,12 @@ import torch
 import torch.distributed as dist
 from pycocotools.coco import COCO
 
-from cocoseg.core.cocoeval import coco_from_dataset, run_cocoeval, summary
-from cocoseg.core.config import TrainParams
-from cocoseg.core.errors import DataError
-from cocoseg.core.inference import predict_images
-from cocoseg.core.inputs import split_paths, subset_images
-from cocoseg.core.io import read_json
+from cocoseg.coco.cocoeval import coco_from_dataset, run_cocoeval, summary
+from cocoseg.coco.inputs import split_paths, subset_images
+from cocoseg.common.errors import DataError
+from cocoseg.common.io import read_json
+from cocoseg.common.params import TrainParams
+from cocoseg.modeling.inference import predict_images
 from cocoseg.train.runtime import Context
 
 log = logging.getLogger(__name__)

@@ -14,17 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cocoseg.core import visualize
-from cocoseg.core.visualize import (
-    OUTCOME_COLORS,
-    error_bars,
-    error_grid,
-    error_type_style,
-    mpl_color,
-)
 from cocoseg.evaluate import error_analysis as ea
 from cocoseg.evaluate import metrics
 from cocoseg.evaluate.matching import match
+from cocoseg.viz import figures as visualize
+from cocoseg.viz.figures import OUTCOME_COLORS, error_bars, error_grid, error_type_style, mpl_color
 
 H = W = 128
 CATS = {1: "a", 2: "b"}

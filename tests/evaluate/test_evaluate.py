@@ -16,20 +16,21 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from cocoseg.core import visualize
-from cocoseg.core.cli import run_stage
-from cocoseg.core.config import EvaluateParams
-from cocoseg.core.errors import DataError
-from cocoseg.core.images import read_rgb
-from cocoseg.core.inference import (
+from cocoseg.coco.images import read_rgb
+from cocoseg.common.cli import run_stage
+from cocoseg.common.errors import DataError
+from cocoseg.common.params import EvaluateParams
+from cocoseg.evaluate import reports as evaluation
+from cocoseg.modeling.inference import (
     ImageFiles,
     decode_workers,
     encode_batch,
     host_detections,
     predict_images,
 )
-from cocoseg.core.model import build_model, model_record
-from cocoseg.evaluate import reports as evaluation
+from cocoseg.modeling.records import model_record
+from cocoseg.modeling.registry import build_model
+from cocoseg.viz import figures as visualize
 from stages import evaluate as evaluate_stage
 from stages import infer as infer_stage
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pycocotools.cocoeval import COCOeval
 
-from cocoseg.core import cocoeval
+from cocoseg.coco import cocoeval
 from cocoseg.evaluate import error_analysis as ea
 from cocoseg.evaluate import matching, metrics
 from cocoseg.evaluate.matching import CROWD, TP

@@ -17,8 +17,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from cocoseg.core import cocoeval
-from cocoseg.core.errors import DataError
+from cocoseg.coco import cocoeval
+from cocoseg.common.errors import DataError
 from cocoseg.evaluate import matching, metrics
 
 H = W = 20

@@ -10,7 +10,7 @@ from hypothesis.extra.numpy import arrays
 from maskcases import encode_masks
 from pycocotools import mask as mask_utils
 
-from cocoseg.core import cocoeval
+from cocoseg.coco import cocoeval
 from cocoseg.evaluate import matching, metrics
 
 # Decorator, not a profile: other test files keep their own hypothesis settings.

@@ -16,11 +16,12 @@ from paramfiles import write_params
 from PIL import Image
 from pycocotools.coco import COCO
 
-from cocoseg.core.cli import run_stage
-from cocoseg.core.config import PredictParams
-from cocoseg.core.errors import DataError
-from cocoseg.core.inputs import InputImage, folder_images
-from cocoseg.core.model import build_model, model_record
+from cocoseg.coco.inputs import InputImage, folder_images
+from cocoseg.common.cli import run_stage
+from cocoseg.common.errors import DataError
+from cocoseg.common.params import PredictParams
+from cocoseg.modeling.records import model_record
+from cocoseg.modeling.registry import build_model
 from cocoseg.predict.outputs import add_category_names, keep_confident, overlay_names, predict
 from stages import predict as predict_stage
 

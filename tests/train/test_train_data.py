@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from cocoseg.core.config import TrainParams
-from cocoseg.core.errors import DataError
+from cocoseg.common.errors import DataError
+from cocoseg.common.params import TrainParams
 from cocoseg.train.dataset import GroupedBatchSampler, aspect_groups, class_names, coco_dataset
 from cocoseg.train.engine import lr_factor
 from cocoseg.train.transforms import PRESETS, build_transforms

@@ -12,7 +12,7 @@ import pytest
 import synthcoco
 from paramfiles import write_params
 
-from cocoseg.core.model import load_trained_model
+from cocoseg.modeling.records import load_trained_model
 
 PROJECT = Path(__file__).resolve().parents[2]
 

@@ -14,9 +14,9 @@ import synthcoco
 import torch
 from PIL import Image
 
-from cocoseg.core.config import TrainParams, to_dict
-from cocoseg.core.io import atomic_write
-from cocoseg.core.model import load_record, load_trained_model, model_record
+from cocoseg.common.io import atomic_write
+from cocoseg.common.params import TrainParams, to_dict
+from cocoseg.modeling.records import load_record, load_trained_model, model_record
 from cocoseg.train import engine
 from cocoseg.train.dataset import class_names, coco_dataset, train_loader
 from cocoseg.train.engine import (
@@ -159,7 +159,7 @@ def crowded_subset(root: Path, n: int = 100, side: int = 128) -> Path:
 MEMORY_SCRIPT = textwrap.dedent(
     """
     import json, sys, torch
-    from cocoseg.core.config import TrainParams, to_dict
+    from cocoseg.common.params import TrainParams, to_dict
     from cocoseg.train.engine import train
     torch.set_num_threads(1)
     p = TrainParams(weights="none", epochs=1, batch_size=1, num_workers=0, min_size=128,

@@ -11,18 +11,16 @@ import pytest
 import torch
 from torchvision.ops import FrozenBatchNorm2d
 
-from cocoseg.core import model as model_mod
-from cocoseg.core.errors import DataError, ParamError
-from cocoseg.core.io import atomic_write
-from cocoseg.core.model import (
+from cocoseg.common.errors import DataError, ParamError
+from cocoseg.common.io import atomic_write
+from cocoseg.modeling import weights as model_mod
+from cocoseg.modeling.maskrcnn import PREDICTOR_PREFIXES
+from cocoseg.modeling.records import load_record, load_trained_model, model_record
+from cocoseg.modeling.registry import arch_named, build_model, pretrained_layout
+from cocoseg.modeling.weights import (
     COCO_CATEGORIES,
     build_for_training,
-    build_model,
     coco_rows,
-    load_record,
-    load_trained_model,
-    model_record,
-    pretrained_layout,
     select_coco_rows,
 )
 from cocoseg.train.checkpoints import find_resume
@@ -81,7 +79,7 @@ def test_coco_start_scores_our_classes_like_the_91_class_model(monkeypatch, coco
     coco.load_state_dict(coco_like_state)
     state = model.state_dict()
     for key, value in coco_like_state.items():
-        if not key.startswith(model_mod.PREDICTOR_PREFIXES):
+        if not key.startswith(PREDICTOR_PREFIXES):
             assert torch.equal(state[key], value), key
     features = torch.randn(7, 1024)
     ours = model.roi_heads.box_predictor(features)
@@ -122,7 +120,7 @@ def test_offline_pretrained_weights_fail_at_once_saying_where_and_what_works(
     with pytest.raises(DataError) as err:
         build_for_training(ARCH, CLASSES, weights=value, init_heads=True, **SMALL)
     message = str(err.value)
-    weights = model_mod.COCO_WEIGHTS[ARCH] if value == "coco" else model_mod.IMAGENET_WEIGHTS
+    weights = getattr(arch_named(ARCH), value)  # torchvision's file for this arch
     expected = tmp_path / "torch" / "hub" / "checkpoints" / Path(weights.url).name
     assert str(expected) in message and weights.url in message
     assert "train.weights = none" in message and "path to a checkpoint" in message

@@ -22,9 +22,9 @@ import torch
 from paramfiles import write_params
 from PIL import Image
 
-from cocoseg.core.config import TrainParams, to_dict
-from cocoseg.core.io import write_bytes
-from cocoseg.core.model import load_record
+from cocoseg.common.io import write_bytes
+from cocoseg.common.params import TrainParams, to_dict
+from cocoseg.modeling.records import load_record
 from cocoseg.train.checkpoints import (
     CHECKPOINT_FORMAT,
     checkpoint_path,

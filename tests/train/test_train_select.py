@@ -9,8 +9,8 @@ import pytest
 import synthcoco
 import torch
 
-from cocoseg.core.config import TrainParams
-from cocoseg.core.model import load_record
+from cocoseg.common.params import TrainParams
+from cocoseg.modeling.records import load_record
 from cocoseg.train import validate
 from cocoseg.train.checkpoints import checkpoint_path, save_torch
 from cocoseg.train.engine import train

@@ -8,7 +8,7 @@ import synthcoco
 import torch
 from pycocotools.coco import COCO
 
-from cocoseg.core.config import TrainParams
+from cocoseg.common.params import TrainParams
 from cocoseg.train.validate import due, score, val_set
 
 

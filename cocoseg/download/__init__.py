@@ -1,0 +1,1 @@
+"""Stage download: COCO's annotation files into data.coco_root, from its zip archives."""

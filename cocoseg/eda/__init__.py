@@ -1,0 +1,1 @@
+"""Stage eda: counts, sizes and sample overlays of data/subset (analysis)."""

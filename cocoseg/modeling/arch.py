@@ -1,0 +1,60 @@
+"""An architecture as the registry knows it: how to build it, what it can start from, which of
+its weights are class-specific. One record per `train.arch` value (cocoseg.modeling.registry)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+from torchvision.models import WeightsEnum
+from torchvision.ops import FrozenBatchNorm2d
+
+TRAINABLE_LAYERS = ("layer2", "layer3", "layer4")  # torchvision's default of 3 when pretrained
+
+
+def resnet_body(model: nn.Module) -> nn.Module:
+    """The ResNet under a torchvision detection model's FPN."""
+    return model.backbone.body
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One buildable architecture. `coco` and `imagenet` are torchvision weights, or the one
+    line saying why there are none and what to use instead (never a silent random start)."""
+
+    name: str
+    build: Callable[..., nn.Module]  # (num_classes, **options) -> a randomly initialised model
+    coco: WeightsEnum | str
+    imagenet: WeightsEnum | str
+    frozen_bn: bool  # a pretrained start freezes batch norm (torchvision's v1 layout)
+    class_prefixes: tuple[str, ...]  # state-dict prefixes of the layers sized by the classes
+    body: Callable[[nn.Module], nn.Module] = resnet_body  # the ResNet whose stem stays fixed
+
+    def layout(self, model: nn.Module, weights: str) -> nn.Module:
+        """What torchvision's builders do given start weights: the stem and layer1 fixed, batch
+        norm frozen where `frozen_bn` (COCO_V1's eps is 0); from scratch everything trains."""
+        if weights == "none":
+            return model
+        body = self.body(model)
+        if self.frozen_bn:
+            freeze_bn(body, eps=0.0 if weights == "coco" else 1e-5)
+        for name, param in body.named_parameters():
+            if not name.startswith(TRAINABLE_LAYERS):
+                param.requires_grad_(False)
+        return model
+
+
+def freeze_bn(module: nn.Module, eps: float) -> nn.Module:
+    """Swap every BatchNorm2d under module for a FrozenBatchNorm2d with the same statistics,
+    device and dtype (so a layout applied after `model.to(device)` leaves none on the CPU)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            like = child.running_mean if child.running_mean is not None else child.weight
+            frozen = FrozenBatchNorm2d(child.num_features, eps=eps).to(like.device, like.dtype)
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(frozen, key).copy_(getattr(child, key).detach())
+            setattr(module, name, frozen)
+        else:
+            freeze_bn(child, eps)
+    return module
