@@ -54,11 +54,11 @@ def save_torch(path: Path, obj: Any) -> None:
 
 
 def save_checkpoint(
-    folder: Path, epoch: int, parts: dict[str, Any], identity: dict[str, Any], history: dict
+    folder: Path, epoch: int, stateful: dict[str, Any], identity: dict[str, Any], history: dict
 ) -> None:
-    """epoch_NN.pt: the state of each part (model, optimizer, ...; a DDP model's `.module`), this
-    run's identity, logs."""
-    states = {name: getattr(obj, "module", obj).state_dict() for name, obj in parts.items()}
+    """epoch_NN.pt: the state of each object (model, optimizer, ...; a DDP model's `.module`),
+    this run's identity, logs."""
+    states = {name: getattr(obj, "module", obj).state_dict() for name, obj in stateful.items()}
     state = {"format": CHECKPOINT_FORMAT, **states, "epoch": epoch, **identity, "history": history}
     save_torch(checkpoint_path(folder, epoch), state)
 

@@ -129,22 +129,27 @@ class GroupedBatchSampler(Sampler[list[int]]):
 
 
 def train_loader(
-    dataset: Any, p: TrainParams, rank: int = 0, world_size: int = 1, *, pin_memory: bool = False
+    dataset: Any,
+    recipe: TrainParams,
+    rank: int = 0,
+    world_size: int = 1,
+    *,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """Shuffled per epoch (seeded; set_epoch its sampler), this rank's share, grouped batches.
     Workers are not persistent: fresh ones each epoch, seeded from the main RNG the loop reseeds,
     make a resumed run augment exactly as an uninterrupted one."""
     sampler = DistributedSampler(
-        dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=p.seed
+        dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=recipe.seed
     )
     # Width / height from the json (no image is opened); the v2 wrapper forwards `coco` and `ids`.
     coco = dataset.coco
     ratios = np.array([coco.imgs[i]["width"] / coco.imgs[i]["height"] for i in dataset.ids])
-    batches = GroupedBatchSampler(sampler, aspect_groups(ratios), p.batch_size)
+    batches = GroupedBatchSampler(sampler, aspect_groups(ratios), recipe.batch_size)
     return DataLoader(
         dataset,
         batch_sampler=batches,
-        num_workers=p.num_workers,
+        num_workers=recipe.num_workers,
         collate_fn=collate,
         pin_memory=pin_memory,
         worker_init_fn=worker_init,

@@ -47,7 +47,7 @@ class NonFiniteLossError(CocosegError):
 
 
 def training_model(
-    p: TrainParams,
+    recipe: TrainParams,
     classes: list[str],
     device: torch.device,
     state: dict[str, Any] | None = None,
@@ -56,45 +56,45 @@ def training_model(
     """The model on `device`: start weights, or the weights of the checkpoint `state`."""
     # A private flag of torchvision's GeneralizedRCNNTransform, with no public equivalent;
     # torchvision's own references/detection/train.py passes it for the same presets.
-    skip = {"_skip_resize": True} if p.augment in SKIPS_MODEL_RESIZE else {}
+    skip = {"_skip_resize": True} if recipe.augment in SKIPS_MODEL_RESIZE else {}
     model = build_for_training(
-        p.arch, classes, weights=p.weights, init_heads=p.init_heads_from_coco,
-        min_size=p.min_size, max_size=p.max_size, load_weights=state is None,
-        anchor_sizes=p.anchor_sizes, anchor_ratios=p.anchor_ratios,
-        box_batch_size_per_image=p.rois_per_image, **skip, **(model_kwargs or {}),
+        recipe.arch, classes, weights=recipe.weights, init_heads=recipe.init_heads_from_coco,
+        min_size=recipe.min_size, max_size=recipe.max_size, load_weights=state is None,
+        anchor_sizes=recipe.anchor_sizes, anchor_ratios=recipe.anchor_ratios,
+        box_batch_size_per_image=recipe.rois_per_image, **skip, **(model_kwargs or {}),
     )  # fmt: skip
     if state is not None:
         model.load_state_dict(state["model"])
     return model.to(device)
 
 
-def lr_factor(step: int, p: TrainParams, iters_per_epoch: int) -> float:
+def lr_factor(step: int, recipe: TrainParams, iters_per_epoch: int) -> float:
     """Multiplier of train.lr after `step` optimiser steps: linear warm-up times the schedule."""
     warm = 1.0
-    if step < p.warmup_iters:
-        alpha = step / p.warmup_iters
-        warm = p.warmup_factor * (1 - alpha) + alpha
+    if step < recipe.warmup_iters:
+        alpha = step / recipe.warmup_iters
+        warm = recipe.warmup_factor * (1 - alpha) + alpha
     epoch = step // iters_per_epoch  # 0-based
-    if p.schedule == "multistep":
-        return warm * p.lr_gamma ** sum(epoch >= m for m in p.lr_milestones)
-    if p.schedule == "cosine":
-        total = p.epochs * iters_per_epoch
+    if recipe.schedule == "multistep":
+        return warm * recipe.lr_gamma ** sum(epoch >= m for m in recipe.lr_milestones)
+    if recipe.schedule == "cosine":
+        total = recipe.epochs * iters_per_epoch
         return warm * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
     return warm
 
 
 def make_optimizer(
-    model: torch.nn.Module, p: TrainParams, iters_per_epoch: int, device: torch.device
+    model: torch.nn.Module, recipe: TrainParams, iters_per_epoch: int, device: torch.device
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, torch.amp.GradScaler]:
     """SGD over the trainable weights, its per-iteration LR schedule, and the AMP scaler."""
     trainable = [q for q in model.parameters() if q.requires_grad]
     optimizer = torch.optim.SGD(
-        trainable, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay
+        trainable, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, p, iters_per_epoch)
+        optimizer, lambda step: lr_factor(step, recipe, iters_per_epoch)
     )
-    scaler = torch.amp.GradScaler(device.type, enabled=p.amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=recipe.amp and device.type == "cuda")
     return optimizer, scheduler, scaler
 
 
@@ -124,16 +124,16 @@ def train_step(
     if ctx.world_size > 1:
         dist.all_reduce(values)
         values /= ctx.world_size
-    parts = dict(zip(names, values.tolist(), strict=True))
-    losses = {"loss": sum(parts.values()), **parts}
+    components = dict(zip(names, values.tolist(), strict=True))
+    losses = {"loss": sum(components.values()), **components}
     if not math.isfinite(losses["loss"]):
         return losses
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(sum(loss_dict.values())).backward()
     if clip_grad_norm > 0:
         scaler.unscale_(optimizer)
-        params = [q for g in optimizer.param_groups for q in g["params"]]
-        torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+        weights = [q for g in optimizer.param_groups for q in g["params"]]
+        torch.nn.utils.clip_grad_norm_(weights, clip_grad_norm)
     scaler.step(optimizer)
     scaler.update()
     return losses
@@ -146,31 +146,31 @@ def train_one_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
     epoch: int,
-    p: TrainParams,
+    recipe: TrainParams,
     ctx: Context,
     checkpoint_dir: Path | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train one epoch; return its iteration rows and its summary row. A non-finite loss raises
     NonFiniteLossError, naming the newest checkpoint kept in `checkpoint_dir`."""
     loader.batch_sampler.sampler.set_epoch(epoch)  # type: ignore[union-attr]
-    seed_all(p.seed + 1000 * epoch + ctx.rank)  # the same per epoch on resume
+    seed_all(recipe.seed + 1000 * epoch + ctx.rank)  # the same per epoch on resume
     model.train()
     rows, n_images, start = [], 0, time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch}/{p.epochs}", disable=not ctx.main)
+    bar = tqdm(loader, desc=f"epoch {epoch}/{recipe.epochs}", disable=not ctx.main)
     for images, targets in bar:
         lr = optimizer.param_groups[0]["lr"]
         losses = train_step(
             model, images, targets, optimizer, scaler, ctx,
-            amp=p.amp and ctx.device.type == "cuda", clip_grad_norm=p.clip_grad_norm,
+            amp=recipe.amp and ctx.device.type == "cuda", clip_grad_norm=recipe.clip_grad_norm,
         )  # fmt: skip
         iteration = scheduler.last_epoch + 1
         if not math.isfinite(losses["loss"]):
             kept = checkpoints(checkpoint_dir) if checkpoint_dir is not None else []
             last = f"{kept[0][1]} is kept" if kept else "none was written yet"
-            parts = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
+            loss_text = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
             where = f" (rank {ctx.rank})" if ctx.world_size > 1 else ""
             raise NonFiniteLossError(
-                f"non-finite loss at iteration {iteration} (epoch {epoch}){where}: {parts}; "
+                f"non-finite loss at iteration {iteration} (epoch {epoch}){where}: {loss_text}; "
                 f"batch image ids {[t['image_id'] for t in targets]}. Last good checkpoint: "
                 f"{last}. Try a lower train.lr, longer train.warmup_iters or "
                 "train.clip_grad_norm > 0."
@@ -182,84 +182,92 @@ def train_one_epoch(
     return rows, epoch_summary(rows, n_images, time.perf_counter() - start)
 
 
-def train(p: TrainParams, subset_dir: str | Path, out_dir: str | Path, reports: str | Path) -> Path:
+def train(
+    recipe: TrainParams, subset_dir: str | Path, out_dir: str | Path, reports: str | Path
+) -> Path:
     """Train (or resume) on data/subset's train split; write model.pt, checkpoints, reports."""
     out_dir, reports = Path(out_dir), Path(reports)
-    with session(p) as ctx:
-        seed_all(p.seed)
+    with session(recipe) as ctx:
+        seed_all(recipe.seed)
         images_dir, ann_file = split_paths(subset_dir, "train")
-        transforms = build_transforms(p.augment, p.min_size, p.max_size)
+        transforms = build_transforms(recipe.augment, recipe.min_size, recipe.max_size)
         dataset = coco_dataset(subset_dir, "train", transforms)
         if len(dataset) == 0:
             raise DataError(f"{ann_file}: no training images")
         classes = class_names(ann_file)
-        params = to_dict(p)
-        data = data_fingerprint(images_dir, ann_file)
-        identity = {"params": params, "classes": classes, "data": data}
+        recipe_dict = to_dict(recipe)
+        fingerprint = data_fingerprint(images_dir, ann_file)
+        identity = {"params": recipe_dict, "classes": classes, "data": fingerprint}
 
         folder = out_dir / "checkpoints"
         if ctx.main:
             remove_stale_temps(folder)  # a killed run's half-written checkpoint
-        state = find_resume(folder, identity, p.epochs)
-        if state is not None and p.select == "best" and not recover_best(folder, state, ctx.main):
+        state = find_resume(folder, identity, recipe.epochs)
+        if (
+            state is not None
+            and recipe.select == "best"
+            and not recover_best(folder, state, ctx.main)
+        ):
             state = None
         barrier(ctx)  # every rank has read before rank 0 may clear
         if state is None and ctx.main:
             clear_checkpoints(folder)
 
-        model = training_model(p, classes, ctx.device, state)
+        model = training_model(recipe, classes, ctx.device, state)
         loader = train_loader(
-            dataset, p, ctx.rank, ctx.world_size, pin_memory=ctx.device.type == "cuda"
+            dataset, recipe, ctx.rank, ctx.world_size, pin_memory=ctx.device.type == "cuda"
         )
-        optimizer, scheduler, scaler = make_optimizer(model, p, len(loader), ctx.device)
-        parts = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+        optimizer, scheduler, scaler = make_optimizer(model, recipe, len(loader), ctx.device)
+        resumable = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
         history: dict[str, list] = {"iterations": [], "epochs": [], "val": []}
         start = 1
         if state is not None:
-            for name, obj in parts.items():
+            for name, obj in resumable.items():
                 obj.load_state_dict(state[name])
             history, start = state["history"], state["epoch"] + 1
-            log.info("resuming after epoch %d of %d from %s", state["epoch"], p.epochs, folder)
+            log.info("resuming after epoch %d of %d from %s", state["epoch"], recipe.epochs, folder)
         del state
         if ctx.world_size > 1:
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
             model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
         log.info(
             "training %s on %d images (%s), %d iterations/epoch, device %s x%d",
-            p.arch, len(dataset), ", ".join(classes), len(loader), ctx.device, ctx.world_size,
+            recipe.arch, len(dataset), ", ".join(classes), len(loader), ctx.device, ctx.world_size,
         )  # fmt: skip
-        val = val_set(subset_dir) if ctx.main and p.eval_every else None
+        val = val_set(subset_dir) if ctx.main and recipe.eval_every else None
         live = open_log(reports) if ctx.main else None
         if live is not None:
             write_log(live, history)  # the checkpoint's epochs, each once
 
-        for epoch in range(start, p.epochs + 1):
-            if stalled(history["val"], p.patience):
-                log.info("stopping early: no better val segm AP for %d epochs", p.patience)
+        for epoch in range(start, recipe.epochs + 1):
+            if stalled(history["val"], recipe.patience):
+                log.info("stopping early: no better val segm AP for %d epochs", recipe.patience)
                 break
             rows, summary = train_one_epoch(
-                model, loader, optimizer, scheduler, scaler, epoch, p, ctx, folder
+                model, loader, optimizer, scheduler, scaler, epoch, recipe, ctx, folder
             )
             history["iterations"].extend(rows)
             history["epochs"].append(summary)
-            validate_if_due(model, epoch, history, val, p, ctx)
+            validate_if_due(model, epoch, history, val, recipe, ctx)
             if live is not None:
-                save_checkpoint(folder, epoch, {"model": model, **parts}, identity, history)
-                if p.select == "best":
+                save_checkpoint(folder, epoch, {"model": model, **resumable}, identity, history)
+                if recipe.select == "best":
                     save_best(folder, model, history)
-                remove_older_checkpoints(folder, epoch, p.keep_checkpoints)
+                remove_older_checkpoints(folder, epoch, recipe.keep_checkpoints)
                 write_log(live, history)
                 log.info(
                     "epoch %d: loss %.4f, %.1f s", epoch, summary["loss"], summary["train_seconds"]
                 )
             barrier(ctx)
         # A run resumed at fewer train.epochs scores its new last epoch here.
-        validate_if_due(model, history["epochs"][-1]["epoch"], history, val, p, ctx)
+        validate_if_due(model, history["epochs"][-1]["epoch"], history, val, recipe, ctx)
 
         model_path = out_dir / "model.pt"
         if live is not None:
-            epoch, weights, row = selected(folder, model, history, p.select)
-            record = model_record(model, classes, p.arch, p.min_size, p.max_size, params)
+            epoch, weights, row = selected(folder, model, history, recipe.select)
+            record = model_record(
+                model, classes, recipe.arch, recipe.min_size, recipe.max_size, recipe_dict
+            )
             record.update(model=weights, epoch=epoch, val=row)
             save_torch(model_path, record)
             write_log(live, history, selected_epoch=epoch)

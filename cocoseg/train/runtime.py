@@ -34,10 +34,10 @@ class Context:
 
 
 @contextlib.contextmanager
-def session(p: TrainParams) -> Iterator[Context]:
+def session(recipe: TrainParams) -> Iterator[Context]:
     """This process's Context, in torchrun's process group when there is one, with
     train.deterministic on; all undone when the run ends. Ranks other than 0 log warnings only."""
-    device = resolve_device(p.device)
+    device = resolve_device(recipe.device)
     ctx = Context(device)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         if device.type == "cuda":
@@ -46,7 +46,7 @@ def session(p: TrainParams) -> Iterator[Context]:
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         ctx = Context(device, dist.get_rank(), dist.get_world_size())
-    previous = set_deterministic(p.deterministic)
+    previous = set_deterministic(recipe.deterministic)
     level = PACKAGE_LOG.level
     if not ctx.main:
         PACKAGE_LOG.setLevel(logging.WARNING)

@@ -37,13 +37,13 @@ def val_set(subset_dir: str | Path) -> ValSet:
     return [(image.id, image.path) for image in images], coco_from_dataset(read_json(ann_file))
 
 
-def due(epoch: int, p: TrainParams) -> bool:
+def due(epoch: int, recipe: TrainParams) -> bool:
     """Every `eval_every` epochs and after the last one (never with eval_every 0)."""
-    return p.eval_every > 0 and (epoch % p.eval_every == 0 or epoch == p.epochs)
+    return recipe.eval_every > 0 and (epoch % recipe.eval_every == 0 or epoch == recipe.epochs)
 
 
 def score(
-    model: torch.nn.Module, val: ValSet, epoch: int, p: TrainParams, device: torch.device
+    model: torch.nn.Module, val: ValSet, epoch: int, recipe: TrainParams, device: torch.device
 ) -> dict[str, Any]:
     """segm and bbox AP and AP50 of the model on the val set, and the seconds it took."""
     start = time.perf_counter()
@@ -51,8 +51,8 @@ def score(
     items, gt = val
     try:
         preds = predict_images(
-            module, items, device=device, batch_size=p.batch_size, num_workers=p.num_workers,
-            amp=p.amp, progress=False,
+            module, items, device=device, batch_size=recipe.batch_size,
+            num_workers=recipe.num_workers, amp=recipe.amp, progress=False,
         )  # fmt: skip
     finally:
         module.train()
@@ -69,13 +69,13 @@ def validate_if_due(
     epoch: int,
     history: dict[str, list],
     val: ValSet | None,
-    p: TrainParams,
+    recipe: TrainParams,
     ctx: Context,
 ) -> None:
     """Score `epoch` on rank 0 when it is due and not yet scored; every rank gets the row."""
-    if not due(epoch, p) or any(row["epoch"] == epoch for row in history["val"]):
+    if not due(epoch, recipe) or any(row["epoch"] == epoch for row in history["val"]):
         return
-    box = [score(model, val, epoch, p, ctx.device) if ctx.main else None]  # type: ignore[arg-type]
+    box = [score(model, val, epoch, recipe, ctx.device) if ctx.main else None]  # type: ignore[arg-type]
     if ctx.world_size > 1:
         dist.broadcast_object_list(box, src=0)  # the other ranks wait for rank 0's row
     row = box[0]
