@@ -35,6 +35,11 @@ ANCHOR_SIZES = (32, 64, 128, 256, 512)
 ANCHOR_RATIOS = (0.5, 1.0, 2.0)
 PerFpnLevel = Meta(min_length=5, max_length=5, description="one size per FPN level (5 levels)")
 Augment = Literal["flip_rotate_color", "multiscale", "scale_jitter", "none"]
+# train.arch: the names of cocoseg.modeling.registry's entries (a test keeps them equal).
+ArchName = Literal[
+    "maskrcnn_resnet50_fpn",
+    "maskrcnn_resnet50_fpn_v2",
+]
 
 
 def _list(*items: Any) -> Any:
@@ -79,7 +84,7 @@ class EdaParams(_Section):
 class TrainParams(_Section):
     """The Mask R-CNN fine-tuning recipe."""
 
-    arch: Literal["maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"] = "maskrcnn_resnet50_fpn"
+    arch: ArchName = "maskrcnn_resnet50_fpn"
     weights: Text = "coco"  # coco | imagenet | none | path to a checkpoint
     init_heads_from_coco: bool = True
     epochs: PositiveInt = 6

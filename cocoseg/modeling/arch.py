@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from torch import nn
+from torch import Tensor, nn
 from torchvision.models import WeightsEnum
 from torchvision.ops import FrozenBatchNorm2d
 
+StateDict = dict[str, Tensor]
 TRAINABLE_LAYERS = ("layer2", "layer3", "layer4")  # torchvision's default of 3 when pretrained
 
 
@@ -20,8 +21,11 @@ def resnet_body(model: nn.Module) -> nn.Module:
 
 @dataclass(frozen=True)
 class Arch:
-    """One buildable architecture. `coco` and `imagenet` are torchvision weights, or the one
-    line saying why there are none and what to use instead (never a silent random start)."""
+    """One buildable architecture. Every model, in eval mode, maps a list of float CHW images to
+    one dict per image: boxes (xyxy), labels, scores and masks ((N, 1, H, W) probabilities), as
+    torchvision's Mask R-CNN does, so inference, evaluate and predict serve every arch. `coco`
+    and `imagenet` are torchvision weights, or the one line saying why there are none and what
+    to use instead (never a silent random start)."""
 
     name: str
     build: Callable[..., nn.Module]  # (num_classes, **options) -> a randomly initialised model
@@ -29,6 +33,9 @@ class Arch:
     imagenet: WeightsEnum | str
     frozen_bn: bool  # a pretrained start freezes batch norm (torchvision's v1 layout)
     class_prefixes: tuple[str, ...]  # state-dict prefixes of the layers sized by the classes
+    # torchvision's COCO Mask R-CNN state dict -> (what to load, the class heads: our classes'
+    # rows when asked), in this arch's keys.
+    coco_start: Callable[[StateDict, list[str], bool], tuple[StateDict, StateDict]]
     body: Callable[[nn.Module], nn.Module] = resnet_body  # the ResNet whose stem stays fixed
 
     def layout(self, model: nn.Module, weights: str) -> nn.Module:

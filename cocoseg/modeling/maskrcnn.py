@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from torchvision.models import ResNet50_Weights
 from torchvision.models.detection import (
     MaskRCNN,
@@ -25,6 +26,7 @@ from cocoseg.modeling.paste import BatchedPasteTransform
 BOX_PREDICTOR = "roi_heads.box_predictor."  # state-dict prefixes of the class-specific layers
 MASK_PREDICTOR = "roi_heads.mask_predictor.mask_fcn_logits."
 PREDICTOR_PREFIXES = (BOX_PREDICTOR, MASK_PREDICTOR)
+COCO_CATEGORIES: list[str] = MaskRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"]
 
 
 def set_anchors(model: MaskRCNN, sizes: Sequence[int], ratios: Sequence[float]) -> MaskRCNN:
@@ -44,6 +46,36 @@ def set_anchors(model: MaskRCNN, sizes: Sequence[int], ratios: Sequence[float]) 
         fresh = RPNHead(head.cls_logits.in_channels, anchors, conv_depth=len(head.conv))
         model.rpn.head = fresh.to(like.device, like.dtype)
     return model
+
+
+def coco_rows(classes: list[str]) -> list[int]:
+    """Row of background and of each class among COCO's 91 predictor outputs."""
+    missing = [c for c in classes if c not in COCO_CATEGORIES]
+    if missing:
+        raise ParamError(f"init_heads_from_coco: {missing} are not COCO category names")
+    return [0] + [COCO_CATEGORIES.index(c) for c in classes]
+
+
+def select_coco_rows(state: dict[str, torch.Tensor], classes: list[str]) -> dict[str, torch.Tensor]:
+    """The 91-class predictors' rows of background + `classes`, as a (K+1)-class state dict."""
+    rows = torch.tensor(coco_rows(classes))
+    box_rows = (rows[:, None] * 4 + torch.arange(4)).flatten()
+    box, mask = BOX_PREDICTOR, MASK_PREDICTOR
+    out = {}
+    for key in ("weight", "bias"):
+        out[f"{box}cls_score.{key}"] = state[f"{box}cls_score.{key}"][rows].clone()
+        out[f"{box}bbox_pred.{key}"] = state[f"{box}bbox_pred.{key}"][box_rows].clone()
+        out[f"{mask}{key}"] = state[f"{mask}{key}"][rows].clone()
+    return out
+
+
+def coco_start(
+    state: dict[str, torch.Tensor], classes: list[str], init_heads: bool
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(weights to load, class heads) from torchvision's COCO Mask R-CNN state dict: all but the
+    91-class predictors, and their rows of our classes when `init_heads`."""
+    body = {k: v for k, v in state.items() if not k.startswith(PREDICTOR_PREFIXES)}
+    return body, select_coco_rows(state, classes) if init_heads else {}
 
 
 def builder(torchvision_builder: Callable[..., MaskRCNN]) -> Callable[..., MaskRCNN]:
@@ -75,6 +107,7 @@ ARCHS = (
         imagenet=ResNet50_Weights.IMAGENET1K_V1,
         frozen_bn=True,
         class_prefixes=PREDICTOR_PREFIXES,
+        coco_start=coco_start,
     ),
     Arch(
         name="maskrcnn_resnet50_fpn_v2",
@@ -83,5 +116,6 @@ ARCHS = (
         imagenet=ResNet50_Weights.IMAGENET1K_V1,
         frozen_bn=False,
         class_prefixes=PREDICTOR_PREFIXES,
+        coco_start=coco_start,
     ),
 )

@@ -12,17 +12,15 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 from torchvision.models import WeightsEnum
-from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
 
 from cocoseg.common.errors import DataError, ParamError
 from cocoseg.modeling.arch import Arch
-from cocoseg.modeling.maskrcnn import BOX_PREDICTOR, MASK_PREDICTOR
+from cocoseg.modeling.maskrcnn import BOX_PREDICTOR, COCO_CATEGORIES
 from cocoseg.modeling.records import load_record
 from cocoseg.modeling.registry import arch_named
 
 log = logging.getLogger(__name__)
 
-COCO_CATEGORIES: list[str] = MaskRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"]
 HEADS_IGNORED = "train.init_heads_from_coco ignored: train.weights = %s has no COCO heads"
 
 
@@ -53,27 +51,6 @@ def published(arch: Arch, weights: str) -> WeightsEnum:
     return found
 
 
-def coco_rows(classes: list[str]) -> list[int]:
-    """Row of background and of each class among COCO's 91 predictor outputs."""
-    missing = [c for c in classes if c not in COCO_CATEGORIES]
-    if missing:
-        raise ParamError(f"init_heads_from_coco: {missing} are not COCO category names")
-    return [0] + [COCO_CATEGORIES.index(c) for c in classes]
-
-
-def select_coco_rows(state: dict[str, torch.Tensor], classes: list[str]) -> dict[str, torch.Tensor]:
-    """The 91-class predictors' rows of background + `classes`, as a (K+1)-class state dict."""
-    rows = torch.tensor(coco_rows(classes))
-    box_rows = (rows[:, None] * 4 + torch.arange(4)).flatten()
-    box, mask = BOX_PREDICTOR, MASK_PREDICTOR
-    out = {}
-    for key in ("weight", "bias"):
-        out[f"{box}cls_score.{key}"] = state[f"{box}cls_score.{key}"][rows].clone()
-        out[f"{box}bbox_pred.{key}"] = state[f"{box}bbox_pred.{key}"][box_rows].clone()
-        out[f"{mask}{key}"] = state[f"{mask}{key}"][rows].clone()
-    return out
-
-
 def _load_backbone_and_heads(
     model: nn.Module,
     arch: Arch,
@@ -84,8 +61,8 @@ def _load_backbone_and_heads(
     """Load everything but the class-specific layers from `state`, and those from `heads`.
     Start weights whose RPN head has another anchor count are a params error, not a crash."""
     saved = state.get("rpn.head.cls_logits.weight")
-    ours = model.rpn.head.cls_logits.out_channels
-    if saved is not None and saved.shape[0] != ours:
+    ours = model.rpn.head.cls_logits.out_channels if hasattr(model, "rpn") else None
+    if saved is not None and ours is not None and saved.shape[0] != ours:
         ratios = [float(r) for r in model.rpn.anchor_generator.aspect_ratios[0]]
         raise ParamError(
             f"train.anchor_ratios = {ratios} gives {ours} anchors per location, but the RPN "
@@ -118,7 +95,7 @@ def initial_weights(
         arch.body(model).load_state_dict(state)
     elif weights == "coco":
         state = fetch_state_dict(published(arch, weights), weights)
-        heads = select_coco_rows(state, classes) if init_heads else {}
+        state, heads = arch.coco_start(state, classes, init_heads)
         log.info("weights: COCO-pretrained%s", " with heads from COCO's rows" if heads else "")
         _load_backbone_and_heads(model, arch, state, heads, weights)
     elif weights != "none":
@@ -136,9 +113,11 @@ def _from_checkpoint(
     state = record["model"] if is_ours else record
     saved_classes = record.get("classes") if is_ours else None
     n = state.get(f"{BOX_PREDICTOR}cls_score.weight", torch.empty(0)).shape[0]
-    if n == len(COCO_CATEGORIES) and init_heads:
-        heads = select_coco_rows(state, classes)
-        log.info("weights: %s (91 COCO classes) with heads from COCO's rows", path)
+    if n == len(COCO_CATEGORIES):  # torchvision's COCO Mask R-CNN file itself
+        state, heads = arch.coco_start(state, classes, init_heads)
+        log.info(
+            "weights: %s (91 COCO classes)%s", path, " with heads from COCO's rows" * bool(heads)
+        )
     elif n == len(classes) + 1 and saved_classes in (None, classes):
         heads = {k: v for k, v in state.items() if k.startswith(arch.class_prefixes)}
         log.info("weights: %s, heads included", path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import msgspec
@@ -13,6 +14,7 @@ import yaml
 
 from cocoseg.common.errors import ParamError
 from cocoseg.common.params import (
+    ArchName,
     Params,
     PredictParams,
     load_params,
@@ -21,6 +23,7 @@ from cocoseg.common.params import (
     read_yaml,
     to_dict,
 )
+from cocoseg.modeling import registry
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -32,6 +35,11 @@ def test_the_recipe_is_the_struct_defaults():
     t = p.train
     assert (t.lr, t.momentum, t.weight_decay, t.epochs) == (0.005, 0.9, 0.0005, 6)
     assert (t.min_size, t.max_size) == (800, 1333)
+
+
+def test_every_arch_name_the_params_accept_is_a_registry_entry():
+    accepted = typing.get_args(ArchName)
+    assert set(accepted) == set(registry.ARCHS)
 
 
 def test_the_project_params_file_is_valid_and_names_every_key():

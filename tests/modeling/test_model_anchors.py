@@ -9,9 +9,10 @@ from torchvision.models.detection import maskrcnn_resnet50_fpn
 from cocoseg.common.errors import ParamError
 from cocoseg.common.params import parse_params
 from cocoseg.modeling import weights as model_mod
+from cocoseg.modeling.maskrcnn import COCO_CATEGORIES
 from cocoseg.modeling.records import load_trained_model, model_record
 from cocoseg.modeling.registry import build_model
-from cocoseg.modeling.weights import COCO_CATEGORIES, build_for_training
+from cocoseg.modeling.weights import build_for_training
 
 ARCH = "maskrcnn_resnet50_fpn"
 CLASSES = ["person", "cat", "sports ball", "book"]

@@ -14,15 +14,15 @@ from torchvision.ops import FrozenBatchNorm2d
 from cocoseg.common.errors import DataError, ParamError
 from cocoseg.common.io import atomic_write
 from cocoseg.modeling import weights as model_mod
-from cocoseg.modeling.maskrcnn import PREDICTOR_PREFIXES
-from cocoseg.modeling.records import load_record, load_trained_model, model_record
-from cocoseg.modeling.registry import arch_named, build_model, pretrained_layout
-from cocoseg.modeling.weights import (
+from cocoseg.modeling.maskrcnn import (
     COCO_CATEGORIES,
-    build_for_training,
+    PREDICTOR_PREFIXES,
     coco_rows,
     select_coco_rows,
 )
+from cocoseg.modeling.records import load_record, load_trained_model, model_record
+from cocoseg.modeling.registry import arch_named, build_model, pretrained_layout
+from cocoseg.modeling.weights import build_for_training
 from cocoseg.train.checkpoints import find_resume
 
 CLASSES = ["person", "cat", "sports ball", "book"]
