@@ -286,3 +286,50 @@ def make_subset(
             coco["annotations"] = anns
         (out_dir / "annotations" / f"{split}.json").write_text(json.dumps(coco))
     return out_dir
+
+
+def make_imbalanced_subset(
+    out_dir: str | Path,
+    *,
+    n_train: int = 60,
+    n_val: int = 30,
+    seed: int = 0,
+    size: int = 128,
+    rare_fraction: float = 0.15,
+) -> Path:
+    """data/subset's layout with one common, large class and one rare, small one: "person"
+    (1-2 squares of radius 18-28% of the side in every image but empty ones) and "sports ball"
+    (a disc of radius 4-7% of the side, COCO-small, in `rare_fraction` of the images)."""
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    categories = [
+        {"id": 1, "name": "person", "supercategory": "person"},
+        {"id": 2, "name": "sports ball", "supercategory": "sports"},
+    ]
+    (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
+    for split, count, first_id in (("train", n_train, 1), ("val", n_val, 10_000)):
+        folder = out_dir / "images" / split
+        folder.mkdir(parents=True, exist_ok=True)
+        images, anns = [], []
+        for index in range(count):
+            image_id = first_id + index
+            pixels = rng.integers(90, 140, size=(size, size, 3), dtype=np.uint8)
+            shapes = [(1, 4, 0.18, 0.28)] * int(rng.integers(1, 3)) if index % 10 else []
+            if rng.random() < rare_fraction:
+                shapes.append((2, 20, 0.04, 0.07))
+            for label, sides, low, high in shapes:
+                radius = float(rng.uniform(low, high) * size)
+                cx, cy = (float(rng.uniform(radius + 1, size - radius - 1)) for _ in "xy")
+                poly = polygon(cx, cy, radius, sides, float(rng.uniform(0, math.pi)))
+                rle = mask_utils.merge(mask_utils.frPyObjects([poly], size, size))
+                mask = mask_utils.decode(rle).astype(bool)
+                pixels[mask] = COLORS[{1: 1, 2: 37}[label]]
+                anns.append({"id": len(anns) + first_id * 10, "image_id": image_id,
+                             "category_id": label, "segmentation": [poly], "iscrowd": 0,
+                             "area": float(mask_utils.area(rle)), "bbox": _bbox(mask)})  # fmt: skip
+            file_name = f"{image_id:012d}.jpg"
+            Image.fromarray(pixels).save(folder / file_name, quality=95)
+            images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
+        coco = {"images": images, "annotations": anns, "categories": categories}
+        (out_dir / "annotations" / f"{split}.json").write_text(json.dumps(coco))
+    return out_dir
