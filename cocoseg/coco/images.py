@@ -28,10 +28,14 @@ TURNED = range(2, 9)
 SWAPS_AXES = range(5, 9)
 
 
+def orientation(im: Image.Image) -> int:
+    """The image's EXIF Orientation (Pillow reads a corrupt EXIF block as empty): 1 without one."""
+    return im.getexif().get(ExifTags.Base.Orientation, 1)
+
+
 def shown_size(im: Image.Image) -> Size:
     """The (width, height) a viewer shows: the stored size, swapped by EXIF orientations 5-8."""
-    swapped = im.getexif().get(ExifTags.Base.Orientation, 1) in SWAPS_AXES
-    return (im.height, im.width) if swapped else im.size
+    return (im.height, im.width) if orientation(im) in SWAPS_AXES else im.size
 
 
 def turned(im: Image.Image, path: str | Path, what: str, recorded: Size | None) -> bool:
@@ -39,7 +43,7 @@ def turned(im: Image.Image, path: str | Path, what: str, recorded: Size | None) 
     (a user's own photo): as a viewer shows it. recorded (width, height) (an annotation file's
     record, whose masks were drawn in one frame): as stored if that size matches, else oriented
     if that does; a size matching neither raises DataError naming the file and both sizes."""
-    oriented = im.getexif().get(ExifTags.Base.Orientation, 1) in TURNED
+    oriented = orientation(im) in TURNED
     if recorded is None:
         return oriented
     recorded = (int(recorded[0]), int(recorded[1]))
