@@ -96,8 +96,8 @@ def batches(items: list[Any], size: int) -> list[list[Any]]:
 def run_ours(model, items, device, args) -> list[dict]:
     """The project's path, as the infer and predict stages call it."""
     return predict_images(
-        model, items, device=device, batch_size=args.batch_size, num_workers=args.workers,
-        mask_threshold=0.5, progress=False,
+        model, [(i, path, None) for i, path in items], device=device, batch_size=args.batch_size,
+        num_workers=args.workers, mask_threshold=0.5, progress=False,
     )  # fmt: skip
 
 

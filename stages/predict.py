@@ -1,7 +1,10 @@
 """Stage predict: run models/model.pt on images and draw what it finds.
 
 DVC mode (no --images): the test images of data/subset -> reports/predictions/test.json.
-Folder mode: `python stages/predict.py --images DIR --out DIR` -> DIR/predictions.json.
+Folder mode: `python stages/predict.py --images DIR --out DIR` -> DIR/predictions.json, each
+photo as a viewer shows it (EXIF orientation applied); a file that does not decode is skipped by
+name and the run ends with `N predicted, K skipped: ...`, exit status 0 when at least one image
+was predicted, 2 when none decodes.
 Both write images.json (ids -> file names), overlays/<stem>.png and contact_sheet.png;
 see cocoseg/predict/outputs.py for the layout. Settings come from params.yaml's predict section.
 """
@@ -33,23 +36,24 @@ def parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace, params: Params) -> None:
     """Pick the inputs for the mode, predict, and say where the outputs are."""
-    from cocoseg.coco.inputs import folder_images, subset_images
-    from cocoseg.predict.outputs import predict, prepare_output  # torch: once arguments are parsed
+    from cocoseg.coco.inputs import folder_images, listed, subset_images
+    from cocoseg.predict.outputs import output_folder, predict  # torch: once arguments are parsed
 
     settings = params.predict
     if args.score_threshold is not None:
         settings = override(settings, "predict", score_threshold=args.score_threshold)
     if args.images is None:
-        out = prepare_output(args.out or Path(DVC_OUT))
-        images, classes = subset_images(args.subset, "test")
-        results = predict(args.model, images, out, settings, name="test", expect_classes=classes)
-        name = "test"
+        with output_folder(args.out or Path(DVC_OUT)) as out:
+            images, classes = subset_images(args.subset, "test")
+            results = predict(args.model, images, out, settings, name="test",
+                              expect_classes=classes)  # fmt: skip
+        name, skipped = "test", []
     else:
         if args.out is None:
             raise DataError("--images needs --out: the folder to write predictions into")
-        out = prepare_output(args.out, inputs=args.images)
-        images = folder_images(args.images)
-        results = predict(args.model, images, out, settings, name="predictions")
+        with output_folder(args.out, inputs=args.images) as out:
+            images, skipped = folder_images(args.images)
+            results = predict(args.model, images, out, settings, name="predictions")
         name = "predictions"
     log.info(
         "predict: %d detections on %d images -> %s/%s.json, overlays/, contact_sheet.png",
@@ -58,6 +62,11 @@ def main(args: argparse.Namespace, params: Params) -> None:
         out,
         name,
     )
+    if args.images is not None:  # the last line: what a user's folder came to
+        log.info(
+            "predict: %d predicted, %d skipped%s", len(images), len(skipped),
+            f": {listed(skipped)}" if skipped else "",
+        )  # fmt: skip
 
 
 if __name__ == "__main__":

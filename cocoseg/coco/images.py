@@ -1,5 +1,7 @@
 """The one image reader (`read_rgb`, `decode_image`): whole decode, errors name the file, every
-PIL mode to 8-bit RGB (PIL's `convert("RGB")` clips 16-bit gray to white, drops transparency)."""
+PIL mode to 8-bit RGB (PIL's `convert("RGB")` clips 16-bit gray to white, drops transparency),
+in one frame rule (`turned`): a user's photo as a viewer shows it (EXIF orientation applied, as
+PIL does not), an annotated image in the frame whose size its annotation file records."""
 
 from __future__ import annotations
 
@@ -8,25 +10,69 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 from cocoseg.common.errors import DataError, os_fault_message
 
 T = TypeVar("T")
+Size = tuple[int, int]  # (width, height), as PIL and COCO's image records give it
+# An image to read: (image id, path, the (width, height) its annotation records, or None).
+ImageItem = tuple[int, Path, Size | None]
 
 # Transparent pixels are composited onto white, as an image viewer or a browser shows them.
 BACKGROUND = (255, 255, 255)
 SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 WITH_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+# EXIF orientations 2-8 say how to turn the stored pixels for display; 5-8 swap width and height.
+TURNED = range(2, 9)
+SWAPS_AXES = range(5, 9)
 
 
-def _decoded(path: str | Path, what: str, use: Callable[[Image.Image], T]) -> T:
-    """`use(image)` of the whole decoded image (not just its header); a missing or undecodable
-    file raises DataError naming the path and `what` it is."""
+def orientation(im: Image.Image) -> int:
+    """The image's EXIF Orientation (Pillow reads a corrupt EXIF block as empty): 1 without one."""
+    return im.getexif().get(ExifTags.Base.Orientation, 1)
+
+
+def shown_size(im: Image.Image) -> Size:
+    """The (width, height) a viewer shows: the stored size, swapped by EXIF orientations 5-8."""
+    return (im.height, im.width) if orientation(im) in SWAPS_AXES else im.size
+
+
+def turned(im: Image.Image, path: str | Path, what: str, recorded: Size | None) -> bool:
+    """Whether the image is read in its EXIF-oriented frame rather than as stored. recorded None
+    (a user's own photo): as a viewer shows it. recorded (width, height) (an annotation file's
+    record, whose masks were drawn in one frame): as stored if that size matches, else oriented
+    if that does; a size matching neither raises DataError naming the file and both sizes."""
+    oriented = orientation(im) in TURNED
+    if recorded is None:
+        return oriented
+    recorded = (int(recorded[0]), int(recorded[1]))
+    if recorded == im.size:
+        return False
+    shown = shown_size(im)
+    if oriented and recorded == shown:
+        return True
+    stored = f"{im.width}x{im.height}"
+    if shown != im.size:
+        stored += f" ({shown[0]}x{shown[1]} as its EXIF orientation shows it)"
+    raise DataError(
+        f"{path}: {what} is {stored} but its annotation record says {recorded[0]}x{recorded[1]}; "
+        "masks would not line up"
+    )
+
+
+def _decoded(
+    path: str | Path,
+    what: str,
+    use: Callable[[Image.Image, bool], T],
+    recorded: Size | None,
+) -> T:
+    """`use(image, turned)` of the whole decoded image (not just its header), with the frame rule's
+    answer (`turned`); a missing or undecodable file raises DataError naming the path and `what`."""
     try:
         with Image.open(path) as im:
             im.load()
-            return use(im)
+            return use(im, turned(im, path, what, recorded))
     except FileNotFoundError:
         raise DataError(f"{path}: {what} file not found") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
@@ -37,14 +83,26 @@ def _decoded(path: str | Path, what: str, use: Callable[[Image.Image], T]) -> T:
         ) from None
 
 
-def decode_image(path: str | Path, what: str = "image") -> tuple[str, tuple[int, int]]:
-    """Check that the whole image decodes; return (PIL mode, (width, height))."""
-    return _decoded(path, what, lambda im: (im.mode, im.size))
+def decode_image(
+    path: str | Path, what: str = "image", recorded: Size | None = None
+) -> tuple[str, Size]:
+    """Check that the whole image decodes (in the frame `turned` picks for `recorded`); return
+    (PIL mode, (width, height) in that frame)."""
+    return _decoded(path, what, _mode_and_size, recorded)
 
 
-def read_rgb(path: str | Path, what: str = "image") -> np.ndarray:
-    """The image as HxWx3 uint8 RGB, whatever its mode (see `to_rgb`)."""
-    return _decoded(path, what, to_rgb)
+def read_rgb(path: str | Path, what: str = "image", recorded: Size | None = None) -> np.ndarray:
+    """The image as HxWx3 uint8 RGB, whatever its mode (see `to_rgb`), in the frame `turned`
+    picks: None for a user's photo (as a viewer shows it), an annotation's (width, height) else."""
+    return _decoded(path, what, _rgb, recorded)
+
+
+def _mode_and_size(im: Image.Image, turn: bool) -> tuple[str, Size]:
+    return im.mode, shown_size(im) if turn else im.size
+
+
+def _rgb(im: Image.Image, turn: bool) -> np.ndarray:
+    return to_rgb(ImageOps.exif_transpose(im) if turn else im)
 
 
 def to_rgb(im: Image.Image) -> np.ndarray:

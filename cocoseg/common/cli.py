@@ -18,9 +18,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cocoseg.common.errors import CocosegError, os_fault, os_fault_message, worker_error_line
+from cocoseg.common.errors import (
+    CocosegError,
+    ParamError,
+    os_fault,
+    os_fault_message,
+    worker_error_line,
+)
 from cocoseg.common.io import remove_stale_temps
-from cocoseg.common.params import PARAMS_FILE, Params, load_params
+from cocoseg.common.params import PARAMS_FILE, Params, load_params, to_dict, with_committed_note
 
 # Loggers are named by module (`logging.getLogger(__name__)`), all under "cocoseg"; stages
 # log through this one. Rank muting under torchrun sets this parent's level.
@@ -88,6 +94,7 @@ def run_stage(
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     _main_pid, _raising = os.getpid(), True
     stop_requested.clear()
+    params = None
     try:
         params = load_params(args.params)
         for path in outputs(args):
@@ -97,6 +104,8 @@ def run_stage(
         _raising = False  # from now on SIGTERM is only remembered: the report must not break
     except BaseException as err:
         _raising = False
+        if isinstance(err, ParamError) and params is not None:  # a stage refused a value
+            err = with_committed_note(err, args.params, to_dict(params))
         ending = failure_line(err)
         if ending is None:
             raise

@@ -26,7 +26,12 @@ class CocosegError(Exception):
 
 
 class ParamError(CocosegError):
-    """A key or value in params.yaml is unknown, mistyped or out of range."""
+    """A key or value in params.yaml is unknown, mistyped or out of range; `keys` names the
+    dotted keys at fault (`train.lr`) where the raiser knows them."""
+
+    def __init__(self, message: str = "", *, keys: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.keys = keys
 
 
 class DataError(CocosegError):

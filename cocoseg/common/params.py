@@ -13,6 +13,7 @@ import msgspec
 from msgspec import Meta
 from ruamel.yaml import YAML, YAMLError
 
+from cocoseg.common.committed import committed_text
 from cocoseg.common.errors import ParamError
 from cocoseg.common.validation import convert
 
@@ -152,32 +153,38 @@ def _check_cross_fields(params: Params) -> None:
     """Rules the types cannot say: uniqueness, order, one key against another."""
     classes, train = params.subset.classes, params.train
     if not classes:
-        raise ParamError("subset.classes = [] must name at least one COCO class")
+        raise ParamError("subset.classes = [] must name at least one COCO class",
+                         keys=("subset.classes",))  # fmt: skip
     dupes = sorted({c for c in classes if classes.count(c) > 1})
     if dupes:
-        raise ParamError(f"subset.classes = {classes!r} names {dupes} more than once")
+        raise ParamError(f"subset.classes = {classes!r} names {dupes} more than once",
+                         keys=("subset.classes",))  # fmt: skip
     if train.max_size < train.min_size:
         raise ParamError(
-            f"train.max_size = {train.max_size} must be >= train.min_size = {train.min_size}"
+            f"train.max_size = {train.max_size} must be >= train.min_size = {train.min_size}",
+            keys=("train.max_size", "train.min_size"),
         )
     if train.lr_milestones != sorted(train.lr_milestones):
         raise ParamError(
-            f"train.lr_milestones = {train.lr_milestones!r} must be increasing epoch numbers >= 1"
+            f"train.lr_milestones = {train.lr_milestones!r} must be increasing epoch numbers >= 1",
+            keys=("train.lr_milestones",),
         )
     if any(a >= b for a, b in itertools.pairwise(train.anchor_sizes)):
         raise ParamError(
             f"train.anchor_sizes = {train.anchor_sizes!r} must be strictly increasing "
-            "(one size per FPN level, finest first)"
+            "(one size per FPN level, finest first)",
+            keys=("train.anchor_sizes",),
         )
     for key, value in (("select", train.select), ("patience", train.patience)):
         if value not in ("last", 0) and train.eval_every == 0:
-            raise ParamError(f"train.{key} = {value} needs train.eval_every > 0 (got 0)")
+            raise ParamError(f"train.{key} = {value} needs train.eval_every > 0 (got 0)",
+                             keys=(f"train.{key}", "train.eval_every"))  # fmt: skip
 
 
 def _check_finite(value: Any, name: str) -> None:
     """Refuse .inf and .nan anywhere: no param of this pipeline means anything infinite."""
     if isinstance(value, float) and not math.isfinite(value):
-        raise ParamError(f"{name} = {value} must be a finite number")
+        raise ParamError(f"{name} = {value} must be a finite number", keys=(name.split("[")[0],))
     if isinstance(value, dict):
         for key, item in value.items():
             _check_finite(item, f"{name}.{key}" if name else str(key))
@@ -200,7 +207,7 @@ def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
         params = convert(sections, Params, error=ParamError)
         _check_cross_fields(params)
     except ParamError as err:
-        raise ParamError(f"{source}: {err}") from None
+        raise ParamError(f"{source}: {err}", keys=err.keys) from None
     return params
 
 
@@ -224,14 +231,60 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     except YAMLError as err:
         detail = " ".join(str(err).split())
         raise ParamError(f"{path}: not valid YAML: {detail}") from None
-    return parse_params(raw, str(path))
+    try:
+        return parse_params(raw, str(path))
+    except ParamError as err:
+        raise with_committed_note(err, path, raw) from None
+
+
+def with_committed_note(err: ParamError, path: str | Path, raw: Any) -> ParamError:
+    """err, with `committed_note` appended when there is one (raw: the params in effect)."""
+    note = committed_note(Path(path), raw, err.keys)
+    return ParamError(f"{err}; {note}", keys=err.keys) if note else err
+
+
+def committed_note(path: Path, raw: Any, keys: tuple[str, ...]) -> str:
+    """Where a refused value at `keys` differs from git HEAD's params file (as `dvc exp run -S`
+    leaves it): '<file> holds it since dvc exp run -S; HEAD has <value>'; else ''."""
+    text = committed_text(path) if keys else None
+    try:
+        head = read_yaml(text) if text is not None else None
+    except YAMLError:
+        head = None
+    if not isinstance(head, dict):  # no git, no commit, or nothing to compare with
+        return ""
+    changed = [
+        (key, _value_at(head, key)) for key in keys if _value_at(raw, key) != _value_at(head, key)
+    ]
+    if not changed:
+        return ""
+    held = ", ".join(
+        f"no {key}" if value is _ABSENT else repr(value) if len(keys) == 1 else f"{key} = {value!r}"
+        for key, value in changed
+    )
+    return f"{path.name} holds it since dvc exp run -S; HEAD has {held}"
+
+
+_ABSENT = object()
+
+
+def _value_at(tree: Any, key: str) -> Any:
+    """The value at a dotted key of nested mappings, or _ABSENT."""
+    for name in key.split("."):
+        if not isinstance(tree, dict) or name not in tree:
+            return _ABSENT
+        tree = tree[name]
+    return tree
 
 
 def override(section: T, name: str, **changes: Any) -> T:
     """A section with some keys changed (command-line overrides), validated like params.yaml."""
     raw = {**to_dict(section), **changes}
-    _check_finite(raw, name)
-    return convert(raw, type(section), error=ParamError, prefix=name)
+    try:
+        _check_finite(raw, name)
+        return convert(raw, type(section), error=ParamError, prefix=name)
+    except ParamError as err:  # a command-line value: params.yaml's keys are not at fault
+        raise ParamError(str(err)) from None
 
 
 def to_dict(section: Any) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 import operator
 import re
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -23,13 +24,24 @@ _BOUNDS = {"ge": (">=", operator.ge), "gt": (">", operator.gt), "le": ("<=", ope
            "lt": ("<", operator.lt)}  # fmt: skip
 
 
-def convert(raw: Any, cls: type[T], *, error: type[Exception], prefix: str = "") -> T:
-    """`msgspec.convert(raw, cls)` (strict); on failure raise `error` with a one-line message.
-    prefix names raw itself in messages (`train` makes `$.lr` read `train.lr`)."""
+def convert(raw: Any, cls: type[T], *, error: Callable[..., Exception], prefix: str = "") -> T:
+    """`msgspec.convert(raw, cls)` (strict); on failure raise `error(message, keys=(key,))` with a
+    one-line message and the key at fault. prefix names raw itself in messages (`train` makes
+    `$.lr` read `train.lr`)."""
     try:
         return msgspec.convert(raw, cls)
     except msgspec.ValidationError as err:
-        raise error(explain(err, raw, cls, prefix)) from None
+        raise error(explain(err, raw, cls, prefix), keys=(key_at_fault(err, prefix),)) from None
+
+
+def key_at_fault(err: msgspec.ValidationError, prefix: str = "") -> str:
+    """The dotted key the error is about: a list item's list, an unknown key by its own name."""
+    what, path = location(err)
+    names = [prefix] if prefix else []
+    names += [key for key, _ in _STEP.findall(path) if key]
+    if unknown := _UNKNOWN.search(what):
+        names.append(unknown["key"])
+    return ".".join(names)
 
 
 def location(err: msgspec.ValidationError) -> tuple[str, str]:

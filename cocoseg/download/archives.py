@@ -15,14 +15,16 @@ from typing import Any
 import orjson
 
 from cocoseg.coco.names import ANNOTATION_FILES, ARCHIVES, LABELLED_SOURCES
-from cocoseg.common.errors import DataError, DownloadError
+from cocoseg.common.errors import DataError, DownloadError, ParamError
 from cocoseg.common.http import CHUNK, HostUnreachable, download_file
 from cocoseg.common.io import atomic_write, safe_join
+from cocoseg.common.params import DataParams
 
 log = logging.getLogger(__name__)
 
 TEST_INFO = ANNOTATION_FILES["test2017"]
 CACHE_DIR = ".downloads"
+DEFAULT_ROOT = DataParams().coco_root  # data/coco
 
 
 def check_archive(archive: Path, members: list[str]) -> None:
@@ -73,9 +75,24 @@ def _listed(names: list[str]) -> str:
     return ", ".join(f"annotations/{name}" for name in names)
 
 
-def check_coco_root(coco_root: Path, names: list[str], base_url: str) -> None:
-    """Refuse, before any request, a data.coco_root that is a COCO copy (train2017/ or val2017/)
-    with none of the annotation files: a wrong or half-copied root, not a download target."""
+def is_default_root(coco_root: str | Path) -> bool:
+    """Whether coco_root is data.coco_root's default location (from the working directory: the
+    project root, where DVC runs stages), the one folder the download stage may create."""
+    return Path(coco_root).resolve() == Path(DEFAULT_ROOT).resolve()
+
+
+def check_coco_root(coco_root: Path, names: list[str], base_url: str, *, create: bool) -> None:
+    """Refuse, before any request, a data.coco_root that does not exist unless it may be created
+    (`create`: the default location), one that is a file, and a COCO copy (train2017/ or
+    val2017/) with none of the annotation files: a wrong or half-copied root, no download target."""
+    if not coco_root.exists() and not create:
+        where = "" if coco_root.is_absolute() else f" ({coco_root.resolve()})"
+        raise ParamError(
+            f"data.coco_root = {coco_root}{where} does not exist: set it to your COCO copy (the "
+            "folder holding annotations/, train2017/, val2017/), or make the folder to download "
+            f"the annotations into; only the default, {DEFAULT_ROOT}, is made for you",
+            keys=("data.coco_root",),
+        )
     if coco_root.exists() and not coco_root.is_dir():
         raise DataError(f"data.coco_root = {coco_root} is a file, not a folder")
     images = [f"{d}/" for d in LABELLED_SOURCES if (coco_root / d).is_dir()]
@@ -137,19 +154,21 @@ def ensure_annotations(
     base_url: str,
     *,
     need_test_info: bool,
+    create: bool = False,
     retries: int = 5,
     timeout: float = 60.0,
     progress: bool = True,
     backoff: float = 1.0,
 ) -> dict[str, Any]:
     """Make coco_root/annotations hold the needed COCO-2017 files; return their manifest. Missing
-    ones come from COCO's zips, fetched by download_file into .downloads, deleted after."""
+    ones come from COCO's zips, fetched by download_file into .downloads, deleted after. A
+    coco_root that does not exist is made only with `create` (see `check_coco_root`)."""
     http = {"retries": retries, "timeout": timeout, "progress": progress, "backoff": backoff}
     coco_root = Path(coco_root)
     ann_dir = coco_root / "annotations"
     sources = [*LABELLED_SOURCES, "test2017"] if need_test_info else LABELLED_SOURCES
     names = [ANNOTATION_FILES[source] for source in sources]  # the files the pipeline reads
-    check_coco_root(coco_root, names, base_url)
+    check_coco_root(coco_root, names, base_url, create=create)
     # Check present copies first: a truncated one fails before anything is fetched.
     files = {n: inspect_json(ann_dir / n) for n in names if (ann_dir / n).exists()}
     missing: dict[str, list[str]] = {}  # by the archive that holds them

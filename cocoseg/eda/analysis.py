@@ -267,7 +267,8 @@ def plot_samples(
         if not file.exists():
             raise DataError(f"{file}: image listed in the annotations is missing")
         anns = by_image.get(image_id, [])
-        drawn.append(overlay(read_rgb(file), anns, dict(categories)))
+        shown = read_rgb(file, recorded=(info[image_id]["width"], info[image_id]["height"]))
+        drawn.append(overlay(shown, anns, dict(categories)))
         n_obj = sum(not a.get("iscrowd") for a in anns)
         crowd = len(anns) - n_obj
         noun = "object" if n_obj == 1 else "objects"

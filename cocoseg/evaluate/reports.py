@@ -41,8 +41,10 @@ def write_reports(
 
 
 def _image(gt: COCO, images_dir: Path, image_id: int) -> np.ndarray:
-    """A val image as RGB, found through its (checked) file name."""
-    return read_rgb(safe_join(images_dir, gt.imgs[image_id]["file_name"]))
+    """A val image as RGB in its annotations' frame, found through its (checked) file name."""
+    info = gt.imgs[image_id]
+    path = safe_join(images_dir, info["file_name"])
+    return read_rgb(path, recorded=(info["width"], info["height"]))
 
 
 def draw_samples(

@@ -20,7 +20,7 @@ def infer_val(
 ) -> list[dict]:
     """Predict every val image (in id order); write the results to `out`, classes beside it."""
     images, classes = subset_images(subset, "val")
-    items = sorted((image.id, image.path) for image in images)
+    items = [image.item for image in sorted(images, key=lambda image: image.id)]
     results, _ = run_trained_model(model_path, items, settings, expect_classes=classes)
     record_classes(out, classes)
     write_json(out, results, indent=False)

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as F
 from tqdm import tqdm
 
-from cocoseg.coco.images import read_rgb
+from cocoseg.coco.images import ImageItem, read_rgb
 from cocoseg.common.cli import worker_init
 from cocoseg.common.errors import DataError
 from cocoseg.common.params import EvaluateParams, PredictParams
@@ -35,19 +35,20 @@ MAX_PENDING = 2  # batches encoded behind the model: enough to overlap, bounded 
 
 
 class ImageFiles(Dataset):
-    """(image_id, path) items as (image_id, uint8 CHW tensor); a bad file comes back as its error,
-    for the main process to raise as one line (DataLoader would wrap it in a traceback)."""
+    """(image_id, path, recorded size) items as (image_id, uint8 CHW tensor) in the frame
+    `read_rgb` picks; a bad file comes back as its error, for the main process to raise as one
+    line (DataLoader would wrap it in a traceback)."""
 
-    def __init__(self, items: Sequence[tuple[int, Path]]) -> None:
+    def __init__(self, items: Sequence[ImageItem]) -> None:
         self.items = list(items)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | DataError]:
-        image_id, path = self.items[index]
+        image_id, path, recorded = self.items[index]
         try:
-            rgb = read_rgb(path)
+            rgb = read_rgb(path, recorded=recorded)
         except DataError as err:
             return image_id, err
         return image_id, torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
@@ -63,7 +64,7 @@ def decode_workers(num_workers: int, device: torch.device) -> int:
 
 
 def image_loader(
-    items: Sequence[tuple[int, Path]], batch_size: int, num_workers: int, device: torch.device
+    items: Sequence[ImageItem], batch_size: int, num_workers: int, device: torch.device
 ) -> DataLoader:
     """Batches of decoded images in input order, decoded by up to `num_workers` processes."""
     workers = decode_workers(num_workers, device)
@@ -161,7 +162,7 @@ def _run_model(
 
 def predict_images(
     model: torch.nn.Module,
-    items: Sequence[tuple[int, Path]],
+    items: Sequence[ImageItem],
     *,
     device: str | torch.device,
     batch_size: int = 2,
@@ -170,8 +171,8 @@ def predict_images(
     amp: bool = True,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Run the model (eval mode, no gradients) on (image_id, path) items; return COCO results
-    for every detection. A file that does not decode stops the run, naming it."""
+    """Run the model (eval mode, no gradients) on (image_id, path, recorded) items; return COCO
+    results for every detection. A file that does not decode stops the run, naming it."""
     device = torch.device(device)
     model.eval()
     results: list[dict[str, Any]] = []
@@ -197,7 +198,7 @@ def predict_images(
 
 def run_trained_model(
     model_path: str | Path,
-    items: Sequence[tuple[int, Path]],
+    items: Sequence[ImageItem],
     settings: EvaluateParams | PredictParams,
     *,
     expect_classes: Sequence[str] = (),

@@ -9,10 +9,11 @@ Outputs under `out` (`<name>`: "test" for the DVC stage, "predictions" for a fol
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,21 @@ def prepare_output(out: Path, *, inputs: Path | None = None) -> Path:
     except OSError as err:
         raise OutputError(os_fault_message(err, out)) from None
     return out
+
+
+@contextlib.contextmanager
+def output_folder(out: Path, *, inputs: Path | None = None) -> Iterator[Path]:
+    """`prepare_output`'s folder for the block; the folders it made are removed again when the
+    block fails before writing into them, so a failed run leaves no empty --out behind."""
+    made = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
+    folder = prepare_output(out, inputs=inputs)
+    try:
+        yield folder
+    except BaseException:
+        for path in [out / "overlays", *made] if made else []:
+            with contextlib.suppress(OSError):  # not empty (or gone): left as it is
+                path.rmdir()
+        raise
 
 
 def keep_confident(results: Sequence[dict], threshold: float) -> list[dict]:
@@ -119,7 +135,7 @@ def write_outputs(
     thumbs, captions = [], []
     for img in images:
         dets = by_image.get(img.id, [])
-        drawn = overlay(read_rgb(img.path), dets, categories, colors=colors)
+        drawn = overlay(read_rgb(img.path, recorded=img.recorded), dets, categories, colors=colors)
         save_png(out / "overlays" / names[img.id], drawn)
         if len(thumbs) < MAX_SHEET:
             thumbs.append(_thumbnail(drawn))
@@ -140,7 +156,7 @@ def predict(
     progress: bool = True,
 ) -> list[dict]:
     """Run the model on `images`, keep scores >= threshold, write all outputs; return results."""
-    items, threshold = [(i.id, i.path) for i in images], params.score_threshold
+    items, threshold = [i.item for i in images], params.score_threshold
     raw, classes = run_trained_model(
         model_path, items, params, expect_classes=expect_classes, progress=progress
     )

@@ -54,7 +54,8 @@ def category_remap(categories: list[Category], classes: list[str], path: Path) -
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ParamError(
                 f"subset.classes = {classes!r}: '{name}' is not a category of {path.name}{hint}; "
-                f"valid names: {', '.join(by_name)}"
+                f"valid names: {', '.join(by_name)}",
+                keys=("subset.classes",),
             )
     return {by_name[name]: new_id for new_id, name in enumerate(classes, start=1)}
 
@@ -100,7 +101,10 @@ def select_labelled(source: Source, split: str, sp: SubsetParams) -> list[int]:
     pool = sorted({i for ids in by_class.values() for i in ids})
     what = f"{source.name} has only {len(pool)} images with a non-crowd instance of"
     if n > len(pool):
-        raise ParamError(f"subset.n_{split} = {n} but {what} [{', '.join(sp.classes)}]")
+        raise ParamError(
+            f"subset.n_{split} = {n} but {what} [{', '.join(sp.classes)}]",
+            keys=(f"subset.n_{split}",),
+        )
     rng = split_rng(sp.seed, split)
     if sp.strategy == "random":
         return sorted(rng.sample(pool, n))
@@ -118,7 +122,8 @@ def select_labelled(source: Source, split: str, sp: SubsetParams) -> list[int]:
         raise ParamError(
             f"subset.min_images_per_class = {sp.min_images_per_class} with strategy balanced "
             f"may need {needed} {split} images ({detail}) but subset.n_{split} = {n}; lower "
-            f"min_images_per_class, raise n_{split}, or use strategy random"
+            f"min_images_per_class, raise n_{split}, or use strategy random",
+            keys=("subset.min_images_per_class", f"subset.n_{split}", "subset.strategy"),
         )
     return select_balanced(pool, by_class, targets, n, rng)
 
@@ -160,7 +165,10 @@ def select_subset(root: Path, sp: SubsetParams) -> tuple[dict[str, Split], dict,
         file, what = read_coco(path, labelled=False), f"test2017 ({path.name})"
         pool = sorted(file.images)
     if sp.n_test > len(pool):
-        raise ParamError(f"subset.n_test = {sp.n_test} but {what} has only {len(pool)} images")
+        raise ParamError(
+            f"subset.n_test = {sp.n_test} but {what} has only {len(pool)} images",
+            keys=("subset.n_test",),
+        )
     images = [file.record(i) for i in sorted(split_rng(sp.seed, "test").sample(pool, sp.n_test))]
     test = Split("test", sp.test_from, images, None, file.info, file.licenses)
     return {"train": train, "val": val, "test": test}, dropped, categories

@@ -1,5 +1,6 @@
 """Placing the subset's images: copied from the COCO copy or downloaded, each verified (an image
-that does not decode or disagrees with its record's size stops here, not an hour into training)."""
+that does not decode, or whose size in neither its stored nor its EXIF-oriented frame is its
+record's, stops here, not an hour into training)."""
 
 from __future__ import annotations
 
@@ -28,14 +29,9 @@ class ImageJob:
     height: int
 
     def verify(self, path: str | Path) -> str:
-        """Decode the whole image and check its size; return its PIL mode ('RGB', 'L'...)."""
-        mode, size = decode_image(path, f"image id {self.image_id}")
-        if size != (self.width, self.height):
-            raise DataError(
-                f"{path}: image id {self.image_id} is {size[0]}x{size[1]} but its annotation "
-                f"record says {self.width}x{self.height}; masks would not line up"
-            )
-        return mode
+        """Decode the whole image and check that its stored or EXIF-oriented size is the recorded
+        one (the frame every reader then uses); return its PIL mode ('RGB', 'L'...)."""
+        return decode_image(path, f"image id {self.image_id}", (self.width, self.height))[0]
 
 
 def place_image(job: ImageJob, retries: int, timeout: float) -> tuple[str, str]:

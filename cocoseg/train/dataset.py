@@ -50,8 +50,9 @@ class CocoImages(CocoDetection):
     `_load_*` methods are the hooks torchvision's own subclasses override."""
 
     def _load_image(self, id: int) -> Image.Image:
-        file_name = self.coco.loadImgs(id)[0]["file_name"]
-        return Image.fromarray(read_rgb(safe_join(self.root, file_name)))
+        info = self.coco.loadImgs(id)[0]  # read in the frame its annotations were drawn in
+        path = safe_join(self.root, info["file_name"])
+        return Image.fromarray(read_rgb(path, recorded=(info["width"], info["height"])))
 
     def _load_target(self, id: int) -> list[Any]:
         return self.coco.loadAnns(self.coco.getAnnIds(id, iscrowd=False))

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from pycocotools.coco import COCO
 
 from cocoseg.coco.cocoeval import coco_from_dataset, run_cocoeval, summary
+from cocoseg.coco.images import ImageItem
 from cocoseg.coco.inputs import split_paths, subset_images
 from cocoseg.common.errors import DataError
 from cocoseg.common.io import read_json
@@ -25,16 +26,16 @@ from cocoseg.train.runtime import Context
 
 log = logging.getLogger(__name__)
 
-ValSet = tuple[list[tuple[int, Path]], COCO]
+ValSet = tuple[list[ImageItem], COCO]
 
 
 def val_set(subset_dir: str | Path) -> ValSet:
-    """The val split's (image id, path) items and its ground truth as a COCO index."""
+    """The val split's (image id, path, recorded size) items and its ground truth (COCO index)."""
     images, _ = subset_images(subset_dir, "val")
     _, ann_file = split_paths(subset_dir, "val")
     if not images:
         raise DataError(f"{ann_file}: no val images to score; set train.eval_every=0")
-    return [(image.id, image.path) for image in images], coco_from_dataset(read_json(ann_file))
+    return [image.item for image in images], coco_from_dataset(read_json(ann_file))
 
 
 def due(epoch: int, recipe: TrainParams) -> bool:

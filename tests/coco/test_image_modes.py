@@ -122,7 +122,8 @@ def test_training_and_inference_read_every_mode_the_same_way(mode_files, tmp_pat
         {"images": images, "annotations": [], "categories": [{"id": 1, "name": "person"}]},
     )
     dataset = coco_dataset(subset, "train", build_transforms("none"))
-    loader = ImageFiles([(i["id"], subset / "images" / "train" / i["file_name"]) for i in images])
+    folder = subset / "images" / "train"
+    loader = ImageFiles([(i["id"], folder / i["file_name"], (32, 24)) for i in images])
     for index, (mode, (_, expected)) in enumerate(mode_files.items()):
         image, _ = dataset[index]  # float in [0, 1], CHW
         trained = torch.round(image * 255).to(torch.uint8).permute(1, 2, 0).numpy()

@@ -209,7 +209,7 @@ def test_fetches_and_extracts_byte_identical_files(
     server: FileServer, tmp_path: Path, synthetic_root: Path
 ) -> None:
     coco = tmp_path / "coco"
-    manifest = ensure_annotations(coco, server.url, need_test_info=True, **FAST)
+    manifest = ensure_annotations(coco, server.url, need_test_info=True, create=True, **FAST)
     for name in ALL:
         got, want = coco / "annotations" / name, synthetic_root / "annotations" / name
         assert got.read_bytes() == want.read_bytes()
@@ -222,7 +222,7 @@ def test_fetches_and_extracts_byte_identical_files(
 
 def test_val_only_does_not_fetch_the_test_archive(server: FileServer, tmp_path: Path) -> None:
     coco = tmp_path / "coco"
-    manifest = ensure_annotations(coco, server.url + "/", need_test_info=False, **FAST)
+    manifest = ensure_annotations(coco, server.url + "/", need_test_info=False, create=True, **FAST)
     assert sorted(manifest["files"]) == sorted(ALL[:2])
     assert [r.path for r in server.requests] == [TRAINVAL]
     assert not (coco / "annotations" / "image_info_test2017.json").exists()
@@ -233,11 +233,11 @@ def test_present_files_are_not_downloaded_again(
 ) -> None:
     coco = tmp_path / "coco"
     shutil.copytree(synthetic_root / "annotations", coco / "annotations")
-    first = ensure_annotations(coco, server.url, need_test_info=True, **FAST)
+    first = ensure_annotations(coco, server.url, need_test_info=True, create=True, **FAST)
     assert server.requests == []
     # Only the missing file is fetched, from its own archive.
     (coco / "annotations" / "image_info_test2017.json").unlink()
-    second = ensure_annotations(coco, server.url, need_test_info=True, **FAST)
+    second = ensure_annotations(coco, server.url, need_test_info=True, create=True, **FAST)
     assert [r.path for r in server.requests] == [TESTINFO]
     assert first == second
 
@@ -247,7 +247,7 @@ def test_a_copy_of_the_real_coco_sample_works_offline(
 ) -> None:
     coco = tmp_path / "coco"
     shutil.copytree(coco_sample / "annotations", coco / "annotations")
-    manifest = ensure_annotations(coco, server.url, need_test_info=False, **FAST)
+    manifest = ensure_annotations(coco, server.url, need_test_info=False, create=True, **FAST)
     assert server.requests == []
     for name in ALL[:2]:
         assert manifest["files"][name]["md5"] == md5(coco_sample / "annotations" / name)
@@ -259,7 +259,7 @@ def test_partial_archive_in_the_cache_is_resumed(server: FileServer, tmp_path: P
     part = coco / CACHE_DIR / "annotations_trainval2017.zip.part"
     part.parent.mkdir(parents=True)
     part.write_bytes(source[: len(source) // 2])
-    ensure_annotations(coco, server.url, need_test_info=False, **FAST)
+    ensure_annotations(coco, server.url, need_test_info=False, create=True, **FAST)
     assert [r.range for r in server.requests] == [f"bytes={len(source) // 2}-"]
     assert (coco / "annotations" / "instances_val2017.json").exists()
 
@@ -284,7 +284,7 @@ def test_corrupt_archive_is_rejected_and_nothing_kept(
     path.write_bytes(bytes(data))
     coco = tmp_path / "coco"
     with pytest.raises(DownloadError) as err:
-        ensure_annotations(coco, server.url, need_test_info=False, **FAST)
+        ensure_annotations(coco, server.url, need_test_info=False, create=True, **FAST)
     message = str(err.value)
     assert "annotations_trainval2017.zip" in message
     expected = {"deflate": "is corrupt", "crc": "Bad CRC-32", "truncated": "not a readable zip"}
@@ -303,7 +303,7 @@ def test_archive_with_a_member_leaving_its_folder_is_refused(
     write_zip(server.root / TRAINVAL.lstrip("/"), {**members, hostile: b"{}"})
     coco = tmp_path / "coco"
     with pytest.raises(DownloadError, match="leaves the extraction folder") as err:
-        ensure_annotations(coco, server.url, need_test_info=False, **FAST)
+        ensure_annotations(coco, server.url, need_test_info=False, create=True, **FAST)
     assert hostile in str(err.value)
     assert not list(tmp_path.rglob("evil.json")) and not outside.exists()
     assert leftovers(coco) in ([], ["annotations"])
@@ -312,7 +312,7 @@ def test_archive_with_a_member_leaving_its_folder_is_refused(
 def test_archive_lacking_a_member_is_named(server: FileServer, tmp_path: Path) -> None:
     write_zip(server.root / TESTINFO.lstrip("/"), {"annotations/other.json": b"{}"})
     with pytest.raises(DownloadError, match=r"image_info_test2017\.zip.*lacks member"):
-        ensure_annotations(tmp_path / "coco", server.url, need_test_info=True, **FAST)
+        ensure_annotations(tmp_path / "coco", server.url, need_test_info=True, create=True, **FAST)
 
 
 def test_truncated_present_file_is_named_not_reused(
@@ -325,7 +325,7 @@ def test_truncated_present_file_is_named_not_reused(
     # Cut right after a '}' mid-file: a check of the last character alone would pass it.
     val.write_bytes(text[: text.index(b"}", len(text) // 2) + 1])
     with pytest.raises(DataError, match=r"instances_val2017\.json: truncated"):
-        ensure_annotations(coco, server.url, need_test_info=False, **FAST)
+        ensure_annotations(coco, server.url, need_test_info=False, create=True, **FAST)
     assert server.requests == []
 
 
@@ -335,7 +335,7 @@ def test_unresolvable_host_fails_at_once_naming_the_local_way_out(
 ) -> None:
     coco = tmp_path / "coco"
     with caplog.at_level(logging.WARNING), pytest.raises(HostUnreachable) as err:
-        ensure_annotations(coco, UNRESOLVABLE, need_test_info=need_test_info, **FAST)
+        ensure_annotations(coco, UNRESOLVABLE, need_test_info=need_test_info, create=True, **FAST)
     message = str(err.value)
     assert message.startswith(
         f"{UNRESOLVABLE}{TRAINVAL}: host name coco.invalid does not resolve ("
@@ -356,7 +356,7 @@ def test_coco_copy_without_annotations_is_named_before_any_request(
     (coco / "val2017").mkdir()
     (coco / "annotations").mkdir()  # there, but holding none of the files
     with pytest.raises(DataError) as err:
-        ensure_annotations(coco, server.url, need_test_info=True, **FAST)
+        ensure_annotations(coco, server.url, need_test_info=True, create=True, **FAST)
     assert str(err.value).startswith(
         f"data.coco_root = {coco} exists (has train2017/, val2017/) but has no "
         "annotations/instances_train2017.json, annotations/instances_val2017.json, "
@@ -374,7 +374,7 @@ def test_coco_copy_with_some_annotations_fetches_the_rest(
     (coco / "val2017").mkdir(parents=True)
     shutil.copytree(synthetic_root / "annotations", coco / "annotations")
     (coco / "annotations" / "image_info_test2017.json").unlink()
-    ensure_annotations(coco, server.url, need_test_info=True, **FAST)
+    ensure_annotations(coco, server.url, need_test_info=True, create=True, **FAST)
     assert [r.path for r in server.requests] == [TESTINFO]
     assert (coco / "annotations" / "image_info_test2017.json").exists()
 
@@ -407,19 +407,21 @@ def run_stage(tmp_path: Path, params: Path) -> subprocess.CompletedProcess[str]:
 def test_stage_script_writes_the_manifest(
     server: FileServer, tmp_path: Path, synthetic_root: Path
 ) -> None:
-    params = stage_params(tmp_path / "p.yaml", coco_root="coco", base_url=server.url, timeout=5.0)
+    """The default data.coco_root (data/coco) is made and the annotations downloaded into it."""
+    params = stage_params(tmp_path / "p.yaml", base_url=server.url, timeout=5.0)
     proc = run_stage(tmp_path, params)
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((tmp_path / "data" / "download.json").read_text())
-    assert manifest["coco_root"] == "coco"
+    assert manifest["coco_root"] == "data/coco"
     want = synthetic_root / "annotations" / "instances_train2017.json"
     assert manifest["files"]["instances_train2017.json"]["md5"] == md5(want)
     assert sorted(manifest["files"]) == sorted(ALL[:2])
-    assert (tmp_path / "coco" / "annotations" / "instances_train2017.json").exists()
+    assert (tmp_path / "data" / "coco" / "annotations" / "instances_train2017.json").exists()
 
 
 def test_stage_script_reports_a_failure_in_one_line(server: FileServer, tmp_path: Path) -> None:
     url = server.url + "/missing"
+    (tmp_path / "coco").mkdir()  # a folder the user made: annotations are downloaded into it
     params = stage_params(tmp_path / "p.yaml", coco_root="coco", base_url=url, retries=0)
     proc = run_stage(tmp_path, params)
     assert proc.returncode == 2
@@ -431,6 +433,7 @@ def test_stage_script_reports_a_failure_in_one_line(server: FileServer, tmp_path
 def test_stage_offline_fails_at_once_without_retrying_in_one_line(tmp_path: Path) -> None:
     # params.yaml's retries (5) with 1 s backoff: retrying the lookup would take over 15 s,
     # each retry logged ("retrying in"); an unresolvable host is not retried at all.
+    (tmp_path / "coco").mkdir()
     params = stage_params(tmp_path / "p.yaml", coco_root="coco", base_url=UNRESOLVABLE)
     proc = run_stage(tmp_path, params)
     assert proc.returncode == 2
@@ -456,9 +459,27 @@ def test_stage_names_a_coco_copy_without_annotations_in_one_line(
     assert server.requests == []
 
 
+@pytest.mark.parametrize("given", ["typo/path", "absolute"])
+def test_a_user_given_root_that_does_not_exist_is_named_not_made(
+    server: FileServer, tmp_path: Path, given: str
+) -> None:
+    root = tmp_path / "typo" / "path" if given == "absolute" else Path(given)
+    params = stage_params(tmp_path / "p.yaml", coco_root=str(root), base_url=server.url)
+    proc = run_stage(tmp_path, params)
+    assert proc.returncode == 2
+    shown = root if root.is_absolute() else f"{root} ({tmp_path / root})"
+    assert proc.stderr.splitlines() == [
+        f"error: data.coco_root = {shown} does not exist: set it to your COCO copy (the folder "
+        "holding annotations/, train2017/, val2017/), or make the folder to download the "
+        "annotations into; only the default, data/coco, is made for you"
+    ]
+    assert not (tmp_path / "typo").exists() and server.requests == []
+
+
 @pytest.mark.slow
 def test_dvc_repro_download_then_nothing_to_do(server: FileServer, tmp_path: Path) -> None:
     coco = tmp_path / "coco"
+    coco.mkdir()
     repo = make_dvc_repo(
         tmp_path / "repo",
         {

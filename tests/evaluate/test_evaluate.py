@@ -49,9 +49,11 @@ def save_model(model: torch.nn.Module, path: Path, classes: list[str] = CLASSES)
     return path
 
 
-def val_items(subset: Path, n: int) -> list[tuple[int, Path]]:
+def val_items(subset: Path, n: int) -> list[tuple[int, Path, tuple[int, int]]]:
+    """The first n val images as inference items: (id, path, recorded size)."""
     images = json.loads((subset / "annotations" / "val.json").read_text())["images"]
-    return [(im["id"], subset / "images" / "val" / im["file_name"]) for im in images[:n]]
+    folder = subset / "images" / "val"
+    return [(im["id"], folder / im["file_name"], (im["width"], im["height"])) for im in images[:n]]
 
 
 # --- inference --------------------------------------------------------------------------------
@@ -87,8 +89,8 @@ def test_predict_images_returns_coco_results_for_every_detection(synthetic_subse
     assert not model.training
     strict = predict_images(model, items, device="cpu", mask_threshold=0.7, progress=False)
 
-    assert loose and {r["image_id"] for r in loose} <= {i for i, _ in items}
-    sizes = {i: Image.open(p).size for i, p in items}
+    assert loose and {r["image_id"] for r in loose} <= {i for i, _, _ in items}
+    sizes = {i: Image.open(p).size for i, p, _ in items}
     for r in loose:
         assert set(r) == RESULT_KEYS and 1 <= r["category_id"] <= len(CLASSES)
         w, h = sizes[r["image_id"]]
@@ -103,7 +105,7 @@ def test_predict_images_returns_coco_results_for_every_detection(synthetic_subse
 
 
 def test_images_are_read_as_rgb_and_bad_files_named(synthetic_subset, tmp_path):
-    (_, gray), = val_items(synthetic_subset, 2)[1:]  # fmt: skip
+    (_, gray, size), = val_items(synthetic_subset, 2)[1:]  # fmt: skip
     assert Image.open(gray).mode == "L"
     rgb = read_rgb(gray)
     assert rgb.shape[2] == 3 and rgb.dtype == np.uint8
@@ -113,9 +115,9 @@ def test_images_are_read_as_rgb_and_bad_files_named(synthetic_subset, tmp_path):
     with pytest.raises(DataError, match=r"bad\.jpg: image does not decode"):
         read_rgb(tmp_path / "bad.jpg")
     # In a DataLoader worker the error travels back as a value, to be raised whole.
-    image_id, tensor = ImageFiles([(7, gray)])[0]
+    image_id, tensor = ImageFiles([(7, gray, size)])[0]
     assert image_id == 7 and tensor.dtype == torch.uint8 and tensor.shape[0] == 3
-    assert isinstance(ImageFiles([(8, tmp_path / "bad.jpg")])[0][1], DataError)
+    assert isinstance(ImageFiles([(8, tmp_path / "bad.jpg", None)])[0][1], DataError)
 
 
 @pytest.fixture
@@ -140,7 +142,7 @@ def test_cpu_workers_take_only_the_cores_the_model_leaves(monkeypatch):
 def test_a_corrupt_image_is_named_with_workers_too(synthetic_subset, tmp_path, one_model_thread):
     items = val_items(synthetic_subset, 2)
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    items.insert(1, (999, tmp_path / "bad.jpg"))
+    items.insert(1, (999, tmp_path / "bad.jpg", None))
     with pytest.raises(DataError, match=r"^[^\n]*bad\.jpg: image does not decode[^\n]*$"):
         predict_images(tiny_model(), items, device="cpu", num_workers=2, progress=False)
 

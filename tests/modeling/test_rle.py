@@ -136,13 +136,13 @@ def test_predict_images_matches_full_image_encoding_in_input_order(tmp_path: Pat
     for image_id, size in zip((30, 10, 20), ((90, 120), (128, 96), (100, 100)), strict=True):
         path = tmp_path / f"{image_id}.png"
         Image.fromarray(gen.integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
-        items.append((image_id, path))
+        items.append((image_id, path, size[::-1]))
     results = predict_images(model, items, device="cpu", batch_size=2, progress=False)
     expected = []
     with torch.inference_mode():
         for batch in (items[:2], items[2:]):  # the batches the model saw
-            images = [read_float(path) for _, path in batch]
-            for (image_id, _), output in zip(batch, model(images), strict=True):
+            images = [read_float(path) for _, path, _ in batch]
+            for (image_id, _, _), output in zip(batch, model(images), strict=True):
                 expected += reference_results(image_id, output, 0.5)
     assert len(expected) > 0 and results == expected
 
@@ -151,7 +151,7 @@ def test_an_interrupt_stops_inference_and_leaves_no_encoder_thread(tmp_path: Pat
     items = []
     for image_id in range(1, 6):
         Image.new("RGB", (20, 16), (image_id, 0, 0)).save(tmp_path / f"{image_id}.png")
-        items.append((image_id, tmp_path / f"{image_id}.png"))
+        items.append((image_id, tmp_path / f"{image_id}.png", (20, 16)))
     calls = []
 
     def model_then_interrupt(model, images, device, amp):

@@ -48,7 +48,7 @@ def test_a_model_answering_the_ground_truth_scores_ap_1_and_is_left_training(tmp
     subset = synthcoco.make_subset(tmp_path / "subset", n_train=1, n_val=6, size=(64, 80))
     val = val_set(subset)
     items, gt = val
-    model = GroundTruthModel(gt, [image_id for image_id, _ in items])
+    model = GroundTruthModel(gt, [image_id for image_id, _, _ in items])
     row = score(model, val, 3, TrainParams(num_workers=0, amp=False), torch.device("cpu"))
     assert not model.queue and model.training
     assert row["epoch"] == 3 and "val_seconds" in row
