@@ -66,6 +66,7 @@ from cocoseg.train.dataset import (
 )
 from cocoseg.train.engine import lr_factor, make_optimizer, train_one_epoch, train_step
 from cocoseg.train.runtime import Context
+from cocoseg.train.sampler import epoch_iterations
 from cocoseg.train.transforms import build_transforms
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "coco-sample"
@@ -202,7 +203,7 @@ def interleaved(
 def warmup(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
     """The recipe's linear warm-up (train.warmup_iters, warmup_factor), stepped per iteration."""
     p = TrainParams()
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(i, p, 10**9))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(i, p, [10**9]))
 
 
 def bench_iterations(device: torch.device, args: argparse.Namespace) -> dict:
@@ -333,7 +334,8 @@ def our_loop(
     model, _ = fresh(device, p.min_size, p.max_size, calibration)
     dataset = coco_dataset(subset, "train", augment)
     loader = train_loader(dataset, p, pin_memory=device.type == "cuda")
-    optimizer, scheduler, scaler = make_optimizer(model, p, len(loader), device)
+    epoch_iters = epoch_iterations(loader.batch_sampler.sampler, p.batch_size, p.epochs)
+    optimizer, scheduler, scaler = make_optimizer(model, p, epoch_iters, device)
     ctx = Context(device)
 
     def run_epoch(epoch: int) -> int:

@@ -86,6 +86,9 @@ def check_outputs(repo: Path) -> None:
     assert all(0 <= row["segm_AP"] <= 1 for row in scored)
     assert json.loads((live / "metrics.json").read_text())["step"] == epochs[-1]
     assert json.loads((repo / "reports/train/summary.json").read_text())["epochs"] == len(epochs)
+    sampling = json.loads((repo / "reports/train/sampling.json").read_text())
+    n_train = len(json.loads((subset / "annotations" / "train.json").read_text())["images"])
+    assert sampling["sampler"] == "uniform" and sampling["epochs"][0]["images"] == n_train
 
     metrics = json.loads((repo / "reports" / "metrics.json").read_text())
     assert set(metrics) == {"segm", "bbox", "iou", "dice", "precision", "recall", "f1"}

@@ -35,7 +35,7 @@ Device = Annotated[str, Meta(pattern=DEVICE_PATTERN, description=f"choose {DEVIC
 ANCHOR_SIZES = (32, 64, 128, 256, 512)
 ANCHOR_RATIOS = (0.5, 1.0, 2.0)
 PerFpnLevel = Meta(min_length=5, max_length=5, description="one size per FPN level (5 levels)")
-Augment = Literal["flip_rotate_color", "multiscale", "scale_jitter", "none"]
+Augment = Literal["flip_rotate_color", "multiscale", "scale_jitter", "random_crop", "none"]
 # train.arch: the names of cocoseg.modeling.registry's entries (a test keeps them equal).
 ArchName = Literal[
     "maskrcnn_resnet50_fpn",
@@ -97,6 +97,9 @@ class TrainParams(_Section):
     min_size: Annotated[int, Meta(ge=32)] = 800
     max_size: Annotated[int, Meta(ge=32)] = 1333
     augment: Augment = "flip_rotate_color"  # see cocoseg/train/transforms.py PRESETS
+    sampler: Literal["uniform", "repeat_factor"] = "uniform"  # see cocoseg/train/sampler.py
+    # repeat_factor: a class in fewer than this fraction of the train images is repeated
+    repeat_threshold: Annotated[float, Meta(gt=0, le=1)] = 0.2
     warmup_iters: NonNegInt = 100
     warmup_factor: Annotated[float, Meta(gt=0, le=1)] = 0.001
     schedule: Literal["none", "multistep", "cosine"] = "none"

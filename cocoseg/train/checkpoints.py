@@ -1,7 +1,8 @@
 """Checkpoints: each epoch's `epoch_NN.pt`, written atomically; find the one to resume, clear, thin.
 
 A run resumes from the newest readable one (epoch <= train.epochs) of the same params, classes
-and data (`epochs` counts only under the cosine schedule); otherwise all are removed.
+and data (`epochs` counts only under the cosine schedule, `repeat_threshold` only with the
+repeat_factor sampler); otherwise all are removed.
 """
 
 from __future__ import annotations
@@ -77,10 +78,12 @@ def data_fingerprint(images_dir: Path, ann_file: Path) -> str:
 
 def resume_key(params: dict[str, Any]) -> dict[str, Any]:
     """The params a resumed run must share with its checkpoint (all but NOT_IN_RESUME_KEY)."""
-    cosine = params.get("schedule") == "cosine"  # its curve depends on epochs
-    return {
-        k: v for k, v in params.items() if k not in NOT_IN_RESUME_KEY and (k != "epochs" or cosine)
-    }
+    unused = set(NOT_IN_RESUME_KEY)
+    if params.get("schedule") != "cosine":  # only its curve depends on epochs
+        unused.add("epochs")
+    if params.get("sampler") == "uniform":  # draws every image once, whatever the threshold
+        unused.add("repeat_threshold")
+    return {k: v for k, v in params.items() if k not in unused}
 
 
 def why_not_resumed(saved: dict[str, Any], identity: dict[str, Any]) -> str | None:

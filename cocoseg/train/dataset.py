@@ -3,7 +3,7 @@
 Crowds are left out, images without targets kept as negatives; images are read by `read_rgb`,
 so 16-bit, transparent and CMYK images train as they look. Images of similar shape share a
 batch (torchvision's detection recipe), so the model pads less; each rank draws its share of a
-seeded per-epoch shuffle.
+seeded per-epoch draw (cocoseg.train.sampler: each image once, or repeated by its classes).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Sampler
 from torchvision import tv_tensors
 from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
 from torchvision.transforms import v2 as T
@@ -30,6 +30,7 @@ from cocoseg.common.cli import worker_init
 from cocoseg.common.errors import DataError
 from cocoseg.common.io import read_json, safe_join
 from cocoseg.common.params import TrainParams
+from cocoseg.train.sampler import epoch_sampler
 
 TARGET_KEYS = {"boxes", "masks", "labels", "image_id"}
 
@@ -137,12 +138,10 @@ def train_loader(
     *,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """Shuffled per epoch (seeded; set_epoch its sampler), this rank's share, grouped batches.
-    Workers are not persistent: fresh ones each epoch, seeded from the main RNG the loop reseeds,
-    make a resumed run augment exactly as an uninterrupted one."""
-    sampler = DistributedSampler(
-        dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=recipe.seed
-    )
+    """Drawn per epoch as train.sampler says (seeded; set_epoch its sampler), this rank's share,
+    grouped batches. Workers are not persistent: fresh ones each epoch, seeded from the main RNG
+    the loop reseeds, make a resumed run augment exactly as an uninterrupted one."""
+    sampler = epoch_sampler(dataset, recipe, rank, world_size)
     # Width / height from the json (no image is opened); the v2 wrapper forwards `coco` and `ids`.
     coco = dataset.coco
     ratios = np.array([coco.imgs[i]["width"] / coco.imgs[i]["height"] for i in dataset.ids])

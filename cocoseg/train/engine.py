@@ -6,9 +6,12 @@ Under `torchrun` each process trains its share through DistributedDataParallel; 
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ from cocoseg.train.checkpoints import (
 )
 from cocoseg.train.dataset import class_names, coco_dataset, train_loader
 from cocoseg.train.runtime import Context, barrier, seed_all, session
+from cocoseg.train.sampler import epoch_iterations, write_sampling
 from cocoseg.train.selection import recover_best, save_best, selected, stalled
 from cocoseg.train.trainlog import LOSS_PARTS, epoch_summary, open_log, write_log, write_summary
 from cocoseg.train.transforms import SKIPS_MODEL_RESIZE, build_transforms
@@ -68,31 +72,35 @@ def training_model(
     return model.to(device)
 
 
-def lr_factor(step: int, recipe: TrainParams, iters_per_epoch: int) -> float:
-    """Multiplier of train.lr after `step` optimiser steps: linear warm-up times the schedule."""
+def lr_factor(step: int, recipe: TrainParams, epoch_iters: Sequence[int]) -> float:
+    """Multiplier of train.lr after `step` optimiser steps: linear warm-up times the schedule,
+    whose epochs end where each epoch's real iterations (`epoch_iters`, epoch 1 first) do."""
     warm = 1.0
     if step < recipe.warmup_iters:
         alpha = step / recipe.warmup_iters
         warm = recipe.warmup_factor * (1 - alpha) + alpha
-    epoch = step // iters_per_epoch  # 0-based
+    ends = list(itertools.accumulate(epoch_iters[: recipe.epochs]))
+    epoch = bisect.bisect_right(ends, step)  # epochs completed, 0-based index of the current one
     if recipe.schedule == "multistep":
         return warm * recipe.lr_gamma ** sum(epoch >= m for m in recipe.lr_milestones)
     if recipe.schedule == "cosine":
-        total = recipe.epochs * iters_per_epoch
+        total = ends[-1]
         return warm * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
     return warm
 
 
 def make_optimizer(
-    model: torch.nn.Module, recipe: TrainParams, iters_per_epoch: int, device: torch.device
+    model: torch.nn.Module, recipe: TrainParams, epoch_iters: Sequence[int], device: torch.device
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, torch.amp.GradScaler]:
-    """SGD over the trainable weights, its per-iteration LR schedule, and the AMP scaler."""
+    """SGD over the trainable weights, its per-iteration LR schedule over epochs of
+    `epoch_iters` steps each, and the AMP scaler."""
     trainable = [q for q in model.parameters() if q.requires_grad]
     optimizer = torch.optim.SGD(
         trainable, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
     )
+    epoch_iters = list(epoch_iters)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, recipe, iters_per_epoch)
+        optimizer, lambda step: lr_factor(step, recipe, epoch_iters)
     )
     scaler = torch.amp.GradScaler(device.type, enabled=recipe.amp and device.type == "cuda")
     return optimizer, scheduler, scaler
@@ -182,6 +190,12 @@ def train_one_epoch(
     return rows, epoch_summary(rows, n_images, time.perf_counter() - start)
 
 
+def iterations_text(epoch_iters: list[int]) -> str:
+    """'12', or '11-14' where epochs differ in length."""
+    low, high = min(epoch_iters), max(epoch_iters)
+    return str(low) if low == high else f"{low}-{high}"
+
+
 def train(
     recipe: TrainParams, subset_dir: str | Path, out_dir: str | Path, reports: str | Path
 ) -> Path:
@@ -217,7 +231,9 @@ def train(
         loader = train_loader(
             dataset, recipe, ctx.rank, ctx.world_size, pin_memory=ctx.device.type == "cuda"
         )
-        optimizer, scheduler, scaler = make_optimizer(model, recipe, len(loader), ctx.device)
+        sampler = loader.batch_sampler.sampler  # type: ignore[union-attr]
+        epoch_iters = epoch_iterations(sampler, recipe.batch_size, recipe.epochs)
+        optimizer, scheduler, scaler = make_optimizer(model, recipe, epoch_iters, ctx.device)
         resumable = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
         history: dict[str, list] = {"iterations": [], "epochs": [], "val": []}
         start = 1
@@ -231,11 +247,14 @@ def train(
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
             model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
         log.info(
-            "training %s on %d images (%s), %d iterations/epoch, device %s x%d",
-            recipe.arch, len(dataset), ", ".join(classes), len(loader), ctx.device, ctx.world_size,
+            "training %s on %d images (%s), %s iterations/epoch (%s sampler), device %s x%d",
+            recipe.arch, len(dataset), ", ".join(classes), iterations_text(epoch_iters),
+            recipe.sampler, ctx.device, ctx.world_size,
         )  # fmt: skip
         val = val_set(subset_dir) if ctx.main and recipe.eval_every else None
         live = open_log(reports) if ctx.main else None
+        if ctx.main:
+            write_sampling(reports, sampler, dataset, classes, recipe)
         if live is not None:
             write_log(live, history)  # the checkpoint's epochs, each once
 

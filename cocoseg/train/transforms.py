@@ -1,7 +1,7 @@
 """Named augmentation presets (transforms.v2 on tv_tensors), chosen by `train.augment`.
 
 `multiscale` and `scale_jitter` choose the scale themselves, so the model must not resize again
-in training (`SKIPS_MODEL_RESIZE`).
+in training (`SKIPS_MODEL_RESIZE`); `random_crop`'s crops are resized by the model, a zoom-in.
 """
 
 from __future__ import annotations
@@ -25,6 +25,43 @@ def boxes_from_masks(image: Any, target: dict[str, Any]) -> tuple[Any, dict[str,
     boxes[empty] = 0
     boxes[:, 2:] += 1.0 * ~empty[:, None]  # masks_to_boxes gives inclusive pixel ends
     return image, {**target, "boxes": tv_tensors.wrap(boxes, like=target["boxes"])}
+
+
+class RandomObjectCrop(T.Transform):
+    """Crop image, masks and boxes together to a window whose sides are each drawn from `scale`
+    of the image's (uniformly), placed to keep at least one pixel of a random object's mask
+    (anywhere on an image without one). Boxes are only clamped here: re-fit them to the masks."""
+
+    def __init__(self, scale: tuple[float, float] = (0.5, 1.0)) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        image = next(x for x in flat_inputs if isinstance(x, tv_tensors.Image))
+        masks = [x for x in flat_inputs if isinstance(x, tv_tensors.Mask)]
+        h, w = T.functional.get_size(image)
+        height, width = self.side(h), self.side(w)
+        top, left = randint(0, h - height), randint(0, w - width)
+        objects = masks[0].flatten(1).any(1).nonzero()[:, 0] if masks else torch.empty(0)
+        if len(objects):  # a random pixel of a random object, somewhere in the window
+            pixels = masks[0][objects[randint(0, len(objects) - 1)]].nonzero()
+            y, x = pixels[randint(0, len(pixels) - 1)].tolist()
+            top = randint(max(0, y - height + 1), min(y, h - height))
+            left = randint(max(0, x - width + 1), min(x, w - width))
+        return {"top": top, "left": left, "height": height, "width": width}
+
+    def side(self, length: int) -> int:
+        """A crop side: a uniform fraction in `scale` of `length`, at least a pixel."""
+        low, high = self.scale
+        return max(1, round(length * (low + (high - low) * float(torch.rand(1)))))
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(T.functional.crop, inpt, **params)
+
+
+def randint(low: int, high: int) -> int:
+    """A uniform integer in [low, high], from torch's global generator (seeded per worker)."""
+    return int(torch.randint(low, high + 1, (1,)))
 
 
 def _flip_rotate_color(min_size: int, max_size: int) -> list[Any]:
@@ -53,10 +90,17 @@ def _scale_jitter(min_size: int, max_size: int) -> list[Any]:
     ]
 
 
+def _random_crop(min_size: int, max_size: int) -> list[Any]:
+    """A crop of 50%..100% of each side holding part of an object, then a horizontal flip;
+    objects cut off entirely leave with their labels and masks (SanitizeBoundingBoxes)."""
+    return [RandomObjectCrop((0.5, 1.0)), boxes_from_masks, T.RandomHorizontalFlip(0.5)]
+
+
 PRESETS: dict[str, Callable[[int, int], list[Any]]] = {
     "flip_rotate_color": _flip_rotate_color,
     "multiscale": _multiscale,
     "scale_jitter": _scale_jitter,
+    "random_crop": _random_crop,
     "none": lambda min_size, max_size: [],
 }
 SKIPS_MODEL_RESIZE = {"multiscale", "scale_jitter"}

@@ -69,6 +69,20 @@ def test_the_project_params_file_is_valid_and_names_every_key():
         ({"train": {"epochs": "6"}}, r"train.epochs = '6' must be an integer"),
         ({"train": {"amp": "yes"}}, r"train.amp = 'yes' must be true or false"),
         ({"train": {"augment": "mixup"}}, r"train.augment = 'mixup' is not allowed; choose one"),
+        (
+            {"train": {"sampler": "rfs"}},
+            r"^params.yaml: train.sampler = 'rfs' is not allowed; "
+            r"choose one of \['repeat_factor', 'uniform'\]$",
+        ),
+        (
+            {"train": {"repeat_threshold": -1}},
+            r"^params.yaml: train.repeat_threshold = -1 is out of range: must be > 0$",
+        ),
+        ({"train": {"repeat_threshold": 1.5}}, r"train.repeat_threshold = 1.5 .*: must be <= 1$"),
+        (
+            {"train": {"augment": "crop"}},
+            r"^params.yaml: train.augment = 'crop' is not allowed; choose one of \[.*'random_crop'",
+        ),
         ({"train": {"min_size": 900, "max_size": 800}}, r"train.max_size = 800 must be >= "),
         ({"evaluate": {"score_threshold": 1.5}}, r"evaluate.score_threshold = 1.5 .* <= 1"),
         ({"evaluate": {"mask_threshold": -0.1}}, r"evaluate.mask_threshold = -0.1 .* >= 0"),

@@ -69,7 +69,7 @@ def test_from_random_weights_the_loss_falls_and_the_shapes_are_found(tmp_path):
     ctx = Context(torch.device("cpu"))
     model = training_model(p, classes, ctx.device, model_kwargs=FEW_RPN_ROIS)
     loader = train_loader(dataset, p)
-    optimizer, scheduler, scaler = make_optimizer(model, p, len(loader), ctx.device)
+    optimizer, scheduler, scaler = make_optimizer(model, p, [len(loader)] * steps, ctx.device)
     losses = [
         row["loss"]
         for epoch in range(1, steps + 1)

@@ -131,6 +131,14 @@ def test_keep_checkpoints_and_select_are_no_reason_to_start_fresh(tmp_path):
     assert find_resume(tmp_path, identity(eval_every=2), 6) is None  # another log
 
 
+def test_repeat_threshold_is_no_reason_to_start_fresh_unless_it_repeats(tmp_path):
+    fake_checkpoint(tmp_path, 1)  # uniform: the threshold repeats nothing
+    assert find_resume(tmp_path, identity(repeat_threshold=0.5), 6)["epoch"] == 1
+    fake_checkpoint(tmp_path, 2, sampler="repeat_factor")
+    assert find_resume(tmp_path, identity(sampler="repeat_factor"), 6)["epoch"] == 2
+    assert find_resume(tmp_path, identity(sampler="repeat_factor", repeat_threshold=0.5), 6) is None
+
+
 @pytest.mark.parametrize(
     ("keep", "left"), [(1, ["epoch_02.pt"]), (0, ["epoch_01.pt", "epoch_02.pt"])]
 )
