@@ -29,9 +29,11 @@ PLOTS = {"iterations": ("iterations", "iteration", "loss"), "epochs": ("epochs",
 
 
 def epoch_summary(rows: list[dict[str, Any]], n_images: int, seconds: float) -> dict[str, Any]:
-    """An epoch's row from its iteration rows: last lr, mean losses, time and throughput."""
+    """An epoch's row from its iteration rows: last lr, mean losses (the parts the arch has),
+    time and throughput."""
     summary = {"epoch": rows[-1]["epoch"], "lr": rows[-1]["lr"], "train_seconds": seconds}
-    summary.update({k: float(np.mean([r[k] for r in rows])) for k in ("loss", *LOSS_PARTS)})
+    parts = [k for k in LOSS_PARTS if k in rows[-1]]
+    summary.update({k: float(np.mean([r[k] for r in rows])) for k in ("loss", *parts)})
     summary["images_per_s"] = n_images / seconds
     return summary
 
