@@ -38,6 +38,14 @@ def epoch_summary(rows: list[dict[str, Any]], n_images: int, seconds: float) -> 
     return summary
 
 
+def with_every_part(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Loss rows holding every part dvc.yaml's charts name, null where the arch has none
+    (DeepLab has only loss_mask): DVC draws no chart that names a missing field."""
+    return [
+        r if all(k in r for k in LOSS_PARTS) else {**dict.fromkeys(LOSS_PARTS), **r} for r in rows
+    ]
+
+
 def open_log(reports: Path) -> Live:
     """DVCLive over reports/train/live, emptied (write_log refills it); no dvc.yaml, report or
     experiment of its own: the pipeline's dvc.yaml declares the files."""
@@ -60,7 +68,8 @@ def write_log(live: Live, history: dict[str, list], selected_epoch: int | None =
     if selected_epoch is not None:
         live.log_metric("selected_epoch", selected_epoch, plot=False)
     for name, (part, x, y) in PLOTS.items():
-        live.log_plot(name, history[part], x=x, y=y, template="linear")
+        rows = history[part] if part == "val" else with_every_part(history[part])
+        live.log_plot(name, rows, x=x, y=y, template="linear")
     live.next_step()
 
 
