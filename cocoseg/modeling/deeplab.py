@@ -21,7 +21,7 @@ from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from cocoseg.common.errors import ParamError
-from cocoseg.common.params import ANCHOR_RATIOS, ANCHOR_SIZES
+from cocoseg.common.params import ANCHOR_RATIOS, ANCHOR_SIZES, TrainParams
 from cocoseg.modeling.arch import Arch, StateDict
 from cocoseg.modeling.instances import instances_from_probabilities
 
@@ -38,7 +38,7 @@ MASK_RCNN_BODY = "backbone.body."  # the ResNet-50 inside torchvision's COCO Mas
 DETECTION_DEFAULTS: dict[str, Any] = {
     "anchor_sizes": tuple(ANCHOR_SIZES),
     "anchor_ratios": tuple(ANCHOR_RATIOS),
-    "box_batch_size_per_image": 512,
+    "box_batch_size_per_image": TrainParams().rois_per_image,
 }
 
 
