@@ -114,7 +114,9 @@ def test_the_params_page_lists_every_key_once_with_its_default_and_choices():
     rows = params_rows()
     defaults = msgspec.to_builtins(Params())
     keys = {f"{s}.{k}" for s, section in defaults.items() for k in section}
-    assert set(rows) == keys, f"missing {sorted(keys - set(rows))}, extra {sorted(set(rows) - keys)}"
+    assert set(rows) == keys, (
+        f"missing {sorted(keys - set(rows))}, extra {sorted(set(rows) - keys)}"
+    )
     hints = {s: typing.get_type_hints(type(getattr(Params(), s))) for s in defaults}
     for key, (default, *about) in rows.items():
         section, name = key.split(".")

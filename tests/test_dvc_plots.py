@@ -10,6 +10,7 @@ import pytest
 from dvcrepo import dvc, make_dvc_repo
 from paramfiles import recipe
 
+from cocoseg.common.params import read_yaml
 from cocoseg.train.trainlog import LOSS_PARTS, epoch_summary, open_log, write_log
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -59,11 +60,12 @@ def write_eval_tables(eval_dir: Path) -> None:
     (eval_dir / "confusion.json").write_text(json.dumps(confusion))
 
 
-def write_train_log(reports: Path) -> None:
-    """The train stage's DVCLive files, written by trainlog from a two-epoch history."""
+def write_train_log(reports: Path, parts: tuple[str, ...] = LOSS_PARTS) -> None:
+    """The train stage's DVCLive files, written by trainlog from a two-epoch history of an arch
+    whose losses are `parts`."""
     history: dict[str, list] = {"iterations": [], "epochs": [], "val": []}
     for epoch in (1, 2):
-        losses = {k: 1.0 / epoch for k in ("loss", *LOSS_PARTS)}
+        losses = {k: 1.0 / epoch for k in ("loss", *parts)}
         rows = [{"iteration": 2 * epoch + i - 1, "epoch": epoch, "lr": 0.005, **losses}
                 for i in (0, 1)]  # fmt: skip
         history["iterations"] += rows
@@ -111,3 +113,24 @@ def test_chart_titles_name_no_unresolved_param(charts, chart_id):
     title = charts[chart_id]["title"]["text"]
     assert title and "${" not in title
     assert not [key for key in param_keys(recipe()) if "." in key and key in title], title
+
+
+def test_an_arch_with_only_a_mask_loss_logs_every_field_the_train_charts_name(tmp_path):
+    """DVC draws no chart naming a field its rows lack (FieldNotFoundError): DeepLab's rows
+    hold every loss part dvc.yaml's charts name, null where it has none."""
+    reports = tmp_path / "reports" / "train"
+    write_train_log(reports, parts=("loss_mask",))
+    charts = read_yaml((PROJECT / "dvc.yaml").read_text())["plots"]
+    named = 0
+    for chart in charts:
+        specs = chart.values() if isinstance(chart, dict) else []  # a bare path: an image
+        for path, fields in [item for spec in specs for item in (spec.get("y") or {}).items()]:
+            if not path.startswith("reports/train/"):
+                continue
+            rows = json.loads((tmp_path / path).read_text())
+            for field in [fields] if isinstance(fields, str) else fields:
+                assert all(field in row for row in rows), (path, field)
+                named += 1
+    assert named > len(LOSS_PARTS)
+    epochs = json.loads((reports / "live" / "plots" / "custom" / "epochs.json").read_text())
+    assert epochs[0]["loss_classifier"] is None and epochs[0]["loss_mask"] == 1.0

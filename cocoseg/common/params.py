@@ -36,10 +36,21 @@ ANCHOR_SIZES = (32, 64, 128, 256, 512)
 ANCHOR_RATIOS = (0.5, 1.0, 2.0)
 PerFpnLevel = Meta(min_length=5, max_length=5, description="one size per FPN level (5 levels)")
 Augment = Literal["flip_rotate_color", "multiscale", "scale_jitter", "random_crop", "none"]
+# The train.arch values of semantic models (a class per pixel, instances from its map:
+# cocoseg.modeling.deeplab); the Mask R-CNN keys below mean nothing to them, so a value other
+# than the default is refused (this layer cannot import the registry).
+SEMANTIC_ARCHS = frozenset({"deeplabv3plus_resnet50", "deeplabv3plus_resnet101"})
+DETECTION_ONLY = {
+    "anchor_sizes": "a semantic model has no anchors",
+    "anchor_ratios": "a semantic model has no anchors",
+    "rois_per_image": "a semantic model has no RoIs",
+}
 # train.arch: the names of cocoseg.modeling.registry's entries (a test keeps them equal).
 ArchName = Literal[
     "maskrcnn_resnet50_fpn",
     "maskrcnn_resnet50_fpn_v2",
+    "deeplabv3plus_resnet50",
+    "deeplabv3plus_resnet101",
 ]
 
 
@@ -172,6 +183,8 @@ def _check_cross_fields(params: Params) -> None:
             f"train.lr_milestones = {train.lr_milestones!r} must be increasing epoch numbers >= 1",
             keys=("train.lr_milestones",),
         )
+    if train.arch in SEMANTIC_ARCHS:
+        _refuse_detection_keys(train)
     if any(a >= b for a, b in itertools.pairwise(train.anchor_sizes)):
         raise ParamError(
             f"train.anchor_sizes = {train.anchor_sizes!r} must be strictly increasing "
@@ -182,6 +195,18 @@ def _check_cross_fields(params: Params) -> None:
         if value not in ("last", 0) and train.eval_every == 0:
             raise ParamError(f"train.{key} = {value} needs train.eval_every > 0 (got 0)",
                              keys=(f"train.{key}", "train.eval_every"))  # fmt: skip
+
+
+def _refuse_detection_keys(train: TrainParams) -> None:
+    """A Mask R-CNN key set away from its default is refused for a semantic arch, by name."""
+    defaults = TrainParams()
+    for key, reason in DETECTION_ONLY.items():
+        value = getattr(train, key)
+        if value != getattr(defaults, key):
+            raise ParamError(
+                f"train.{key} = {value} has no meaning for train.arch = {train.arch} ({reason}); "
+                "remove it or use a Mask R-CNN arch"
+            )
 
 
 def _check_finite(value: Any, name: str) -> None:

@@ -1,5 +1,6 @@
-"""Scoring: COCO mAP (segm, bbox), and greedy IoU, Dice and P/R/F1 read off the one matching of
-`cocoseg.evaluate.matching`. Undefined ratios and COCO's -1 (no ground truth) are None: null."""
+"""Scoring: COCO mAP (segm, bbox), greedy IoU, Dice and P/R/F1 read off the one matching of
+`cocoseg.evaluate.matching`, and pixel IoU and Dice (`cocoseg.evaluate.semantic`). Undefined
+ratios and COCO's -1 (no ground truth) are None: null."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from cocoseg.coco.results import recorded_classes
 from cocoseg.common.errors import DataError
 from cocoseg.common.io import read_json, write_csv, write_json
 from cocoseg.evaluate.matching import CROWD, TP, Matching, match
+from cocoseg.evaluate.semantic import semantic_metrics
 
 IOU_TYPES = ("segm", "bbox")
 DECIMALS = 6
@@ -230,8 +232,9 @@ def _class_row(name: str, aps: dict[str, dict[str, Number]], found: ClassMatch) 
 
 
 def evaluate(gt: COCO, preds: Sequence[dict[str, Any]], score_threshold: float) -> Evaluation:
-    """Every metric of the report: COCO mAP of all predictions; greedy IoU, Dice and P/R/F1 of
-    those scoring >= `score_threshold`. Like COCOeval, turns gt's polygons into RLEs in place."""
+    """Every metric of the report: COCO mAP of all predictions; greedy IoU, Dice and P/R/F1 and
+    pixel IoU and Dice of those scoring >= `score_threshold`. Like COCOeval, turns gt's polygons
+    into RLEs in place."""
     evaluators = {t: run_cocoeval(gt, preds, t) for t in IOU_TYPES}
     matched = match(gt, preds)
     matches = class_matches(matched.at(score_threshold))
@@ -248,6 +251,7 @@ def evaluate(gt: COCO, preds: Sequence[dict[str, Any]], score_threshold: float) 
         "iou": {"mean": _mean(all_ious), **{r["class"]: r["iou"] for r in rows}},
         "dice": {"mean": _mean(all_dices), **{r["class"]: r["dice"] for r in rows}},
         "match": {**prf(tp, fp, fn), "tp": tp, "fp": fp, "fn": fn},
+        "semantic": semantic_metrics(gt, preds, score_threshold),
         "per_class": {r["class"]: {k: v for k, v in r.items() if k != "class"} for r in rows},
     }
     segm = evaluators["segm"]
@@ -265,6 +269,7 @@ def headline(m: dict[str, Any]) -> dict[str, Any]:
     details.json has every number at full precision."""
     numbers = {
         **{iou_type: {"AP": m[iou_type]["AP"]} for iou_type in IOU_TYPES},
+        "semantic": {"mIoU": m["semantic"]["mIoU"]},
         "iou": m["iou"]["mean"],
         "dice": m["dice"]["mean"],
         **{k: m["match"][k] for k in ("precision", "recall", "f1")},

@@ -21,9 +21,11 @@ def resnet_body(model: nn.Module) -> nn.Module:
 
 @dataclass(frozen=True)
 class Arch:
-    """One buildable architecture. Every model, in eval mode, maps a list of float CHW images to
-    one dict per image: boxes (xyxy), labels, scores and masks ((N, 1, H, W) probabilities), as
-    torchvision's Mask R-CNN does, so inference, evaluate and predict serve every arch. `coco`
+    """One buildable architecture. Every model meets torchvision's Mask R-CNN contract, so the
+    train loop, inference, evaluate and predict serve every arch: in training `model(images,
+    targets)` returns a dict of losses (named from trainlog.LOSS_PARTS); in eval `model(images)`
+    maps a list of float CHW images to one dict per image: boxes (xyxy), labels, scores and
+    masks ((N, 1, H, W) probabilities at the image's original size). `coco`
     and `imagenet` are torchvision weights, or the one line saying why there are none and what
     to use instead (never a silent random start)."""
 
@@ -37,6 +39,9 @@ class Arch:
     # rows when asked), in this arch's keys.
     coco_start: Callable[[StateDict, list[str], bool], tuple[StateDict, StateDict]]
     body: Callable[[nn.Module], nn.Module] = resnet_body  # the ResNet whose stem stays fixed
+    coco_fresh: tuple[str, ...] = ()  # prefixes a COCO start leaves random (nothing there fits)
+    # The state-dict key whose first dimension counts the classes (background included).
+    classes_key: str = "roi_heads.box_predictor.cls_score.weight"  # torchvision's Mask R-CNN's
 
     def layout(self, model: nn.Module, weights: str) -> nn.Module:
         """What torchvision's builders do given start weights: the stem and layer1 fixed, batch

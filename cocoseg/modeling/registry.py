@@ -8,10 +8,11 @@ from typing import Any
 from torch import nn
 
 from cocoseg.common.errors import ParamError
-from cocoseg.modeling import maskrcnn
+from cocoseg.modeling import deeplab, maskrcnn
 from cocoseg.modeling.arch import Arch
 
-ARCHS: dict[str, Arch] = {arch.name: arch for arch in maskrcnn.ARCHS}
+FAMILIES = (maskrcnn.ARCHS, deeplab.ARCHS)
+ARCHS: dict[str, Arch] = {arch.name: arch for family in FAMILIES for arch in family}
 
 
 def arch_named(name: str) -> Arch:

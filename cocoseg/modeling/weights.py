@@ -57,9 +57,11 @@ def _load_backbone_and_heads(
     state: dict[str, torch.Tensor],
     heads: dict[str, torch.Tensor],
     source: str,
+    fresh: tuple[str, ...] = (),
 ) -> None:
-    """Load everything but the class-specific layers from `state`, and those from `heads`.
-    Start weights whose RPN head has another anchor count are a params error, not a crash."""
+    """Load everything but the class-specific layers from `state`, and those from `heads`; the
+    layers under `fresh` may be missing. Start weights whose RPN head has another anchor count
+    are a params error, not a crash."""
     saved = state.get("rpn.head.cls_logits.weight")
     ours = model.rpn.head.cls_logits.out_channels if hasattr(model, "rpn") else None
     if saved is not None and ours is not None and saved.shape[0] != ours:
@@ -75,7 +77,7 @@ def _load_backbone_and_heads(
         missing, unexpected = model.load_state_dict({**body, **heads}, strict=False)
     except RuntimeError as err:
         raise DataError(f"{source}: weights do not fit this train.arch: {err}") from None
-    missing = [k for k in missing if not k.startswith(prefixes)]
+    missing = [k for k in missing if not k.startswith(prefixes + fresh)]
     if missing or unexpected:
         raise DataError(
             f"{source}: weights do not fit this train.arch (missing {missing[:5]}, "
@@ -97,7 +99,7 @@ def initial_weights(
         state = fetch_state_dict(published(arch, weights), weights)
         state, heads = arch.coco_start(state, classes, init_heads)
         log.info("weights: COCO-pretrained%s", " with heads from COCO's rows" if heads else "")
-        _load_backbone_and_heads(model, arch, state, heads, weights)
+        _load_backbone_and_heads(model, arch, state, heads, weights, arch.coco_fresh)
     elif weights != "none":
         _from_checkpoint(model, arch, Path(weights), classes, init_heads)
     return model
@@ -112,13 +114,15 @@ def _from_checkpoint(
     is_ours = isinstance(record.get("model"), dict)
     state = record["model"] if is_ours else record
     saved_classes = record.get("classes") if is_ours else None
-    n = state.get(f"{BOX_PREDICTOR}cls_score.weight", torch.empty(0)).shape[0]
-    if n == len(COCO_CATEGORIES):  # torchvision's COCO Mask R-CNN file itself
+    fresh: tuple[str, ...] = ()
+    if _rows(state, f"{BOX_PREDICTOR}cls_score.weight") == len(COCO_CATEGORIES):
+        # torchvision's COCO Mask R-CNN file itself
         state, heads = arch.coco_start(state, classes, init_heads)
+        fresh = arch.coco_fresh
         log.info(
             "weights: %s (91 COCO classes)%s", path, " with heads from COCO's rows" * bool(heads)
         )
-    elif n == len(classes) + 1 and saved_classes in (None, classes):
+    elif _rows(state, arch.classes_key) == len(classes) + 1 and saved_classes in (None, classes):
         heads = {k: v for k, v in state.items() if k.startswith(arch.class_prefixes)}
         log.info("weights: %s, heads included", path)
     else:
@@ -126,7 +130,12 @@ def _from_checkpoint(
         if init_heads:
             log.info(HEADS_IGNORED, path)
         log.info("weights: %s, class heads start fresh (its classes differ)", path)
-    _load_backbone_and_heads(model, arch, state, heads, str(path))
+    _load_backbone_and_heads(model, arch, state, heads, str(path), fresh)
+
+
+def _rows(state: dict[str, torch.Tensor], key: str) -> int:
+    """The first dimension of `state[key]`, 0 where it is absent."""
+    return state[key].shape[0] if key in state else 0
 
 
 def build_for_training(

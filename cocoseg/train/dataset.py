@@ -1,6 +1,8 @@
 """Training data: the subset's COCO json as a dataset (CocoDetection + the v2 wrapper), batched.
 
-Crowds are left out, images without targets kept as negatives; images are read by `read_rgb`,
+Crowd regions come out of the instances as one `crowd` mask per image (pixels a semantic model
+ignores; Mask R-CNN never reads it), images without targets are kept as negatives; images are
+read by `read_rgb`,
 so 16-bit, transparent and CMYK images train as they look. Images of similar shape share a
 batch (torchvision's detection recipe), so the model pads less; each rank draws its share of a
 seeded per-epoch draw (cocoseg.train.sampler: each image once, or repeated by its classes).
@@ -32,7 +34,7 @@ from cocoseg.common.io import read_json, safe_join
 from cocoseg.common.params import TrainParams
 from cocoseg.train.sampler import epoch_sampler
 
-TARGET_KEYS = {"boxes", "masks", "labels", "image_id"}
+TARGET_KEYS = {"boxes", "masks", "labels", "image_id", "iscrowd"}
 
 
 def class_names(ann_file: str | Path) -> list[str]:
@@ -47,8 +49,8 @@ def class_names(ann_file: str | Path) -> list[str]:
 
 
 class CocoImages(CocoDetection):
-    """CocoDetection reading images through `read_rgb` and leaving crowd regions out; the
-    `_load_*` methods are the hooks torchvision's own subclasses override."""
+    """CocoDetection reading images through `read_rgb`; the `_load_*` methods are the hooks
+    torchvision's own subclasses override."""
 
     def _load_image(self, id: int) -> Image.Image:
         info = self.coco.loadImgs(id)[0]  # read in the frame its annotations were drawn in
@@ -56,11 +58,12 @@ class CocoImages(CocoDetection):
         return Image.fromarray(read_rgb(path, recorded=(info["width"], info["height"])))
 
     def _load_target(self, id: int) -> list[Any]:
-        return self.coco.loadAnns(self.coco.getAnnIds(id, iscrowd=False))
+        return self.coco.loadAnns(self.coco.getAnnIds(id))
 
 
 class PrepareSample:
-    """Give a negative image's target the shapes the model expects, then augment."""
+    """Give a negative image's target the shapes the model expects, mark crowds as a bool
+    tensor (the transforms move them with the instances, cocoseg.train.transforms), augment."""
 
     def __init__(self, augment: T.Compose) -> None:
         self.augment = augment
@@ -69,17 +72,20 @@ class PrepareSample:
         image = T.functional.to_image(image)  # read_rgb's HxWx3: always three channels
         if "boxes" not in target:  # the v2 wrapper's target for an image without annotations
             target = empty_target(target["image_id"], tuple(image.shape[-2:]))
+        else:
+            target = {**target, "iscrowd": torch.tensor(target["iscrowd"], dtype=torch.bool)}
         return self.augment(image, target)
 
 
 def empty_target(image_id: int, canvas_size: tuple[int, int]) -> dict[str, Any]:
-    """A negative image's target: (0, 4) boxes, (0, H, W) masks, (0,) labels."""
+    """A negative image's target: (0, 4) boxes, (0, H, W) masks, (0,) labels and iscrowd."""
     return {
         "boxes": tv_tensors.BoundingBoxes(
             torch.zeros((0, 4)), format="XYXY", canvas_size=canvas_size
         ),
         "masks": tv_tensors.Mask(torch.zeros((0, *canvas_size), dtype=torch.uint8)),
         "labels": torch.zeros((0,), dtype=torch.int64),
+        "iscrowd": torch.zeros((0,), dtype=torch.bool),
         "image_id": image_id,
     }
 

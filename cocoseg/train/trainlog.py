@@ -29,11 +29,21 @@ PLOTS = {"iterations": ("iterations", "iteration", "loss"), "epochs": ("epochs",
 
 
 def epoch_summary(rows: list[dict[str, Any]], n_images: int, seconds: float) -> dict[str, Any]:
-    """An epoch's row from its iteration rows: last lr, mean losses, time and throughput."""
+    """An epoch's row from its iteration rows: last lr, mean losses (the parts the arch has),
+    time and throughput."""
     summary = {"epoch": rows[-1]["epoch"], "lr": rows[-1]["lr"], "train_seconds": seconds}
-    summary.update({k: float(np.mean([r[k] for r in rows])) for k in ("loss", *LOSS_PARTS)})
+    parts = [k for k in LOSS_PARTS if k in rows[-1]]
+    summary.update({k: float(np.mean([r[k] for r in rows])) for k in ("loss", *parts)})
     summary["images_per_s"] = n_images / seconds
     return summary
+
+
+def with_every_part(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Loss rows holding every part dvc.yaml's charts name, null where the arch has none
+    (DeepLab has only loss_mask): DVC draws no chart that names a missing field."""
+    return [
+        r if all(k in r for k in LOSS_PARTS) else {**dict.fromkeys(LOSS_PARTS), **r} for r in rows
+    ]
 
 
 def open_log(reports: Path) -> Live:
@@ -58,7 +68,8 @@ def write_log(live: Live, history: dict[str, list], selected_epoch: int | None =
     if selected_epoch is not None:
         live.log_metric("selected_epoch", selected_epoch, plot=False)
     for name, (part, x, y) in PLOTS.items():
-        live.log_plot(name, history[part], x=x, y=y, template="linear")
+        rows = history[part] if part == "val" else with_every_part(history[part])
+        live.log_plot(name, rows, x=x, y=y, template="linear")
     live.next_step()
 
 

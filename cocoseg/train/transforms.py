@@ -2,6 +2,8 @@
 
 `multiscale` and `scale_jitter` choose the scale themselves, so the model must not resize again
 in training (`SKIPS_MODEL_RESIZE`); `random_crop`'s crops are resized by the model, a zoom-in.
+Crowd regions travel as instances flagged `iscrowd`, so
+every transform moves them with the image, and leave them at the end as one `crowd` mask.
 """
 
 from __future__ import annotations
@@ -96,6 +98,23 @@ def _random_crop(min_size: int, max_size: int) -> list[Any]:
     return [RandomObjectCrop((0.5, 1.0)), boxes_from_masks, T.RandomHorizontalFlip(0.5)]
 
 
+def labels_and_crowds(sample: tuple[Any, dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """What SanitizeBoundingBoxes drops with a degenerate box, besides its mask."""
+    return sample[1]["labels"], sample[1]["iscrowd"]
+
+
+def split_crowds(image: Any, target: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Crowd regions out of the instances into one (H, W) uint8 `crowd` mask: no model learns
+    them as objects; a semantic model ignores their pixels."""
+    crowds = target["iscrowd"]
+    objects = ~crowds
+    masks = target["masks"]
+    crowd = masks[crowds].amax(0) if crowds.any() else masks.new_zeros(masks.shape[-2:])
+    kept = {k: target[k][objects] for k in ("boxes", "masks", "labels")}
+    rest = {k: v for k, v in target.items() if k not in ("iscrowd", *kept)}
+    return image, {**rest, **kept, "crowd": crowd.as_subclass(torch.Tensor)}
+
+
 PRESETS: dict[str, Callable[[int, int], list[Any]]] = {
     "flip_rotate_color": _flip_rotate_color,
     "multiscale": _multiscale,
@@ -115,7 +134,8 @@ def build_transforms(name: str, min_size: int = 800, max_size: int = 1333) -> T.
             T.ToImage(),
             *PRESETS[name](min_size, max_size),
             T.ToDtype(torch.float32, scale=True),
-            T.SanitizeBoundingBoxes(min_size=1.0),
+            T.SanitizeBoundingBoxes(min_size=1.0, labels_getter=labels_and_crowds),
+            split_crowds,
             T.ToPureTensor(),
         ]
     )

@@ -219,9 +219,11 @@ def test_stages_predict_score_and_write_every_report(subset, params_file, tmp_pa
     gt = COCO(str(subset / "annotations" / "val.json"))
     assert len(gt.loadRes(str(preds_file)).anns) == len(json.loads(preds_file.read_text())) > 0
     written = json.loads(out.read_text())
-    assert set(written) == {"segm", "bbox", "iou", "dice", "precision", "recall", "f1"}
+    assert set(written) == {"segm", "bbox", "semantic", "iou", "dice", "precision", "recall", "f1"}
     details = json.loads((eval_dir / "details.json").read_text())
-    assert set(details) == {"segm", "bbox", "iou", "dice", "match", "per_class", "errors"}
+    assert set(details) == {
+        "segm", "bbox", "iou", "dice", "match", "semantic", "per_class", "errors"
+    }  # fmt: skip
     assert list(details["per_class"]) == CLASSES
     assert (
         written["segm"]["AP"] == details["segm"]["AP"] and written["f1"] == details["match"]["f1"]
@@ -366,7 +368,7 @@ def test_a_model_for_other_classes_is_refused(subset, params_file, tmp_path, cap
 
 # --- through DVC ------------------------------------------------------------------------------
 
-MATCH_KEYS = ("iou", "dice", "match.", "errors.all.", "precision", "recall", "f1")
+MATCH_KEYS = ("iou", "dice", "match.", "errors.all.", "precision", "recall", "f1", "semantic.")
 DETAILS = "reports/eval/details.json"
 MATCH_PER_CLASS = {"iou", "dice", "precision", "recall", "f1", "tp", "fp", "fn"}
 

@@ -393,6 +393,7 @@ def test_reports_are_nested_json_and_csvs_dvc_can_plot(tmp_path):
     assert written == {
         "segm": {"AP": round(details["segm"]["AP"], 3)},
         "bbox": {"AP": round(details["bbox"]["AP"], 3)},
+        "semantic": {"mIoU": round(details["semantic"]["mIoU"], 3)},
         "iou": round(details["iou"]["mean"], 3), "dice": round(details["dice"]["mean"], 3),
         "precision": round(details["match"]["precision"], 3),
         "recall": round(details["match"]["recall"], 3), "f1": round(details["match"]["f1"], 3),

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pycocotools import mask as mask_utils
 from torch.utils.data import DistributedSampler
 
 from cocoseg.common.errors import DataError
@@ -44,6 +45,11 @@ def test_targets_leave_out_crowds_keep_negatives_and_come_out_rgb(synthetic_subs
         assert target["masks"].shape == (n, info["height"], info["width"])
         assert target["labels"].dtype == torch.int64
         assert sorted(target["labels"].tolist()) == sorted(a["category_id"] for a in anns)
+        crowd = np.zeros((info["height"], info["width"]), dtype=np.uint8)  # ignored pixels
+        for a in crowds:
+            if a["image_id"] == info["id"]:
+                crowd |= mask_utils.decode(mask_utils.frPyObjects(a["segmentation"], *crowd.shape))
+        assert target["crowd"].dtype == torch.uint8 and (target["crowd"].numpy() == crowd).all()
     negatives = [t for _, t in samples.values() if len(t["labels"]) == 0]
     assert negatives and all(t["masks"].shape[0] == 0 for t in negatives)
 

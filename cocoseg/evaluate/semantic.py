@@ -1,0 +1,108 @@
+"""Semantic metrics of saved predictions, the same for every arch: per-class pixel IoU and Dice
+over the val images, so instance and semantic models compare on both kinds of metric.
+
+Both sides are flattened to one class per pixel. Predictions scoring >= the score threshold
+(masks as infer cut them at the mask threshold): where they overlap, the higher score wins
+(equal scores: the later one). Ground truth from its instances: the smaller wins, as in
+DeepLab's training targets (cocoseg.modeling.deeplab.class_map); crowd pixels that no instance
+covers are ignored on both sides. Intersections and unions are summed over all images before
+dividing (the standard). The means run over the classes with pixels on either side; background
+is reported but left out of them (it is most pixels and would flatter every model).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from cocoseg.coco.cocoeval import Number
+
+IGNORED = -1  # ground-truth value of a crowd pixel no instance covers
+
+
+def truth_map(gt: COCO, image_id: int, index: dict[int, int]) -> np.ndarray:
+    """(H, W) class index (0 background, `index[category_id]` for objects, IGNORED) of one
+    ground-truth image: the smaller instance wins an overlap; uncovered crowd pixels ignored."""
+    info = gt.imgs[image_id]
+    out = np.zeros((info["height"], info["width"]), dtype=np.int16)
+    anns = gt.imgToAnns.get(image_id, [])
+    for ann in anns:
+        if ann.get("iscrowd"):
+            out[gt.annToMask(ann) > 0] = IGNORED
+    objects = [a for a in anns if not a.get("iscrowd")]
+    masks = [gt.annToMask(a) > 0 for a in objects]
+    areas = np.array([m.sum() for m in masks])
+    for k in np.argsort(-areas, kind="stable"):  # the largest painted first
+        out[masks[k]] = index[objects[k]["category_id"]]
+    return out
+
+
+def prediction_map(
+    preds: Sequence[dict[str, Any]], shape: tuple[int, int], index: dict[int, int]
+) -> np.ndarray:
+    """(H, W) class index of one image's kept predictions: the higher score wins an overlap."""
+    out = np.zeros(shape, dtype=np.int16)
+    scores = np.array([p["score"] for p in preds])
+    for k in np.argsort(scores, kind="stable"):  # the lowest painted first
+        out[mask_utils.decode(preds[k]["segmentation"]) > 0] = index[preds[k]["category_id"]]
+    return out
+
+
+def confusion(truth: np.ndarray, predicted: np.ndarray, n: int) -> np.ndarray:
+    """(n, n) pixel counts, rows the true class, columns the predicted; ignored pixels left out."""
+    scored = truth != IGNORED
+    pairs = truth[scored].astype(np.int64) * n + predicted[scored]
+    return np.bincount(pairs, minlength=n * n).reshape(n, n)
+
+
+def pixel_confusion(
+    gt: COCO, preds: Sequence[dict[str, Any]], score_threshold: float
+) -> tuple[np.ndarray, list[str]]:
+    """The confusion matrix summed over every ground-truth image, and the class names of its
+    rows ("background" first, then the categories in id order)."""
+    cat_ids = sorted(gt.cats)
+    index = {c: k for k, c in enumerate(cat_ids, start=1)}
+    kept: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for p in preds:
+        if p["score"] >= score_threshold:
+            kept[p["image_id"]].append(p)
+    n = len(cat_ids) + 1
+    total = np.zeros((n, n), dtype=np.int64)
+    for image_id in sorted(gt.imgs):
+        truth = truth_map(gt, image_id, index)
+        total += confusion(truth, prediction_map(kept[image_id], truth.shape, index), n)
+    return total, ["background", *(gt.cats[c]["name"] for c in cat_ids)]
+
+
+def _ratio(num: float, den: float) -> Number:
+    return float(num / den) if den else None
+
+
+def semantic_metrics(
+    gt: COCO, preds: Sequence[dict[str, Any]], score_threshold: float
+) -> dict[str, Any]:
+    """mIoU and mDice over the object classes, and per class (background too) IoU, Dice and
+    the pixel counts they come from."""
+    matrix, names = pixel_confusion(gt, preds, score_threshold)
+    per_class = {}
+    for k, name in enumerate(names):
+        inter, truth, predicted = matrix[k, k], matrix[k].sum(), matrix[:, k].sum()
+        per_class[name] = {
+            "iou": _ratio(inter, truth + predicted - inter),
+            "dice": _ratio(2 * inter, truth + predicted),
+            "gt_pixels": int(truth),
+            "pred_pixels": int(predicted),
+        }
+    objects = [per_class[name] for name in names[1:]]
+    ious = [row["iou"] for row in objects if row["iou"] is not None]
+    dices = [row["dice"] for row in objects if row["dice"] is not None]
+    return {
+        "mIoU": float(np.mean(ious)) if ious else None,
+        "mDice": float(np.mean(dices)) if dices else None,
+        "per_class": per_class,
+    }
