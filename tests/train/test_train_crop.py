@@ -42,6 +42,7 @@ def sample(labels: tuple[int, ...] = tuple(OBJECTS)) -> tuple[tv_tensors.Image, 
         ),
         "masks": tv_tensors.Mask(masks),
         "labels": torch.tensor(labels),
+        "iscrowd": torch.zeros(len(labels), dtype=torch.bool),  # as the train dataset gives it
         "image_id": 7,
     }
     return tv_tensors.Image(image), target
@@ -91,6 +92,7 @@ def test_a_negative_image_is_cropped_and_keeps_empty_targets():
         "boxes": tv_tensors.BoundingBoxes(torch.zeros((0, 4)), format="XYXY", canvas_size=SIZE),
         "masks": tv_tensors.Mask(torch.zeros((0, *SIZE), dtype=torch.uint8)),
         "labels": torch.zeros((0,), dtype=torch.int64),
+        "iscrowd": torch.zeros((0,), dtype=torch.bool),
         "image_id": 8,
     }
     torch.manual_seed(0)
