@@ -39,6 +39,9 @@ Augment = Literal["flip_rotate_color", "multiscale", "scale_jitter", "none"]
 ArchName = Literal[
     "maskrcnn_resnet50_fpn",
     "maskrcnn_resnet50_fpn_v2",
+    "maskrcnn_resnet101_fpn",
+    "cascade_maskrcnn_resnet50_fpn",
+    "cascade_maskrcnn_resnet101_fpn",
 ]
 
 

@@ -37,6 +37,8 @@ class Arch:
     # rows when asked), in this arch's keys.
     coco_start: Callable[[StateDict, list[str], bool], tuple[StateDict, StateDict]]
     body: Callable[[nn.Module], nn.Module] = resnet_body  # the ResNet whose stem stays fixed
+    # The state-dict key whose rows are the classes: tells a checkpoint of ours from another.
+    class_rows_key: str = "roi_heads.box_predictor.cls_score.weight"
 
     def layout(self, model: nn.Module, weights: str) -> nn.Module:
         """What torchvision's builders do given start weights: the stem and layer1 fixed, batch

@@ -8,10 +8,10 @@ from typing import Any
 from torch import nn
 
 from cocoseg.common.errors import ParamError
-from cocoseg.modeling import maskrcnn
+from cocoseg.modeling import cascade, maskrcnn
 from cocoseg.modeling.arch import Arch
 
-ARCHS: dict[str, Arch] = {arch.name: arch for arch in maskrcnn.ARCHS}
+ARCHS: dict[str, Arch] = {arch.name: arch for arch in (*maskrcnn.ARCHS, *cascade.ARCHS)}
 
 
 def arch_named(name: str) -> Arch:

@@ -113,12 +113,13 @@ def _from_checkpoint(
     state = record["model"] if is_ours else record
     saved_classes = record.get("classes") if is_ours else None
     n = state.get(f"{BOX_PREDICTOR}cls_score.weight", torch.empty(0)).shape[0]
+    ours = state.get(arch.class_rows_key, torch.empty(0)).shape[0]
     if n == len(COCO_CATEGORIES):  # torchvision's COCO Mask R-CNN file itself
         state, heads = arch.coco_start(state, classes, init_heads)
         log.info(
             "weights: %s (91 COCO classes)%s", path, " with heads from COCO's rows" * bool(heads)
         )
-    elif n == len(classes) + 1 and saved_classes in (None, classes):
+    elif ours == len(classes) + 1 and saved_classes in (None, classes):
         heads = {k: v for k, v in state.items() if k.startswith(arch.class_prefixes)}
         log.info("weights: %s, heads included", path)
     else:
