@@ -192,6 +192,7 @@ class CascadeRoIHeads(RoIHeads):
         image_shapes: list[tuple[int, int]],
         targets: list[dict[str, Tensor]] | None = None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        """As torchvision's RoIHeads: ([], losses) in training, (detections, {}) in eval."""
         if self.training:
             return [], self.training_losses(features, proposals, image_shapes, targets)
         return self.detect(features, proposals, image_shapes), {}

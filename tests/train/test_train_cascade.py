@@ -182,14 +182,16 @@ def best_mask_ious(model: torch.nn.Module, dataset, score: float = 0.5) -> list[
 
 @pytest.mark.slow
 def test_from_random_weights_a_cascade_finds_the_shapes(tmp_path):
-    """Steps on two 64 px images (three shapes), from scratch, then find them again."""
+    """50 steps on two 64 px images (three shapes), from scratch, then find them again. More
+    steps and a higher lr than Mask R-CNN's test: the mean of three stages' softmax passes the
+    0.5 score later than one stage's; 32 RoIs per image keep each step under a second."""
     torch.manual_seed(0)
     subset = synthcoco.make_subset(tmp_path / "subset", n_train=2, size=(64, 64), seed=1)
-    steps = 40
+    steps = 50
     recipe = TrainParams(
         arch=ARCH, weights="none", epochs=steps, batch_size=2, num_workers=0, augment="none",
-        lr=0.02, warmup_iters=5, schedule="cosine", clip_grad_norm=10.0, amp=False,
-        device="cpu", seed=0, rois_per_image=64, **SMALL,
+        lr=0.04, warmup_iters=5, schedule="cosine", clip_grad_norm=10.0, amp=False,
+        device="cpu", seed=0, rois_per_image=32, **SMALL,
     )  # fmt: skip
     dataset = coco_dataset(subset, "train", build_transforms("none"))
     classes = class_names(subset / "annotations" / "train.json")
@@ -203,7 +205,9 @@ def test_from_random_weights_a_cascade_finds_the_shapes(tmp_path):
         for row in train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch, recipe,
                                    ctx)[0]
     ]  # fmt: skip
-    print(f"loss {np.mean(losses[:5]):.3f} -> {np.mean(losses[-5:]):.3f}")
+    first, last = np.mean(losses[:5]), np.mean(losses[-5:])
+    print(f"loss {first:.3f} -> {last:.3f}")
+    assert last <= 0.4 * first
     path = tmp_path / "model.pt"
     with atomic_write(path) as f:  # through the saved file, as evaluate and predict load it
         torch.save(model_record(model, classes, ARCH, 64, 64, to_dict(recipe)), f)
