@@ -119,6 +119,7 @@ def cheap_cascade(monkeypatch, detections: int = 10) -> None:
     monkeypatch.setitem(registry.ARCHS, ARCH, dataclasses.replace(arch, build=build))
 
 
+@pytest.mark.slow
 def test_the_train_stage_resumes_selects_and_logs_a_cascade_then_infer_and_predict(
     tmp_path, monkeypatch, caplog
 ):
