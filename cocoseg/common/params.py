@@ -49,6 +49,9 @@ DETECTION_ONLY = {
 ArchName = Literal[
     "maskrcnn_resnet50_fpn",
     "maskrcnn_resnet50_fpn_v2",
+    "maskrcnn_resnet101_fpn",
+    "cascade_maskrcnn_resnet50_fpn",
+    "cascade_maskrcnn_resnet101_fpn",
     "deeplabv3plus_resnet50",
     "deeplabv3plus_resnet101",
 ]

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torchvision.models import ResNet50_Weights
+from torchvision.models import ResNet50_Weights, ResNet101_Weights, resnet101
 from torchvision.models.detection import (
     MaskRCNN,
     MaskRCNN_ResNet50_FPN_V2_Weights,
@@ -16,6 +16,7 @@ from torchvision.models.detection import (
     maskrcnn_resnet50_fpn_v2,
 )
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.rpn import RPNHead
 
 from cocoseg.common.errors import ParamError
@@ -27,6 +28,11 @@ BOX_PREDICTOR = "roi_heads.box_predictor."  # state-dict prefixes of the class-s
 MASK_PREDICTOR = "roi_heads.mask_predictor.mask_fcn_logits."
 PREDICTOR_PREFIXES = (BOX_PREDICTOR, MASK_PREDICTOR)
 COCO_CATEGORIES: list[str] = MaskRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"]
+NO_COCO_R101 = (
+    "torchvision publishes no COCO-trained Mask R-CNN with a ResNet-101 backbone; use "
+    "train.weights = imagenet (ImageNet ResNet-101 backbone), none (random init) or a path "
+    "to a checkpoint"
+)
 
 
 def set_anchors(model: MaskRCNN, sizes: Sequence[int], ratios: Sequence[float]) -> MaskRCNN:
@@ -78,6 +84,17 @@ def coco_start(
     return body, select_coco_rows(state, classes) if init_heads else {}
 
 
+def maskrcnn_resnet101_fpn(
+    *, weights: None = None, weights_backbone: None = None, num_classes: int, **kwargs: Any
+) -> MaskRCNN:
+    """A random Mask R-CNN on a ResNet-101 FPN, built as torchvision builds the ResNet-50 one
+    (all five layers trainable, plain batch norm); start weights load afterwards."""
+    if weights is not None or weights_backbone is not None:
+        raise ValueError("maskrcnn_resnet101_fpn builds random weights only")
+    backbone = _resnet_fpn_extractor(resnet101(weights=None), trainable_layers=5)
+    return MaskRCNN(backbone, num_classes=num_classes, **kwargs)
+
+
 def builder(torchvision_builder: Callable[..., MaskRCNN]) -> Callable[..., MaskRCNN]:
     """A build function over one of torchvision's Mask R-CNN builders (random init)."""
 
@@ -115,6 +132,15 @@ ARCHS = (
         coco=MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1,
         imagenet=ResNet50_Weights.IMAGENET1K_V1,
         frozen_bn=False,
+        class_prefixes=PREDICTOR_PREFIXES,
+        coco_start=coco_start,
+    ),
+    Arch(
+        name="maskrcnn_resnet101_fpn",
+        build=builder(maskrcnn_resnet101_fpn),
+        coco=NO_COCO_R101,
+        imagenet=ResNet101_Weights.IMAGENET1K_V1,
+        frozen_bn=True,
         class_prefixes=PREDICTOR_PREFIXES,
         coco_start=coco_start,
     ),

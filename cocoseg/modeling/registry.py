@@ -8,10 +8,10 @@ from typing import Any
 from torch import nn
 
 from cocoseg.common.errors import ParamError
-from cocoseg.modeling import deeplab, maskrcnn
+from cocoseg.modeling import cascade, deeplab, maskrcnn
 from cocoseg.modeling.arch import Arch
 
-FAMILIES = (maskrcnn.ARCHS, deeplab.ARCHS)
+FAMILIES = (maskrcnn.ARCHS, cascade.ARCHS, deeplab.ARCHS)
 ARCHS: dict[str, Arch] = {arch.name: arch for family in FAMILIES for arch in family}
 
 

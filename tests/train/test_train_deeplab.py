@@ -77,7 +77,7 @@ def test_from_random_weights_deeplab_finds_the_shapes_pixel_by_pixel(tmp_path):
     ctx = Context(torch.device("cpu"))
     model = training_model(p, classes, ctx.device)
     loader = train_loader(dataset, p)
-    optimizer, scheduler, scaler = make_optimizer(model, p, len(loader), ctx.device)
+    optimizer, scheduler, scaler = make_optimizer(model, p, [len(loader)] * steps, ctx.device)
     for epoch in range(1, steps + 1):
         train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch, p, ctx)
 
