@@ -14,6 +14,7 @@ from pycocotools.coco import COCO
 from torchvision.models import ResNet101_Weights, resnet101
 from torchvision.ops import FrozenBatchNorm2d
 
+from cocoseg.coco.inputs import subset_images
 from cocoseg.common.errors import ParamError
 from cocoseg.common.io import atomic_write
 from cocoseg.common.params import TrainParams, parse_params, to_dict
@@ -77,7 +78,7 @@ def test_trains_round_trips_through_model_pt_and_predicts_coco_results(arch, sub
     assert all(torch.equal(v, rebuilt[k]) for k, v in model.state_dict().items())
     loaded.roi_heads.detections_per_img = 20  # keep the CPU mask head cheap
     val = COCO(str(subset / "annotations" / "val.json"))
-    items = [(i, subset / "images" / "val" / val.imgs[i]["file_name"]) for i in sorted(val.imgs)]
+    items = [image.item for image in subset_images(subset, "val")[0]]
     results = predict_images(loaded, items, device="cpu", batch_size=2, progress=False)
     assert results, "a random model still returns detections"
     assert {r["image_id"] for r in results} <= set(val.imgs)
