@@ -13,24 +13,21 @@ import numpy as np
 import pytest
 import synthcoco
 import torch
+from learning import FEW_RPN_ROIS, MASK_IOU_BAR, best_mask_ious, learn_shapes, loss_drop
 from pycocotools.coco import COCO
 from torchvision.models.detection._utils import BoxCoder
 
 from cocoseg.coco.inputs import subset_images
-from cocoseg.common.io import atomic_write
-from cocoseg.common.params import EvaluateParams, PredictParams, TrainParams, to_dict
+from cocoseg.common.params import EvaluateParams, PredictParams, TrainParams
 from cocoseg.modeling import registry
 from cocoseg.modeling import weights as weights_mod
 from cocoseg.modeling.infer import infer_val
-from cocoseg.modeling.records import load_record, load_trained_model, model_record
+from cocoseg.modeling.records import load_record, model_record
 from cocoseg.modeling.registry import build_model, pretrained_layout
 from cocoseg.modeling.weights import build_for_training
 from cocoseg.predict.outputs import predict
-from cocoseg.train.dataset import class_names, coco_dataset, train_loader
-from cocoseg.train.engine import make_optimizer, train, train_one_epoch, training_model
-from cocoseg.train.runtime import Context
+from cocoseg.train.engine import train
 from cocoseg.train.trainlog import LOSS_PARTS
-from cocoseg.train.transforms import build_transforms
 
 ARCH = "cascade_maskrcnn_resnet50_fpn"
 CLASSES = ["person", "cat", "sports ball", "book"]
@@ -160,59 +157,20 @@ def test_the_train_stage_resumes_selects_and_logs_a_cascade_then_infer_and_predi
     assert len(list((tmp_path / "predict" / "overlays").glob("*.png"))) == len(images)
 
 
-FEW_RPN_ROIS = {"rpn_batch_size_per_image": 64, "rpn_post_nms_top_n_train": 300}
-MASK_IOU_BAR = 0.6  # as tests/train/test_train_learns.py: the best same-class mask per shape
-
-
-def best_mask_ious(model: torch.nn.Module, dataset, score: float = 0.5) -> list[float]:
-    """For each ground-truth shape, the IoU of the best predicted mask of its class."""
-    ious = []
-    model.eval()
-    with torch.no_grad():
-        for image, target in dataset:
-            pred = model([image])[0]
-            keep = pred["scores"] >= score
-            masks, labels = pred["masks"][keep, 0] >= 0.5, pred["labels"][keep]
-            for gt, label in zip(target["masks"].bool(), target["labels"], strict=True):
-                same = masks[labels == label]
-                inter = (same & gt).flatten(1).sum(1)
-                union = (same | gt).flatten(1).sum(1)
-                ious.append(float((inter / union).max()) if len(same) else 0.0)
-    return ious
-
-
 @pytest.mark.slow
 def test_from_random_weights_a_cascade_finds_the_shapes(tmp_path):
     """50 steps on two 64 px images (three shapes), from scratch, then find them again. More
     steps and a higher lr than Mask R-CNN's test: the mean of three stages' softmax passes the
     0.5 score later than one stage's; 32 RoIs per image keep each step under a second."""
-    torch.manual_seed(0)
-    subset = synthcoco.make_subset(tmp_path / "subset", n_train=2, size=(64, 64), seed=1)
-    steps = 50
     recipe = TrainParams(
-        arch=ARCH, weights="none", epochs=steps, batch_size=2, num_workers=0, augment="none",
+        arch=ARCH, weights="none", epochs=50, batch_size=2, num_workers=0, augment="none",
         lr=0.04, warmup_iters=5, schedule="cosine", clip_grad_norm=10.0, amp=False,
         device="cpu", seed=0, rois_per_image=32, **SMALL,
     )  # fmt: skip
-    dataset = coco_dataset(subset, "train", build_transforms("none"))
-    classes = class_names(subset / "annotations" / "train.json")
-    ctx = Context(torch.device("cpu"))
-    model = training_model(recipe, classes, ctx.device, model_kwargs=FEW_RPN_ROIS)
-    loader = train_loader(dataset, recipe)
-    optimizer, scheduler, scaler = make_optimizer(model, recipe, [len(loader)] * steps, ctx.device)
-    losses = [
-        row["loss"]
-        for epoch in range(1, steps + 1)
-        for row in train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch, recipe,
-                                   ctx)[0]
-    ]  # fmt: skip
-    first, last = np.mean(losses[:5]), np.mean(losses[-5:])
+    model, dataset, _, losses = learn_shapes(tmp_path, recipe, FEW_RPN_ROIS)
+    first, last = loss_drop(losses)
     print(f"loss {first:.3f} -> {last:.3f}")
     assert last <= 0.4 * first
-    path = tmp_path / "model.pt"
-    with atomic_write(path) as f:  # through the saved file, as evaluate and predict load it
-        torch.save(model_record(model, classes, ARCH, 64, 64, to_dict(recipe)), f)
-    model, _ = load_trained_model(path)
     ious = best_mask_ious(model, dataset)
     print("mask IoU per shape:", np.round(ious, 2))
     assert len(ious) == 3 and np.mean(ious) >= MASK_IOU_BAR

@@ -6,23 +6,20 @@ import json
 
 import pytest
 import synthcoco
-import torch
+from learning import learn_shapes
 from pycocotools.coco import COCO
 
 from cocoseg.coco.cocoeval import coco_from_dataset
 from cocoseg.coco.inputs import subset_images
-from cocoseg.common.io import atomic_write, read_json
-from cocoseg.common.params import EvaluateParams, PredictParams, TrainParams, to_dict
+from cocoseg.common.io import read_json
+from cocoseg.common.params import EvaluateParams, PredictParams, TrainParams
 from cocoseg.evaluate.metrics import check_predictions
 from cocoseg.evaluate.semantic import semantic_metrics
 from cocoseg.modeling.infer import infer_val
 from cocoseg.modeling.inference import predict_images
-from cocoseg.modeling.records import load_record, load_trained_model, model_record
+from cocoseg.modeling.records import load_record
 from cocoseg.predict.outputs import predict
-from cocoseg.train.dataset import class_names, coco_dataset, train_loader
-from cocoseg.train.engine import make_optimizer, train, train_one_epoch, training_model
-from cocoseg.train.runtime import Context
-from cocoseg.train.transforms import build_transforms
+from cocoseg.train.engine import train
 
 ARCH = "deeplabv3plus_resnet50"
 PIXEL_IOU_BAR = 0.6  # semantic mIoU (the classes predicted or present), on the images trained on
@@ -67,26 +64,10 @@ def test_train_stage_scores_val_then_infer_and_predict_write_coco_results(tmp_pa
 @pytest.mark.slow
 def test_from_random_weights_deeplab_finds_the_shapes_pixel_by_pixel(tmp_path):
     """40 steps on two 64 px images (three shapes), from scratch, then their pixels again."""
-    torch.manual_seed(0)
-    subset = synthcoco.make_subset(tmp_path / "subset", n_train=2, size=(64, 64), seed=1)
-    steps = 40
-    p = recipe(epochs=steps, lr=0.1, schedule="cosine")
-    dataset = coco_dataset(subset, "train", build_transforms("none"))
+    model, _, subset, _ = learn_shapes(tmp_path, recipe(epochs=40, lr=0.1, schedule="cosine"))
     ann_file = subset / "annotations" / "train.json"
-    classes = class_names(ann_file)
-    ctx = Context(torch.device("cpu"))
-    model = training_model(p, classes, ctx.device)
-    loader = train_loader(dataset, p)
-    optimizer, scheduler, scaler = make_optimizer(model, p, [len(loader)] * steps, ctx.device)
-    for epoch in range(1, steps + 1):
-        train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch, p, ctx)
-
-    path = tmp_path / "model.pt"
-    with atomic_write(path) as f:  # through the saved file, as infer loads it
-        torch.save(model_record(model, classes, ARCH, 64, 64, to_dict(p)), f)
-    model, _ = load_trained_model(path)
     gt = coco_from_dataset(read_json(ann_file))
-    items = [(i, subset / "images" / "train" / gt.imgs[i]["file_name"]) for i in sorted(gt.imgs)]
+    items = [image.item for image in subset_images(subset, "train")[0]]
     preds = predict_images(model, items, device="cpu", progress=False)
     m = semantic_metrics(gt, check_predictions(preds, gt, "train"), score_threshold=0.5)
     print(

@@ -12,77 +12,35 @@ import numpy as np
 import pytest
 import synthcoco
 import torch
+from learning import FEW_RPN_ROIS, MASK_IOU_BAR, best_mask_ious, learn_shapes, loss_drop
 from PIL import Image
 
-from cocoseg.common.io import atomic_write
-from cocoseg.common.params import TrainParams, to_dict
-from cocoseg.modeling.records import load_record, load_trained_model, model_record
+from cocoseg.common.params import TrainParams
+from cocoseg.modeling.records import load_record
 from cocoseg.train import engine
-from cocoseg.train.dataset import class_names, coco_dataset, train_loader
+from cocoseg.train.dataset import coco_dataset
 from cocoseg.train.engine import (
     NonFiniteLossError,
-    make_optimizer,
     train,
-    train_one_epoch,
-    training_model,
 )
-from cocoseg.train.runtime import Context
 from cocoseg.train.transforms import build_transforms
 
 PROJECT = Path(__file__).resolve().parents[2]
-# Fewer sampled RoIs than torchvision's defaults: the same model, a third of the CPU time.
-FEW_RPN_ROIS = {"rpn_batch_size_per_image": 64, "rpn_post_nms_top_n_train": 300}
 LOSS_DROP = 0.70  # the last iterations' loss is at most 30% of the first ones'
-MASK_IOU_BAR = 0.6  # mean over ground-truth shapes of the best same-class predicted mask's IoU
-
-
-def best_mask_ious(model: torch.nn.Module, dataset, score: float = 0.5) -> list[float]:
-    """For each ground-truth shape, the IoU of the best predicted mask of its class."""
-    ious = []
-    model.eval()
-    with torch.no_grad():
-        for image, target in dataset:
-            pred = model([image])[0]
-            keep = pred["scores"] >= score
-            masks, labels = pred["masks"][keep, 0] >= 0.5, pred["labels"][keep]
-            for gt, label in zip(target["masks"].bool(), target["labels"], strict=True):
-                same = masks[labels == label]
-                inter = (same & gt).flatten(1).sum(1)
-                union = (same | gt).flatten(1).sum(1)
-                ious.append(float((inter / union).max()) if len(same) else 0.0)
-    return ious
 
 
 @pytest.mark.slow
 def test_from_random_weights_the_loss_falls_and_the_shapes_are_found(tmp_path):
     """40 steps on two 64 px images (three shapes), from scratch, then find them again."""
-    torch.manual_seed(0)
-    subset = synthcoco.make_subset(tmp_path / "subset", n_train=2, size=(64, 64), seed=1)
-    steps = 40
-    p = TrainParams(
-        weights="none", epochs=steps, batch_size=2, num_workers=0, min_size=64, max_size=64,
+    recipe = TrainParams(
+        weights="none", epochs=40, batch_size=2, num_workers=0, min_size=64, max_size=64,
         augment="none", lr=0.02, warmup_iters=5, schedule="cosine", clip_grad_norm=10.0,
         amp=False, device="cpu", seed=0, rois_per_image=64,
     )  # fmt: skip
-    dataset = coco_dataset(subset, "train", build_transforms("none"))
-    classes = class_names(subset / "annotations" / "train.json")
-    ctx = Context(torch.device("cpu"))
-    model = training_model(p, classes, ctx.device, model_kwargs=FEW_RPN_ROIS)
-    loader = train_loader(dataset, p)
-    optimizer, scheduler, scaler = make_optimizer(model, p, [len(loader)] * steps, ctx.device)
-    losses = [
-        row["loss"]
-        for epoch in range(1, steps + 1)
-        for row in train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch, p, ctx)[0]
-    ]
-    first, last = np.mean(losses[:5]), np.mean(losses[-5:])
+    model, dataset, _, losses = learn_shapes(tmp_path, recipe, FEW_RPN_ROIS)
+    first, last = loss_drop(losses)
     print(f"loss {first:.3f} -> {last:.3f} ({1 - last / first:.0%} lower)")
     assert last <= (1 - LOSS_DROP) * first
-
-    path = tmp_path / "model.pt"
-    with atomic_write(path) as f:  # through the saved file, as evaluate and predict load it
-        torch.save(model_record(model, classes, p.arch, 64, 64, to_dict(p)), f)
-    model, _ = load_trained_model(path)
     ious = best_mask_ious(model, dataset)
     print("mask IoU per shape:", np.round(ious, 2))
     assert len(ious) == 3 and np.mean(ious) >= MASK_IOU_BAR
