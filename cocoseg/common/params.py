@@ -35,6 +35,14 @@ ANCHOR_SIZES = (32, 64, 128, 256, 512)
 ANCHOR_RATIOS = (0.5, 1.0, 2.0)
 PerFpnLevel = Meta(min_length=5, max_length=5, description="one size per FPN level (5 levels)")
 Augment = Literal["flip_rotate_color", "multiscale", "scale_jitter", "none"]
+# Sliced inference and TTA (cocoseg.modeling.slicing, cocoseg.modeling.tta). A tile's masks are
+# kept until the merge (100 detections x side^2 float32: 1.7 GB at 2048); a TTA size is the
+# shorter side one pass resizes to (detectron2's COCO TTA tops out at 1200).
+SLICE_SIZE_MIN, SLICE_SIZE_MAX = 32, 2048
+TTA_SCALE_MAX = 1600
+SliceSize = Annotated[int, Meta(ge=0, le=SLICE_SIZE_MAX)]
+SliceOverlap = Annotated[float, Meta(ge=0, lt=1)]
+TtaScales = Annotated[list[Annotated[int, Meta(ge=32, le=TTA_SCALE_MAX)]], Meta(max_length=8)]
 # train.arch: the names of cocoseg.modeling.registry's entries (a test keeps them equal).
 ArchName = Literal[
     "maskrcnn_resnet50_fpn",
@@ -125,6 +133,10 @@ class EvaluateParams(_Section):
     n_samples: PositiveInt = 6
     n_worst: NonNegInt = 6  # val images with the most errors in worst_images.png
     device: Device = "auto"
+    slice_size: SliceSize = 0  # tile side in pixels for sliced inference; 0 = off
+    slice_overlap: SliceOverlap = 0.2  # tiles overlap by this fraction of slice_size
+    tta: bool = False  # test-time augmentation: horizontal flip (and tta_scales)
+    tta_scales: TtaScales = _list()  # shorter-side sizes of the TTA passes; [] = the model's
 
 
 class PredictParams(_Section):
@@ -135,6 +147,10 @@ class PredictParams(_Section):
     batch_size: PositiveInt = 2
     num_workers: NonNegInt = 2
     device: Device = "auto"
+    slice_size: SliceSize = 0  # tile side in pixels for sliced inference; 0 = off
+    slice_overlap: SliceOverlap = 0.2  # tiles overlap by this fraction of slice_size
+    tta: bool = False  # test-time augmentation: horizontal flip (and tta_scales)
+    tta_scales: TtaScales = _list()  # shorter-side sizes of the TTA passes; [] = the model's
 
 
 class Params(_Section):
@@ -172,6 +188,23 @@ def _check_cross_fields(params: Params) -> None:
     for key, value in (("select", train.select), ("patience", train.patience)):
         if value not in ("last", 0) and train.eval_every == 0:
             raise ParamError(f"train.{key} = {value} needs train.eval_every > 0 (got 0)")
+    for name in ("evaluate", "predict"):
+        _check_views(name, getattr(params, name))
+
+
+def _check_views(name: str, section: EvaluateParams | PredictParams) -> None:
+    """Sliced inference and TTA keys: a tile size of 0 (off) or in range, TTA sizes once each
+    and only with TTA on."""
+    size, scales = section.slice_size, section.tta_scales
+    if 0 < size < SLICE_SIZE_MIN:
+        raise ParamError(
+            f"{name}.slice_size = {size} must be 0 (off) or {SLICE_SIZE_MIN}..{SLICE_SIZE_MAX} "
+            "pixels"
+        )
+    if len(set(scales)) < len(scales):
+        raise ParamError(f"{name}.tta_scales = {scales!r} names a size more than once")
+    if scales and not section.tta:
+        raise ParamError(f"{name}.tta_scales = {scales!r} needs {name}.tta = true (got false)")
 
 
 def _check_finite(value: Any, name: str) -> None:
