@@ -57,30 +57,37 @@ def image_windows(height: int, width: int, size: int, overlap: float) -> list[Wi
 
 
 def greedy_merge(
-    boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, threshold: float = MATCH_IOS
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    threshold: float = MATCH_IOS,
+    limit: int | None = None,
 ) -> list[list[int]]:
     """SAHI's class-wise greedy NMM: groups of detection indices, each its keeper (the highest
     score) first, then those it absorbs (same label, box IOS >= threshold), keepers in score
-    order. IOS: intersection over the smaller box's area (0 for an empty box)."""
+    order, the first `limit` groups. IOS: intersection over the smaller box's area (0 for an
+    empty box). One keeper's row at a time: memory linear in the detections (tiles of a large
+    image give tens of thousands), time linear in them per group kept."""
     order = np.argsort(-scores, kind="stable")
-    lo = np.maximum(boxes[:, None, :2], boxes[None, :, :2])
-    hi = np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
-    inter = np.prod(np.clip(hi - lo, 0, None), axis=2)
+    boxes, labels = boxes[order], labels[order]
     area = np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 0, None), axis=1)
-    smaller = np.minimum(area[:, None], area[None, :])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        matches = (np.where(smaller > 0, inter / smaller, 0) >= threshold) & (
-            labels[:, None] == labels[None, :]
-        )
-    merged = np.zeros(len(boxes), dtype=bool)
-    groups = []
-    for rank, keeper in enumerate(order):
-        if merged[keeper]:
+    free = np.ones(len(boxes), dtype=bool)
+    groups: list[list[int]] = []
+    for rank in range(len(boxes)):
+        if limit is not None and len(groups) == limit:
+            break
+        if not free[rank]:
             continue
-        later = order[rank + 1 :]
-        absorbed = later[~merged[later] & matches[keeper, later]]
-        merged[absorbed] = True
-        groups.append([int(keeper), *absorbed.tolist()])
+        free[rank] = False
+        later = rank + 1 + np.flatnonzero(free[rank + 1 :] & (labels[rank + 1 :] == labels[rank]))
+        lo = np.maximum(boxes[later, :2], boxes[rank, :2])
+        hi = np.minimum(boxes[later, 2:], boxes[rank, 2:])
+        inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
+        smaller = np.minimum(area[later], area[rank])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            absorbed = later[np.where(smaller > 0, inter / smaller, 0) >= threshold]
+        free[absorbed] = False
+        groups.append(order[[rank, *absorbed]].tolist())
     return groups
 
 
@@ -100,7 +107,7 @@ def merge_windows(
     labels = torch.cat([o["labels"] for o in outputs])
     host = torch.cat([boxes.float(), scores.float()[:, None], labels.float()[:, None]], 1).cpu()
     host_boxes = host[:, :4].numpy()
-    groups = greedy_merge(host_boxes, host[:, 4].numpy(), host[:, 5].numpy())[:limit]
+    groups = greedy_merge(host_boxes, host[:, 4].numpy(), host[:, 5].numpy(), limit=limit)
     members = np.array([m for g in groups for m in g], dtype=np.int64)
     group_of = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
     counts = [len(o["scores"]) for o in outputs]

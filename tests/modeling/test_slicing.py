@@ -64,6 +64,8 @@ def test_greedy_merge_groups_by_ios_within_a_class_in_score_order():
     scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.95], dtype=np.float32)
     labels = np.array([1, 1, 1, 1, 1, 2])
     assert greedy_merge(boxes, scores, labels) == [[5], [0, 1, 3], [2], [4]]
+    assert greedy_merge(boxes, scores, labels, limit=2) == [[5], [0, 1, 3]]
+    assert greedy_merge(boxes, scores, labels, threshold=0.55) == [[5], [0, 1], [2], [3, 4]]
 
 
 def test_merge_keeps_the_best_groups_up_to_the_limit_with_union_boxes_and_max_masks():
