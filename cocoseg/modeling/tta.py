@@ -74,8 +74,10 @@ def tta_detections(
 
 
 def unmirrored_boxes(boxes: Tensor, width: int) -> Tensor:
-    """xyxy boxes found on the mirrored image, in the image's coordinates (x -> width - x)."""
-    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
+    """xyxy boxes found on the mirrored image, in the image's coordinates (x -> width - x),
+    within 0..width (a model's x1 resized back can pass the width by a float32 rounding)."""
+    x0, x1 = (width - boxes[:, 2]).clamp(min=0), (width - boxes[:, 0]).clamp(max=width)
+    return torch.stack([x0, boxes[:, 1], x1, boxes[:, 3]], 1)
 
 
 def merge_passes(

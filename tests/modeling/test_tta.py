@@ -9,7 +9,13 @@ from blobdetector import BlobDetector, blob_box, canvas, paint
 from torch import nn
 
 from cocoseg.common.errors import ParamError
-from cocoseg.modeling.tta import merge_passes, model_resize, resized_to, tta_detections
+from cocoseg.modeling.tta import (
+    merge_passes,
+    model_resize,
+    resized_to,
+    tta_detections,
+    unmirrored_boxes,
+)
 from cocoseg.modeling.views import Views, detect_image
 
 
@@ -51,6 +57,13 @@ def test_an_asymmetric_image_comes_back_from_its_mirror_in_image_coordinates():
     assert mirrored["boxes"].tolist() == [[53, 4, 67, 9], [0, 0, 20, 40]]
     assert_same(tta_detections(model, image, [], batch_size=1), model.detect(image))
     assert [len(batch) for _, batch in model.calls[-2:]] == [1, 1]  # batch_size 1: two forwards
+
+
+def test_boxes_mirrored_back_stay_in_the_image():
+    """A model's x1 resized back to the image can pass its width by a rounding (random Mask R-CNN
+    gave 112.0000076 on 112 px): mirrored back, that must not start left of 0."""
+    boxes = torch.tensor([[3.0, 1.0, 112.0000076, 5.0], [0.0, 2.0, 10.0, 6.0]])
+    assert unmirrored_boxes(boxes, 112).tolist() == [[0, 1, 109, 5], [102, 2, 112, 6]]
 
 
 def detections(boxes, labels, scores, masks) -> dict[str, torch.Tensor]:
