@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from blobdetector import BlobDetector, canvas, paint
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
@@ -98,3 +99,27 @@ def test_the_views_are_read_from_either_section():
     settings = PredictParams(slice_size=512, slice_overlap=0.1, tta=True, tta_scales=[600, 800])
     assert Views.of(settings) == Views(512, 0.1, True, (600, 800), "predict")
     assert Views.of(EvaluateParams()).plain and Views.of(EvaluateParams()).section == "evaluate"
+
+
+def test_sliced_results_are_exact_coco_results_and_untiled_images_are_counted(tmp_path, caplog):
+    """The stand-in detector's blobs, through tiles, the merge, the crops and RLE, come back
+    as the painted pixels; an image no larger than a tile runs whole, and the log says so."""
+    image = canvas(120, 150)
+    cut = paint(image, 1, 50, 30, 90, 60)  # across the first tile's right edge (64)
+    small = canvas(50, 60)
+    paint(small, 2, 10, 10, 20, 30)
+    items = []
+    for k, pixels in enumerate((image, small), start=1):
+        path = tmp_path / f"{k}.png"
+        Image.fromarray((pixels * 255).round().byte().permute(1, 2, 0).numpy()).save(path)
+        items.append((k, path))
+    model = BlobDetector(min_size=64, max_size=150)
+    with caplog.at_level("INFO", logger="cocoseg.modeling.inference"):
+        results = predict_images(
+            model, items, device="cpu", num_workers=0, progress=False,
+            views=Views(slice_size=64, section="predict"),
+        )  # fmt: skip
+    assert [(r["image_id"], r["category_id"]) for r in results] == [(1, 1), (2, 2)]
+    assert results[0]["bbox"] == [50, 30, 40, 30] and results[1]["bbox"] == [10, 10, 10, 20]
+    assert np.array_equal(mask_utils.decode(results[0]["segmentation"]), cut.numpy())
+    assert "1 of 2 images are no larger than predict.slice_size = 64" in caplog.text
