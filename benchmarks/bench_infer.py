@@ -16,9 +16,10 @@ keeps 100 detections per image, the worst case for postprocessing) and batch siz
   returns one; `paste_speedup_ceiling`: torchvision's paste over that floor).
 
 With `--views`, instead: `predict_images` with sliced inference and TTA (cocoseg.modeling.views)
-beside without, each in its own process (its peak RSS, `VmHWM`, is its own; `peak_rss_mb` less
-the `idle` process's, which loads the model and decodes the images, is what a variant adds;
-on CUDA `peak_gpu_mb` too): seconds per image, best of `--repeat` after a warm-up pass.
+beside without: seconds per image (all warmed up, then interleaved, best of `--repeat`, in one
+process) and peak memory, one pass of each in a process of its own (`peak_rss_mb`, its VmHWM;
+less that of an `idle` process, which builds the model and decodes the images, it is what the
+variant adds: `rss_over_idle_mb`; on CUDA `peak_gpu_mb` too).
 
     python benchmarks/bench_infer.py --views --images 6 --min-size 800 --max-size 1333 \\
         --slice-size 512 --tta-scales 640 800 960
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import math
 import os
@@ -264,63 +266,72 @@ def peak_rss_mb() -> float:
     return int(status["VmHWM"].split()[0]) / 1024
 
 
-def run_variant(device: torch.device, paths: list[Path], args: argparse.Namespace) -> dict:
-    """One `--views` variant in this process (`idle`: the model built, the images decoded)."""
+def view_model(device: torch.device, args: argparse.Namespace) -> torch.nn.Module:
+    """The benchmark's random Mask R-CNN at the asked resize, on `device`."""
     torch.manual_seed(0)
     model = build_model("maskrcnn_resnet50_fpn", 5, min_size=args.min_size, max_size=args.max_size)
-    model.to(device).eval()
+    return model.to(device).eval()
+
+
+def view_runs(model, paths: list[Path], device, args) -> dict[str, Callable[[], list[dict]]]:
+    """predict_images over each `--views` variant, as a call."""
     items = list(enumerate(paths, start=1))
-    out: dict[str, Any] = {"variant": args.variant}
+    options = {"device": device, "batch_size": args.batch_size, "num_workers": args.workers}
+    return {
+        name: functools.partial(predict_images, model, items, progress=False, views=v, **options)
+        for name, v in view_variants(args).items()
+    }
+
+
+def variant_peak(device: torch.device, paths: list[Path], args: argparse.Namespace) -> dict:
+    """Peak memory of one pass of `args.variant` (`idle`: none) in this fresh process."""
+    model = view_model(device, args)
     if args.variant == "idle":
         for path in paths:
             with Image.open(path) as image:
                 image.convert("RGB").load()
-        out["peak_rss_mb"] = round(peak_rss_mb())
-        return out
-    views = view_variants(args)[args.variant]
-
-    def run() -> list[dict]:
-        return predict_images(
-            model, items, device=device, batch_size=args.batch_size, num_workers=args.workers,
-            progress=False, views=views,
-        )  # fmt: skip
-
-    run()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    best = math.inf
-    for _ in range(args.repeat):
-        seconds, results = timed(run, device)
-        best = min(best, seconds)
-    out.update(
-        s_per_image=round(best / len(paths), 3), detections=len(results),
-        peak_rss_mb=round(peak_rss_mb()),
-    )  # fmt: skip
+    else:
+        view_runs(model, paths, device, args)[args.variant]()
+    out = {"peak_rss_mb": round(peak_rss_mb())}
     if device.type == "cuda":
         out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / MB)
     return out
 
 
-def bench_views(device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
-    """Every `--views` variant in its own process on `device`; ratios to `plain`."""
-    variants: dict[str, dict] = {}
-    for name in ["idle", *view_variants(args)]:
+def bench_views(device: torch.device, paths: list[Path], args: argparse.Namespace) -> dict:
+    """Time per image of each `--views` variant, interleaved; peak memory of each alone."""
+    runs = view_runs(view_model(device, args), paths, device, args)
+    detections = {name: len(run()) for name, run in runs.items()}  # warm-up
+    best: dict[str, float] = {}
+    for _ in range(args.repeat):  # interleaved, best of each: fair under drifting load
+        for name, run in runs.items():
+            seconds, _ = timed(run, device)
+            best[name] = min(seconds, best.get(name, math.inf))
+    peaks = {}
+    for name in ["idle", *runs]:
         argv = [
             "--device", str(device), "--images", str(args.images), "--batch-size",
             str(args.batch_size), "--workers", str(args.workers), "--min-size", str(args.min_size),
-            "--max-size", str(args.max_size), "--coco-root", str(args.coco_root), "--repeat",
-            str(args.repeat), "--slice-size", str(args.slice_size), "--tta-scales",
-            *map(str, args.tta_scales), "--variant", name,
+            "--max-size", str(args.max_size), "--coco-root", str(args.coco_root),
+            "--slice-size", str(args.slice_size), "--tta-scales", *map(str, args.tta_scales),
+            "--variant", name,
         ]  # fmt: skip
         proc = subprocess.run(
             [sys.executable, __file__, *argv], capture_output=True, text=True, check=True
         )
-        variants[name] = json.loads(proc.stdout.splitlines()[-1])
-    idle, plain = variants.pop("idle")["peak_rss_mb"], variants["plain"]
-    for row in variants.values():
-        row["rss_over_idle_mb"] = row["peak_rss_mb"] - idle
-        row["time_vs_plain"] = round(row["s_per_image"] / plain["s_per_image"], 2)
-    return {"device": str(device), "idle_peak_rss_mb": idle, "views": variants}
+        peaks[name] = json.loads(proc.stdout.splitlines()[-1])
+    idle = peaks.pop("idle")["peak_rss_mb"]
+    views = {
+        name: {
+            "s_per_image": round(best[name] / len(paths), 3),
+            "time_vs_plain": round(best[name] / best["plain"], 2),
+            "detections": detections[name],
+            **peaks[name],
+            "rss_over_idle_mb": peaks[name]["peak_rss_mb"] - idle,
+        }
+        for name in runs
+    }
+    return {"device": str(device), "idle_peak_rss_mb": idle, "views": views}
 
 
 def main() -> None:
@@ -359,10 +370,9 @@ def main() -> None:
                 runs.append({"device": name, "skipped": "CUDA is not available here"})
                 continue
             if args.variant:
-                print(json.dumps(run_variant(torch.device(name), paths, args)))
+                print(json.dumps(variant_peak(torch.device(name), paths, args)))
                 return
-            device = torch.device(name)
-            runs.append(bench_views(device, args) if args.views else bench(device, paths, args))
+            runs.append((bench_views if args.views else bench)(torch.device(name), paths, args))
     report.update(runs[0] if len(runs) == 1 else {"runs": runs})
     print(json.dumps(report))
 
