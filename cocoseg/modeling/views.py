@@ -67,8 +67,8 @@ class Views:
                 f"{self.slice_size} px tiles overlapping {self.slice_overlap:g} and the whole image"
             )
         if self.tta:
-            sizes = list(self.tta_scales) or "the model's"
-            parts.append(f"TTA: each as is and mirrored at sizes {sizes}")
+            sizes = f"sizes {list(self.tta_scales)}" if self.tta_scales else "the model's size"
+            parts.append(f"TTA: each as is and mirrored, at {sizes}")
         return "; ".join(parts) or "the whole image"
 
     def untiled(self, height: int, width: int) -> bool:

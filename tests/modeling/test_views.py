@@ -99,6 +99,10 @@ def test_the_views_are_read_from_either_section():
     settings = PredictParams(slice_size=512, slice_overlap=0.1, tta=True, tta_scales=[600, 800])
     assert Views.of(settings) == Views(512, 0.1, True, (600, 800), "predict")
     assert Views.of(EvaluateParams()).plain and Views.of(EvaluateParams()).section == "evaluate"
+    assert Views.of(settings).describe() == (
+        "512 px tiles overlapping 0.1 and the whole image; TTA: each as is and mirrored, at sizes "
+        "[600, 800]"
+    )
 
 
 def test_sliced_results_are_exact_coco_results_and_untiled_images_are_counted(tmp_path, caplog):
