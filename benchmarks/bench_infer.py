@@ -15,6 +15,15 @@ keeps 100 detections per image, the worst case for postprocessing) and batch siz
   (`paste_output_ms`: allocating and zeroing a 100-mask output, the floor of any paste that
   returns one; `paste_speedup_ceiling`: torchvision's paste over that floor).
 
+With `--views`, instead: `predict_images` with sliced inference and TTA (cocoseg.modeling.views)
+beside without: seconds per image (all warmed up, then interleaved, best of `--repeat`, in one
+process) and peak memory, one pass of each in a process of its own (`peak_rss_mb`, its VmHWM;
+less that of an `idle` process, which builds the model and decodes the images, it is what the
+variant adds: `rss_over_idle_mb`; on CUDA `peak_gpu_mb` too).
+
+    python benchmarks/bench_infer.py --views --images 6 --min-size 800 --max-size 1333 \\
+        --slice-size 512 --tta-scales 640 800 960
+
 Like the stages, it runs PyTorch with `THP_MEM_ALLOC_ENABLE=1` unless that is set (`thp_alloc`).
 
 Every method is warmed up first, then they run interleaved, the best of `--repeat` kept.
@@ -31,10 +40,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import math
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -55,6 +67,7 @@ from cocoseg.common.io import MB
 from cocoseg.modeling.inference import predict_images
 from cocoseg.modeling.paste import paste_masks
 from cocoseg.modeling.registry import build_model
+from cocoseg.modeling.views import Views
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "coco-sample"
 
@@ -235,6 +248,92 @@ def bench(device: torch.device, paths: list[Path], args: argparse.Namespace) -> 
     return out
 
 
+def view_variants(args: argparse.Namespace) -> dict[str, Views]:
+    """What `--views` compares: the image alone, tiles, flip TTA, flip at sizes, tiles with flip."""
+    sliced, scales = args.slice_size, tuple(args.tta_scales)
+    return {
+        "plain": Views(),
+        "sliced": Views(slice_size=sliced, slice_overlap=0.2),
+        "tta_flip": Views(tta=True),
+        "tta_scales": Views(tta=True, tta_scales=scales),
+        "sliced_tta_flip": Views(slice_size=sliced, slice_overlap=0.2, tta=True),
+    }
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory (VmHWM; ru_maxrss would count the parent's)."""
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return int(status["VmHWM"].split()[0]) / 1024
+
+
+def view_model(device: torch.device, args: argparse.Namespace) -> torch.nn.Module:
+    """The benchmark's random Mask R-CNN at the asked resize, on `device`."""
+    torch.manual_seed(0)
+    model = build_model("maskrcnn_resnet50_fpn", 5, min_size=args.min_size, max_size=args.max_size)
+    return model.to(device).eval()
+
+
+def view_runs(model, paths: list[Path], device, args) -> dict[str, Callable[[], list[dict]]]:
+    """predict_images over each `--views` variant, as a call."""
+    items = list(enumerate(paths, start=1))
+    options = {"device": device, "batch_size": args.batch_size, "num_workers": args.workers}
+    return {
+        name: functools.partial(predict_images, model, items, progress=False, views=v, **options)
+        for name, v in view_variants(args).items()
+    }
+
+
+def variant_peak(device: torch.device, paths: list[Path], args: argparse.Namespace) -> dict:
+    """Peak memory of one pass of `args.variant` (`idle`: none) in this fresh process."""
+    model = view_model(device, args)
+    if args.variant == "idle":
+        for path in paths:
+            with Image.open(path) as image:
+                image.convert("RGB").load()
+    else:
+        view_runs(model, paths, device, args)[args.variant]()
+    out = {"peak_rss_mb": round(peak_rss_mb())}
+    if device.type == "cuda":
+        out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / MB)
+    return out
+
+
+def bench_views(device: torch.device, paths: list[Path], args: argparse.Namespace) -> dict:
+    """Time per image of each `--views` variant, interleaved; peak memory of each alone."""
+    runs = view_runs(view_model(device, args), paths, device, args)
+    detections = {name: len(run()) for name, run in runs.items()}  # warm-up
+    best: dict[str, float] = {}
+    for _ in range(args.repeat):  # interleaved, best of each: fair under drifting load
+        for name, run in runs.items():
+            seconds, _ = timed(run, device)
+            best[name] = min(seconds, best.get(name, math.inf))
+    peaks = {}
+    for name in ["idle", *runs]:
+        argv = [
+            "--device", str(device), "--images", str(args.images), "--batch-size",
+            str(args.batch_size), "--workers", str(args.workers), "--min-size", str(args.min_size),
+            "--max-size", str(args.max_size), "--coco-root", str(args.coco_root),
+            "--slice-size", str(args.slice_size), "--tta-scales", *map(str, args.tta_scales),
+            "--variant", name,
+        ]  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, __file__, *argv], capture_output=True, text=True, check=True
+        )
+        peaks[name] = json.loads(proc.stdout.splitlines()[-1])
+    idle = peaks.pop("idle")["peak_rss_mb"]
+    views = {
+        name: {
+            "s_per_image": round(best[name] / len(paths), 3),
+            "time_vs_plain": round(best[name] / best["plain"], 2),
+            "detections": detections[name],
+            **peaks[name],
+            "rss_over_idle_mb": peaks[name]["peak_rss_mb"] - idle,
+        }
+        for name in runs
+    }
+    return {"device": str(device), "idle_peak_rss_mb": idle, "views": views}
+
+
 def main() -> None:
     """Parse args, run on each requested device, print one JSON object."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -246,6 +345,11 @@ def main() -> None:
     parser.add_argument("--max-size", type=int, default=512)
     parser.add_argument("--coco-root", type=Path, default=SAMPLE, help="a COCO copy with val2017/")
     parser.add_argument("--repeat", type=int, default=3, help="timed passes of each; best kept")
+    parser.add_argument("--views", action="store_true", help="sliced inference and TTA instead")
+    parser.add_argument("--slice-size", type=int, default=512, help="--views: tile side (px)")
+    parser.add_argument("--tta-scales", type=int, nargs="+", default=[640, 800, 960],
+                        help="--views: the sizes of the tta_scales variant")  # fmt: skip
+    parser.add_argument("--variant", help=argparse.SUPPRESS)  # a --views child process
     args = parser.parse_args()
     report: dict[str, Any] = {
         "torch": torch.__version__, "images": args.images, "batch_size": args.batch_size,
@@ -265,7 +369,10 @@ def main() -> None:
             if name.startswith("cuda") and not torch.cuda.is_available():
                 runs.append({"device": name, "skipped": "CUDA is not available here"})
                 continue
-            runs.append(bench(torch.device(name), paths, args))
+            if args.variant:
+                print(json.dumps(variant_peak(torch.device(name), paths, args)))
+                return
+            runs.append((bench_views if args.views else bench)(torch.device(name), paths, args))
     report.update(runs[0] if len(runs) == 1 else {"runs": runs})
     print(json.dumps(report))
 

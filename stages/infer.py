@@ -3,8 +3,9 @@
 Writes reports/eval/predictions.json (COCO results, RLE masks) for the evaluate stage to
 score, and beside it predictions.classes.json (the class names of ids 1..K), so that
 evaluate refuses predictions made for another class list. Settings: evaluate.mask_threshold,
-batch_size, num_workers, device. Scoring params (score_threshold, n_samples) are not read
-here, so changing them reruns scoring alone.
+batch_size, num_workers, device, and sliced inference and TTA (slice_size, slice_overlap, tta,
+tta_scales). Scoring params (score_threshold, n_samples) are not read here, so changing them
+reruns scoring alone.
 """
 
 from __future__ import annotations

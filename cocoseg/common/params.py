@@ -45,6 +45,14 @@ DETECTION_ONLY = {
     "anchor_ratios": "a semantic model has no anchors",
     "rois_per_image": "a semantic model has no RoIs",
 }
+# Sliced inference and TTA (cocoseg.modeling.slicing, cocoseg.modeling.tta). A tile's masks are
+# kept until the merge (100 detections x side^2 float32: 1.7 GB at 2048); a TTA size is the
+# shorter side one pass resizes to (detectron2's COCO TTA tops out at 1200).
+SLICE_SIZE_MIN, SLICE_SIZE_MAX = 32, 2048
+TTA_SCALE_MAX = 1600
+SliceSize = Annotated[int, Meta(ge=0, le=SLICE_SIZE_MAX)]
+SliceOverlap = Annotated[float, Meta(ge=0, lt=1)]
+TtaScales = Annotated[list[Annotated[int, Meta(ge=32, le=TTA_SCALE_MAX)]], Meta(max_length=8)]
 # train.arch: the names of cocoseg.modeling.registry's entries (a test keeps them equal).
 ArchName = Literal[
     "maskrcnn_resnet50_fpn",
@@ -143,6 +151,10 @@ class EvaluateParams(_Section):
     n_samples: PositiveInt = 6
     n_worst: NonNegInt = 6  # val images with the most errors in worst_images.png
     device: Device = "auto"
+    slice_size: SliceSize = 0  # tile side in pixels for sliced inference; 0 = off
+    slice_overlap: SliceOverlap = 0.2  # tiles overlap by this fraction of slice_size
+    tta: bool = False  # test-time augmentation: horizontal flip (and tta_scales)
+    tta_scales: TtaScales = _list()  # shorter-side sizes of the TTA passes; [] = the model's
 
 
 class PredictParams(_Section):
@@ -153,6 +165,10 @@ class PredictParams(_Section):
     batch_size: PositiveInt = 2
     num_workers: NonNegInt = 2
     device: Device = "auto"
+    slice_size: SliceSize = 0  # tile side in pixels for sliced inference; 0 = off
+    slice_overlap: SliceOverlap = 0.2  # tiles overlap by this fraction of slice_size
+    tta: bool = False  # test-time augmentation: horizontal flip (and tta_scales)
+    tta_scales: TtaScales = _list()  # shorter-side sizes of the TTA passes; [] = the model's
 
 
 class Params(_Section):
@@ -198,6 +214,30 @@ def _check_cross_fields(params: Params) -> None:
         if value not in ("last", 0) and train.eval_every == 0:
             raise ParamError(f"train.{key} = {value} needs train.eval_every > 0 (got 0)",
                              keys=(f"train.{key}", "train.eval_every"))  # fmt: skip
+    for name in ("evaluate", "predict"):
+        _check_views(name, getattr(params, name))
+
+
+def _check_views(name: str, section: EvaluateParams | PredictParams) -> None:
+    """Sliced inference and TTA keys: a tile size of 0 (off) or in range, TTA sizes once each
+    and only with TTA on."""
+    size, scales = section.slice_size, section.tta_scales
+    if 0 < size < SLICE_SIZE_MIN:
+        raise ParamError(
+            f"{name}.slice_size = {size} must be 0 (off) or {SLICE_SIZE_MIN}..{SLICE_SIZE_MAX} "
+            "pixels",
+            keys=(f"{name}.slice_size",),
+        )
+    if len(set(scales)) < len(scales):
+        raise ParamError(
+            f"{name}.tta_scales = {scales!r} names a size more than once",
+            keys=(f"{name}.tta_scales",),
+        )
+    if scales and not section.tta:
+        raise ParamError(
+            f"{name}.tta_scales = {scales!r} needs {name}.tta = true (got false)",
+            keys=(f"{name}.tta_scales", f"{name}.tta"),
+        )
 
 
 def _refuse_detection_keys(train: TrainParams) -> None:
@@ -208,7 +248,8 @@ def _refuse_detection_keys(train: TrainParams) -> None:
         if value != getattr(defaults, key):
             raise ParamError(
                 f"train.{key} = {value} has no meaning for train.arch = {train.arch} ({reason}); "
-                "remove it or use a Mask R-CNN arch"
+                "remove it or use a Mask R-CNN arch",
+                keys=(f"train.{key}", "train.arch"),
             )
 
 

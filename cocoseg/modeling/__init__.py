@@ -1,3 +1,4 @@
 """Layer 2, the models: the arch registry (registry, arch, one file per family), start weights
 (weights), the model file (records), the device, and the one inference path (paste, rle,
-inference) with the infer stage's own code (infer). Only train, infer and predict depend on it."""
+inference; an image's views: views, slicing, tta) with the infer stage's own code (infer). Only
+train, infer and predict depend on it."""

@@ -2,7 +2,8 @@
 
 The model stays busy: DataLoader workers decode, only mask crops go to the host (without
 blocking on CUDA) and a thread RLE-encodes them (`cocoseg.modeling.rle`) at most `MAX_PENDING`
-batches behind, so memory stays flat. Results come back in input order.
+batches behind, so memory stays flat. Results come back in input order. Sliced inference and
+TTA, when asked, run in the model's place (`cocoseg.modeling.views`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from cocoseg.common.params import EvaluateParams, PredictParams
 from cocoseg.modeling.device import resolve_device
 from cocoseg.modeling.records import load_trained_model
 from cocoseg.modeling.rle import crop_bounds, crop_rles, gather_crops
+from cocoseg.modeling.views import PLAIN, Views, detect
 
 log = logging.getLogger(__name__)
 
@@ -149,15 +151,20 @@ def encode_batch(
 
 
 def _run_model(
-    model: torch.nn.Module, images: list[torch.Tensor], device: torch.device, amp: bool
+    model: torch.nn.Module,
+    images: list[torch.Tensor],
+    device: torch.device,
+    amp: bool,
+    views: Views,
+    batch_size: int,
 ) -> list[dict[str, torch.Tensor]]:
-    """The model's detections on one batch of uint8 images (made float on the device); AMP only
-    on CUDA."""
+    """The model's detections on one batch of uint8 images (made float on the device) over their
+    `views`, at most `batch_size` images per forward; AMP only on CUDA."""
     inputs = [
         F.to_dtype(i.to(device, non_blocking=True), torch.float32, scale=True) for i in images
     ]
     with torch.autocast(device_type=device.type, enabled=amp and device.type == "cuda"):
-        return model(inputs)
+        return detect(model, inputs, views, batch_size)
 
 
 def predict_images(
@@ -170,11 +177,14 @@ def predict_images(
     num_workers: int = 0,
     amp: bool = True,
     progress: bool = True,
+    views: Views = PLAIN,
 ) -> list[dict[str, Any]]:
-    """Run the model (eval mode, no gradients) on (image_id, path, recorded) items; return COCO
-    results for every detection. A file that does not decode stops the run, naming it."""
+    """Run the model (eval mode, no gradients) on (image_id, path, recorded) items over their
+    `views`; return COCO results for every detection. A file that does not decode stops the
+    run, naming it."""
     device = torch.device(device)
     model.eval()
+    untiled = 0
     results: list[dict[str, Any]] = []
     pending: deque[Future[list[dict[str, Any]]]] = deque()
     loader = image_loader(items, batch_size, num_workers, device)
@@ -185,7 +195,9 @@ def predict_images(
                 for _, image in batch:
                     if isinstance(image, DataError):
                         raise image
-                outputs = _run_model(model, [image for _, image in batch], device, amp)
+                images = [image for _, image in batch]
+                untiled += sum(views.untiled(*i.shape[1:]) for i in images)
+                outputs = _run_model(model, images, device, amp, views, batch_size)
                 detections, event = host_detections(outputs, mask_threshold)
                 image_ids = [image_id for image_id, _ in batch]
                 pending.append(encoder.submit(encode_batch, image_ids, detections, event))
@@ -193,6 +205,11 @@ def predict_images(
                     results.extend(pending.popleft().result())
         while pending:
             results.extend(pending.popleft().result())
+    if untiled:
+        log.info(
+            "inference: %d of %d images are no larger than %s.slice_size = %d: the whole image "
+            "alone", untiled, len(items), views.section, views.slice_size,
+        )  # fmt: skip
     return results
 
 
@@ -208,10 +225,16 @@ def run_trained_model(
     return every detection as COCO results, and the model's class names."""
     device = resolve_device(settings.device)
     model, classes = load_trained_model(model_path, device, expect_classes)
-    log.info("inference: %d images on %s with %s", len(items), device, model_path)
+    views = Views.of(settings)
+    views.check(model, str(model_path))
+    log.info(
+        "inference: %d images on %s with %s; views: %s", len(items), device, model_path,
+        views.describe(),
+    )  # fmt: skip
     results = predict_images(
         model, items, device=device, batch_size=settings.batch_size,
         mask_threshold=settings.mask_threshold, num_workers=settings.num_workers, progress=progress,
+        views=views,
     )  # fmt: skip
     return results, classes
 

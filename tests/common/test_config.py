@@ -141,6 +141,40 @@ def test_the_project_params_file_is_valid_and_names_every_key():
             {"train": {"augment": "seed"}},
             r"train.augment = 'seed' is not allowed; choose one of \[.*'flip_rotate_color'.*\]",
         ),
+        (
+            {"evaluate": {"slice_size": 16}},
+            r"^params.yaml: evaluate.slice_size = 16 must be 0 \(off\) or 32..2048 pixels$",
+        ),
+        ({"predict": {"slice_size": 1}}, r"^params.yaml: predict.slice_size = 1 must be 0 \(off"),
+        ({"evaluate": {"slice_size": -512}}, r"evaluate.slice_size = -512 .*: must be >= 0$"),
+        ({"predict": {"slice_size": 4096}}, r"predict.slice_size = 4096 .*: must be <= 2048$"),
+        ({"evaluate": {"slice_size": 51.2}}, r"evaluate.slice_size = 51.2 must be an integer$"),
+        ({"evaluate": {"slice_overlap": 1}}, r"evaluate.slice_overlap = 1 .*: must be < 1$"),
+        ({"predict": {"slice_overlap": 1.5}}, r"predict.slice_overlap = 1.5 .*: must be < 1$"),
+        ({"evaluate": {"slice_overlap": -0.2}}, r"evaluate.slice_overlap = -0.2 .* >= 0$"),
+        ({"evaluate": {"tta": "flip"}}, r"^params.yaml: evaluate.tta = 'flip' must be true or"),
+        (
+            {"predict": {"tta_scales": [600, 800]}},
+            r"^params.yaml: predict.tta_scales = \[600, 800\] needs predict.tta = true "
+            r"\(got false\)$",
+        ),
+        (
+            {"evaluate": {"tta": True, "tta_scales": [800, 600, 800]}},
+            r"^params.yaml: evaluate.tta_scales = \[800, 600, 800\] names a size more than once$",
+        ),
+        (
+            {"evaluate": {"tta": True, "tta_scales": [16]}},
+            r"tta_scales\[0\] = 16 .*: must be >= 32$",
+        ),
+        ({"evaluate": {"tta": True, "tta_scales": [2000]}}, r"tta_scales\[0\] = 2000 .* <= 1600$"),
+        (
+            {"evaluate": {"tta": True, "tta_scales": 800}},
+            r"evaluate.tta_scales = 800 must be a list",
+        ),
+        (
+            {"predict": {"tta": True, "tta_scales": list(range(100, 1000, 100))}},
+            r"predict.tta_scales = \[100, .*\] must have 0 to 8 entries$",
+        ),
     ],
 )
 def test_bad_params_are_rejected_by_name(raw, expected):
@@ -151,6 +185,16 @@ def test_bad_params_are_rejected_by_name(raw, expected):
 @pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1", "mps"])
 def test_every_device_form_is_accepted(device):
     assert parse_params({"train": {"device": device}}).train.device == device
+
+
+@pytest.mark.parametrize("section", ["evaluate", "predict"])
+def test_slicing_and_tta_are_off_by_default_and_read_as_given(section):
+    assert (getattr(Params(), section).slice_size, getattr(Params(), section).tta) == (0, False)
+    raw = {"slice_size": 512, "slice_overlap": 0, "tta": True, "tta_scales": [640, 800, 960]}
+    given = getattr(parse_params({section: raw}), section)
+    assert (given.slice_size, given.slice_overlap, given.tta, given.tta_scales) == (
+        512, 0.0, True, [640, 800, 960]
+    )  # fmt: skip
 
 
 def test_an_int_is_accepted_where_a_float_is_expected():

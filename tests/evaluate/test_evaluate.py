@@ -428,3 +428,15 @@ def test_dvc_repro_then_exp_run_changes_only_the_matching_numbers(tmp_path):
     diff = dvc(repo, "metrics", "diff", "HEAD", "--json", "--targets", DETAILS)
     changed = json.loads(diff.stdout)[DETAILS]  # full precision: a small change may round away
     assert any(key.startswith(("iou.", "dice.", "segm.")) for key in changed), changed
+
+    # Sliced inference feeds inference too: `dvc metrics diff` then shows what it does to the
+    # small objects' AP and to the small ones missed (here on a random model: any change).
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-q", "-m", "mask threshold 0.8")
+    before = (repo / "reports/eval/predictions.json").read_text()
+    exp = dvc(repo, "exp", "run", "-S", "evaluate.slice_size=64", "evaluate")
+    assert stages_ran(exp.stdout) == {"check_params", "infer", "evaluate"}, exp.stdout
+    assert (repo / "reports/eval/predictions.json").read_text() != before
+    diff = dvc(repo, "metrics", "diff", "HEAD", "--all", "--json", "--targets", DETAILS)
+    keys = json.loads(diff.stdout)[DETAILS]
+    assert {"segm.APs", "errors.all.missed_small"} <= set(keys), sorted(keys)
