@@ -91,7 +91,8 @@ def check_outputs(repo: Path) -> None:
     assert sampling["sampler"] == "uniform" and sampling["epochs"][0]["images"] == n_train
 
     metrics = json.loads((repo / "reports" / "metrics.json").read_text())
-    assert set(metrics) == {"segm", "bbox", "iou", "dice", "precision", "recall", "f1"}
+    assert set(metrics) == {"segm", "bbox", "semantic", "iou", "dice", "precision", "recall", "f1"}
+    assert set(metrics["semantic"]) == {"mIoU"} and 0 <= metrics["semantic"]["mIoU"] <= 1
     details = json.loads((repo / "reports" / "eval" / "details.json").read_text())
     assert list(details["per_class"]) == synthcoco.TARGET_NAMES
     predictions = repo / "reports" / "eval" / "predictions.json"
@@ -112,7 +113,7 @@ def check_exp_show_is_readable(repo: Path) -> None:
             metrics[path] = data["data"]
     assert set(metrics) == {"reports/metrics.json", "reports/train/live/metrics.json"}, metrics
     assert set(metrics["reports/metrics.json"]) == {
-        "segm", "bbox", "iou", "dice", "precision", "recall", "f1"
+        "segm", "bbox", "semantic", "iou", "dice", "precision", "recall", "f1"
     }  # fmt: skip
     train = metrics["reports/train/live/metrics.json"]  # DVCLive's summary: the epoch as step
     assert set(train) == {"train", "val", "selected_epoch", "step"}, train

@@ -154,7 +154,7 @@ def test_an_interrupt_stops_inference_and_leaves_no_encoder_thread(tmp_path: Pat
         items.append((image_id, tmp_path / f"{image_id}.png", (20, 16)))
     calls = []
 
-    def model_then_interrupt(model, images, device, amp):
+    def model_then_interrupt(model, images, device, amp, views, batch_size):
         calls.append(len(images))
         if len(calls) == 2:
             raise KeyboardInterrupt

@@ -76,7 +76,7 @@ def test_tiles_find_a_small_shape_the_whole_image_loses(tmp_path):
     ctx = Context(torch.device("cpu"))
     model = training_model(p, classes, ctx.device, model_kwargs=FEW_RPN_ROIS)
     loader = train_loader(dataset, p)
-    optimizer, scheduler, scaler = make_optimizer(model, p, len(loader), ctx.device)
+    optimizer, scheduler, scaler = make_optimizer(model, p, [len(loader)] * steps, ctx.device)
     for epoch in range(1, steps + 1):
         train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch, p, ctx)
     model.eval()

@@ -84,7 +84,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 def test_folder_mode_cli(model_file: Path, folder: Path, tmp_path: Path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "stages/predict.py", "--model", str(model_file), "--images"]
+    cmd = [sys.executable, "-m", "stages.predict", "--model", str(model_file), "--images"]
     cmd += [str(folder), "--out", str(out), "--score-threshold", "0"]
     proc = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
