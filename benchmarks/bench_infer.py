@@ -193,7 +193,7 @@ def bench(device: torch.device, paths: list[Path], args: argparse.Namespace) -> 
     model = build_model("maskrcnn_resnet50_fpn", 5, min_size=args.min_size, max_size=args.max_size)
     model.to(device).eval()
     stock = stock_model(model)
-    items = list(enumerate(paths, start=1))
+    items = [(image_id, path, None) for image_id, path in enumerate(paths, start=1)]
     tensors = []
     for path in paths:
         with Image.open(path) as image:
@@ -275,7 +275,7 @@ def view_model(device: torch.device, args: argparse.Namespace) -> torch.nn.Modul
 
 def view_runs(model, paths: list[Path], device, args) -> dict[str, Callable[[], list[dict]]]:
     """predict_images over each `--views` variant, as a call."""
-    items = list(enumerate(paths, start=1))
+    items = [(image_id, path, None) for image_id, path in enumerate(paths, start=1)]
     options = {"device": device, "batch_size": args.batch_size, "num_workers": args.workers}
     return {
         name: functools.partial(predict_images, model, items, progress=False, views=v, **options)

@@ -9,7 +9,7 @@ infer's code and is scored with stage evaluate's (cocoseg.evaluate.metrics, sema
 These numbers say the models learn and how they compare on easy shapes; they are not COCO
 numbers: those need a real run from COCO weights.
 
-    python benchmarks/bench_learn.py [--out reports/bench_learn.json] [--epochs 8] [--size 128]
+    python benchmarks/bench_learn.py [--out reports/bench_learn.json] [--epochs 6] [--size 128]
 
 It prints one JSON object (and writes it to --out): per run the per-class mask AP and AP75,
 box AP, semantic mIoU, training seconds and the machine.
@@ -108,7 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", nargs="+", default=list(ARCHS))
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS))
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--size", type=int, default=128, help="image side in pixels")
     parser.add_argument("--train-images", type=int, default=60)
     parser.add_argument("--val-images", type=int, default=30)

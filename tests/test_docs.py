@@ -95,7 +95,12 @@ def test_every_command_block_is_run_by_a_named_test_or_says_why_not(page, marker
 
 def yaml_value(value: typing.Any) -> str:
     """A default as params.yaml's flow style writes it."""
-    return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("...").strip()
+    return (
+        yaml.safe_dump(value, default_flow_style=True, width=1000)
+        .strip()
+        .removesuffix("...")
+        .strip()
+    )
 
 
 def params_rows() -> dict[str, list[str]]:

@@ -141,34 +141,30 @@ class TrainParams(_Section):
     patience: NonNegInt = 0  # stop after N epochs without a better val segm AP; 0 = off
 
 
-class EvaluateParams(_Section):
-    """How predictions on the val subset are scored."""
+class InferenceParams(_Section):
+    """How a trained model is run over images (stage infer's val images, stage predict's test
+    images and folders): thresholds, batching, device, sliced inference and TTA."""
 
     score_threshold: Fraction = 0.5
     mask_threshold: Fraction = 0.5
     batch_size: PositiveInt = 2
     num_workers: NonNegInt = 2
+    device: Device = "auto"
+    slice_size: SliceSize = 0  # tile side in pixels for sliced inference; 0 = off
+    slice_overlap: SliceOverlap = 0.2  # tiles overlap by this fraction of slice_size
+    tta: bool = False  # test-time augmentation: horizontal flip (and tta_scales)
+    tta_scales: TtaScales = _list()  # shorter-side sizes of the TTA passes; [] = the model's
+
+
+class EvaluateParams(InferenceParams):
+    """How the val subset is predicted (stage infer) and scored (stage evaluate)."""
+
     n_samples: PositiveInt = 6
     n_worst: NonNegInt = 6  # val images with the most errors in worst_images.png
-    device: Device = "auto"
-    slice_size: SliceSize = 0  # tile side in pixels for sliced inference; 0 = off
-    slice_overlap: SliceOverlap = 0.2  # tiles overlap by this fraction of slice_size
-    tta: bool = False  # test-time augmentation: horizontal flip (and tta_scales)
-    tta_scales: TtaScales = _list()  # shorter-side sizes of the TTA passes; [] = the model's
 
 
-class PredictParams(_Section):
+class PredictParams(InferenceParams):
     """How test-set predictions are made and drawn."""
-
-    score_threshold: Fraction = 0.5
-    mask_threshold: Fraction = 0.5
-    batch_size: PositiveInt = 2
-    num_workers: NonNegInt = 2
-    device: Device = "auto"
-    slice_size: SliceSize = 0  # tile side in pixels for sliced inference; 0 = off
-    slice_overlap: SliceOverlap = 0.2  # tiles overlap by this fraction of slice_size
-    tta: bool = False  # test-time augmentation: horizontal flip (and tta_scales)
-    tta_scales: TtaScales = _list()  # shorter-side sizes of the TTA passes; [] = the model's
 
 
 class Params(_Section):
@@ -218,7 +214,7 @@ def _check_cross_fields(params: Params) -> None:
         _check_views(name, getattr(params, name))
 
 
-def _check_views(name: str, section: EvaluateParams | PredictParams) -> None:
+def _check_views(name: str, section: InferenceParams) -> None:
     """Sliced inference and TTA keys: a tile size of 0 (off) or in range, TTA sizes once each
     and only with TTA on."""
     size, scales = section.slice_size, section.tta_scales

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from cocoseg.coco.images import ImageItem, read_rgb
 from cocoseg.common.cli import worker_init
 from cocoseg.common.errors import DataError
-from cocoseg.common.params import EvaluateParams, PredictParams
+from cocoseg.common.params import InferenceParams
 from cocoseg.modeling.device import resolve_device
 from cocoseg.modeling.records import load_trained_model
 from cocoseg.modeling.rle import crop_bounds, crop_rles, gather_crops
@@ -216,7 +216,7 @@ def predict_images(
 def run_trained_model(
     model_path: str | Path,
     items: Sequence[ImageItem],
-    settings: EvaluateParams | PredictParams,
+    settings: InferenceParams,
     *,
     expect_classes: Sequence[str] = (),
     progress: bool = True,

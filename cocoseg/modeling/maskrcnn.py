@@ -116,32 +116,35 @@ def builder(torchvision_builder: Callable[..., MaskRCNN]) -> Callable[..., MaskR
     return build
 
 
+def entry(
+    name: str, torchvision_builder: Callable[..., MaskRCNN], coco: Any, imagenet: Any,
+    *, frozen_bn: bool = True,
+) -> Arch:  # fmt: skip
+    """A Mask R-CNN family registry entry: torchvision's builder, its start weights, its BN."""
+    return Arch(
+        name=name, build=builder(torchvision_builder), coco=coco, imagenet=imagenet,
+        frozen_bn=frozen_bn, class_prefixes=PREDICTOR_PREFIXES, coco_start=coco_start,
+    )  # fmt: skip
+
+
 ARCHS = (
-    Arch(
-        name="maskrcnn_resnet50_fpn",
-        build=builder(maskrcnn_resnet50_fpn),
-        coco=MaskRCNN_ResNet50_FPN_Weights.COCO_V1,
-        imagenet=ResNet50_Weights.IMAGENET1K_V1,
-        frozen_bn=True,
-        class_prefixes=PREDICTOR_PREFIXES,
-        coco_start=coco_start,
+    entry(
+        "maskrcnn_resnet50_fpn",
+        maskrcnn_resnet50_fpn,
+        MaskRCNN_ResNet50_FPN_Weights.COCO_V1,
+        ResNet50_Weights.IMAGENET1K_V1,
     ),
-    Arch(
-        name="maskrcnn_resnet50_fpn_v2",
-        build=builder(maskrcnn_resnet50_fpn_v2),
-        coco=MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1,
-        imagenet=ResNet50_Weights.IMAGENET1K_V1,
+    entry(
+        "maskrcnn_resnet50_fpn_v2",
+        maskrcnn_resnet50_fpn_v2,
+        MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1,
+        ResNet50_Weights.IMAGENET1K_V1,
         frozen_bn=False,
-        class_prefixes=PREDICTOR_PREFIXES,
-        coco_start=coco_start,
     ),
-    Arch(
-        name="maskrcnn_resnet101_fpn",
-        build=builder(maskrcnn_resnet101_fpn),
-        coco=NO_COCO_R101,
-        imagenet=ResNet101_Weights.IMAGENET1K_V1,
-        frozen_bn=True,
-        class_prefixes=PREDICTOR_PREFIXES,
-        coco_start=coco_start,
+    entry(
+        "maskrcnn_resnet101_fpn",
+        maskrcnn_resnet101_fpn,
+        NO_COCO_R101,
+        ResNet101_Weights.IMAGENET1K_V1,
     ),
 )

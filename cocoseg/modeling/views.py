@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from cocoseg.common.errors import ParamError
-from cocoseg.common.params import EvaluateParams, PredictParams
+from cocoseg.common.params import EvaluateParams, InferenceParams
 from cocoseg.modeling.slicing import image_windows, merge_windows, tile_windows
 from cocoseg.modeling.tta import model_resize, tta_detections
 
@@ -29,7 +29,7 @@ class Views:
     section: str = "evaluate"
 
     @classmethod
-    def of(cls, settings: EvaluateParams | PredictParams) -> Views:
+    def of(cls, settings: InferenceParams) -> Views:
         """The views `settings` ask for."""
         return cls(
             settings.slice_size, settings.slice_overlap, settings.tta, tuple(settings.tta_scales),

@@ -16,6 +16,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+import stages.evaluate as evaluate_stage
+import stages.infer as infer_stage
 from cocoseg.coco.images import read_rgb
 from cocoseg.common.cli import run_stage
 from cocoseg.common.errors import DataError
@@ -31,8 +33,6 @@ from cocoseg.modeling.inference import (
 from cocoseg.modeling.records import model_record
 from cocoseg.modeling.registry import build_model
 from cocoseg.viz import figures as visualize
-from stages import evaluate as evaluate_stage
-from stages import infer as infer_stage
 
 PROJECT = Path(__file__).resolve().parents[2]
 CLASSES = list(synthcoco.TARGETS.values())
