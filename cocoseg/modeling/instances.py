@@ -12,10 +12,11 @@ import torch
 from scipy import ndimage
 from torch import Tensor
 
+from cocoseg.modeling.arch import MAX_DETECTIONS
+
 # A component of fewer pixels (at the image's own size) is a speck, dropped: under one 4x4 cell
 # of DeepLab's stride-4 logits, it is interpolation noise, and no COCO object is that small.
 MIN_INSTANCE_AREA = 16
-MAX_DETECTIONS = 100  # per image, as torchvision's Mask R-CNN (detections_per_img)
 CONNECTIVITY = np.ones((3, 3), dtype=bool)  # 8-connected: pixels touching at a corner are one
 
 

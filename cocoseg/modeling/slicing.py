@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cocoseg.modeling.arch import MAX_DETECTIONS
+
 Window = tuple[int, int, int, int]  # x0, y0, x1, y1 of a view in image pixels
 MATCH_IOS = 0.5  # SAHI's postprocess_match_threshold with its IOS metric
-MAX_DETECTIONS = 100  # per image after the merge: COCO's maxDets, torchvision's cap too
 
 
 def tile_windows(height: int, width: int, size: int, overlap: float) -> list[Window]:

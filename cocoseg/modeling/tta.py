@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, box_iou
 
-from cocoseg.modeling.slicing import MAX_DETECTIONS
+from cocoseg.modeling.arch import MAX_DETECTIONS
 
 NMS_IOU = 0.5  # detectron2's MODEL.ROI_HEADS.NMS_THRESH_TEST, torchvision's box_nms_thresh
 Detections = dict[str, Tensor]

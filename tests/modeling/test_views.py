@@ -16,10 +16,11 @@ from pycocotools.coco import COCO
 
 from cocoseg.common.errors import ParamError
 from cocoseg.common.params import EvaluateParams, PredictParams
+from cocoseg.modeling.arch import MAX_DETECTIONS
 from cocoseg.modeling.inference import predict_images, run_trained_model
 from cocoseg.modeling.records import model_record
 from cocoseg.modeling.registry import ARCHS, build_model
-from cocoseg.modeling.slicing import MAX_DETECTIONS, image_windows
+from cocoseg.modeling.slicing import image_windows
 from cocoseg.modeling.tta import model_resize
 from cocoseg.modeling.views import Views
 
