@@ -1,7 +1,5 @@
-"""The one image reader (`read_rgb`, `decode_image`): whole decode, errors name the file, every
-PIL mode to 8-bit RGB (PIL's `convert("RGB")` clips 16-bit gray to white, drops transparency),
-in one frame rule (`turned`): a user's photo as a viewer shows it (EXIF orientation applied, as
-PIL does not), an annotated image in the frame whose size its annotation file records."""
+"""The one image reader: whole decode, errors naming the file, every PIL mode to 8-bit RGB (PIL's
+`convert("RGB")` clips 16-bit gray and drops transparency), in the frame `turned` picks."""
 
 from __future__ import annotations
 
@@ -39,10 +37,9 @@ def shown_size(im: Image.Image) -> Size:
 
 
 def turned(im: Image.Image, path: str | Path, what: str, recorded: Size | None) -> bool:
-    """Whether the image is read in its EXIF-oriented frame rather than as stored. recorded None
-    (a user's own photo): as a viewer shows it. recorded (width, height) (an annotation file's
-    record, whose masks were drawn in one frame): as stored if that size matches, else oriented
-    if that does; a size matching neither raises DataError naming the file and both sizes."""
+    """Whether to read the image EXIF-oriented rather than as stored: a user's photo (recorded None)
+    as a viewer shows it; an annotated one in the frame whose (width, height) its record holds, as
+    stored first. A size matching neither raises DataError naming the file and both sizes."""
     oriented = orientation(im) in TURNED
     if recorded is None:
         return oriented
@@ -67,8 +64,8 @@ def _decoded(
     use: Callable[[Image.Image, bool], T],
     recorded: Size | None,
 ) -> T:
-    """`use(image, turned)` of the whole decoded image (not just its header), with the frame rule's
-    answer (`turned`); a missing or undecodable file raises DataError naming the path and `what`."""
+    """`use(image, turned(...))` of the whole decoded image (not just its header); a missing or
+    undecodable file raises DataError naming the path and `what`."""
     try:
         with Image.open(path) as im:
             im.load()
@@ -92,8 +89,7 @@ def decode_image(
 
 
 def read_rgb(path: str | Path, what: str = "image", recorded: Size | None = None) -> np.ndarray:
-    """The image as HxWx3 uint8 RGB, whatever its mode (see `to_rgb`), in the frame `turned`
-    picks: None for a user's photo (as a viewer shows it), an annotation's (width, height) else."""
+    """The image as HxWx3 uint8 RGB, whatever its mode (`to_rgb`), in the frame `turned` picks."""
     return _decoded(path, what, _rgb, recorded)
 
 

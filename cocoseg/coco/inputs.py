@@ -1,6 +1,5 @@
-"""Which images to predict on: a split of data/subset (`split_paths`: its layout, for every stage),
-read in the frame its annotations record, or each image in a folder as a viewer shows it (other
-files, and images that do not decode, are skipped by name before the model loads)."""
+"""Which images to predict on: a split of data/subset (`split_paths`: its layout) in the frame its
+annotations record, or a folder's images as a viewer shows them (the rest skipped by name)."""
 
 from __future__ import annotations
 
@@ -20,8 +19,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 @dataclass(frozen=True)
 class InputImage:
-    """One image to predict on: its id in the outputs, where it is, and its size in the frame it
-    is read in: a folder's as a viewer shows it, a subset's as its annotation file records it."""
+    """One image to predict on: its id in the outputs, where it is, its size in the frame read."""
 
     id: int
     path: Path
@@ -49,9 +47,8 @@ class FolderImages(NamedTuple):
 
 
 def folder_images(folder: str | Path) -> FolderImages:
-    """Every .jpg/.jpeg/.png directly in folder that decodes, sorted by name, with ids 1..N, sized
-    as a viewer shows it. Each that does not decode is skipped with one line naming it; a folder
-    where none does is a DataError."""
+    """Every .jpg/.jpeg/.png directly in folder that decodes, by name, ids 1..N, sized as a viewer
+    shows it; each that does not is skipped naming it; a folder where none does is a DataError."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder of images")

@@ -1,10 +1,8 @@
-"""Shared plumbing for the thin `stages/*.py` entry points: arguments, params, one-line endings.
-
-A failure a user can act on ends in one line on stderr: our errors and OS faults (also wrapped by
-torch, PIL or a DataLoader worker) exit 2, Ctrl-C 130, SIGTERM 143; a bug keeps its traceback.
-SIGTERM (`timeout`, `docker stop`, Slurm, `dvc queue kill`) is handled like Ctrl-C, so `finally`
-blocks and temp-file cleanup run.
-"""
+"""The thin `stages/*.py` entry points' runner: arguments, params, one-line endings. A failure a
+user can act on (our errors, OS faults even when torch, PIL or a DataLoader worker wraps them) ends
+in one line on stderr and exit 2; Ctrl-C 130; SIGTERM (`timeout`, `docker stop`, Slurm, `dvc queue
+kill`) 143, unwound like Ctrl-C so `finally` blocks and temp-file cleanup run; a bug keeps its
+traceback."""
 
 from __future__ import annotations
 

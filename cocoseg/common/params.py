@@ -1,6 +1,5 @@
-"""Typed params: a frozen msgspec Struct per section of params.yaml, whose types hold the
-constraints, so bad keys and values stop before any work (cocoseg.common.validation words errors).
-params.yaml restates the defaults (a test keeps them equal)."""
+"""Typed params: a frozen msgspec Struct per section of params.yaml, whose types hold constraints,
+so bad keys and values stop before any work; params.yaml restates the defaults (tested equal)."""
 
 from __future__ import annotations
 
@@ -36,9 +35,8 @@ ANCHOR_SIZES = (32, 64, 128, 256, 512)
 ANCHOR_RATIOS = (0.5, 1.0, 2.0)
 PerFpnLevel = Meta(min_length=5, max_length=5, description="one size per FPN level (5 levels)")
 Augment = Literal["flip_rotate_color", "multiscale", "scale_jitter", "random_crop", "none"]
-# The train.arch values of semantic models (a class per pixel, instances from its map:
-# cocoseg.modeling.deeplab); the Mask R-CNN keys below mean nothing to them, so a value other
-# than the default is refused (this layer cannot import the registry).
+# train.arch's semantic models (cocoseg.modeling.deeplab), to which the Mask R-CNN keys below mean
+# nothing: a value other than the default is refused (this layer cannot import the registry).
 SEMANTIC_ARCHS = frozenset({"deeplabv3plus_resnet50", "deeplabv3plus_resnet101"})
 DETECTION_ONLY = {
     "anchor_sizes": "a semantic model has no anchors",
@@ -142,8 +140,7 @@ class TrainParams(_Section):
 
 
 class InferenceParams(_Section):
-    """How a trained model is run over images (stage infer's val images, stage predict's test
-    images and folders): thresholds, batching, device, sliced inference and TTA."""
+    """How a trained model is run over images (stages infer and predict), with slicing and TTA."""
 
     score_threshold: Fraction = 0.5
     mask_threshold: Fraction = 0.5
@@ -215,8 +212,7 @@ def _check_cross_fields(params: Params) -> None:
 
 
 def _check_views(name: str, section: InferenceParams) -> None:
-    """Sliced inference and TTA keys: a tile size of 0 (off) or in range, TTA sizes once each
-    and only with TTA on."""
+    """A tile size of 0 (off) or in range; TTA sizes once each, and only with TTA on."""
     size, scales = section.slice_size, section.tta_scales
     if 0 < size < SLICE_SIZE_MIN:
         raise ParamError(

@@ -25,9 +25,8 @@ _BOUNDS = {"ge": (">=", operator.ge), "gt": (">", operator.gt), "le": ("<=", ope
 
 
 def convert(raw: Any, cls: type[T], *, error: Callable[..., Exception], prefix: str = "") -> T:
-    """`msgspec.convert(raw, cls)` (strict); on failure raise `error(message, keys=(key,))` with a
-    one-line message and the key at fault. prefix names raw itself in messages (`train` makes
-    `$.lr` read `train.lr`)."""
+    """`msgspec.convert(raw, cls)`; on failure raise `error(one-line message, keys=(key,))`. prefix
+    names raw itself in messages (`train` makes `$.lr` read `train.lr`)."""
     try:
         return msgspec.convert(raw, cls)
     except msgspec.ValidationError as err:
