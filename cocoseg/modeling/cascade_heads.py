@@ -240,34 +240,22 @@ class CascadeRoIHeads(RoIHeads):
         pooled = self.mask_roi_pool(features, boxes, image_shapes)
         return self.mask_predictor(self.mask_head(pooled))
 
-    def stage_outputs(
-        self,
-        features: dict[str, Tensor],
-        proposals: list[Tensor],
-        image_shapes: list[tuple[int, int]],
-    ) -> tuple[list[list[Tensor]], list[Tensor], list[Tensor]]:
-        """Inference through the stages: the boxes each stage was given (per image), each
-        stage's softmax scores over them, and the last stage's refined boxes."""
-        boxes, inputs, probabilities = proposals, [], []
-        for k, stage in enumerate(self.stages):
-            if k > 0:
-                boxes = self.next_boxes(boxes, image_shapes)
-            logits, deltas = self.run_stage(k, features, boxes, image_shapes)
-            inputs.append(boxes)
-            probabilities.append(F.softmax(logits.float(), -1))
-            boxes = stage.refine(deltas, boxes)
-        return inputs, probabilities, boxes
-
     def detect(
         self,
         features: dict[str, Tensor],
         proposals: list[Tensor],
         image_shapes: list[tuple[int, int]],
     ) -> list[dict[str, Tensor]]:
-        """torchvision's Mask R-CNN output per image: boxes, labels, scores, masks."""
-        _, probabilities, final = self.stage_outputs(features, proposals, image_shapes)
-        scores = torch.stack(probabilities).mean(0)
-        result = self.postprocess(scores, final, image_shapes)
+        """torchvision's Mask R-CNN output per image (boxes, labels, scores, masks): the stages'
+        mean softmax on the last stage's boxes."""
+        boxes, probabilities = proposals, []
+        for k, stage in enumerate(self.stages):
+            if k > 0:
+                boxes = self.next_boxes(boxes, image_shapes)
+            logits, deltas = self.run_stage(k, features, boxes, image_shapes)
+            probabilities.append(F.softmax(logits.float(), -1))
+            boxes = stage.refine(deltas, boxes)
+        result = self.postprocess(torch.stack(probabilities).mean(0), boxes, image_shapes)
         mask_logits = self.mask_logits(features, [r["boxes"] for r in result], image_shapes)
         masks = maskrcnn_inference(mask_logits, [r["labels"] for r in result])
         for mask, r in zip(masks, result, strict=True):
