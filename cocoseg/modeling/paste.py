@@ -34,7 +34,6 @@ def paste_masks(
     masks: Tensor,
     boxes: Tensor,
     image_shape: tuple[int, int],
-    padding: int = 1,
     batched: bool | None = None,
 ) -> Tensor:
     """(N, 1, M, M) mask probabilities in their (N, 4) xyxy boxes as (N, 1, H, W) image masks:
@@ -44,7 +43,7 @@ def paste_masks(
     out = masks.new_zeros((masks.shape[0], 1, height, width))
     if masks.shape[0] == 0:
         return out
-    padded, scale = expand_masks(masks, padding=padding)
+    padded, scale = expand_masks(masks, padding=1)  # paste_masks_in_image's padding
     int_boxes = expand_boxes(boxes, scale).to(dtype=torch.int64)
     regions = pasted_regions(int_boxes, height, width)
     if not (masks.device.type != "cpu" if batched is None else batched):
