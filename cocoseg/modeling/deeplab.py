@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Any
 
 import segmentation_models_pytorch as smp
@@ -144,11 +145,6 @@ def builder(encoder: str) -> Any:
     return build
 
 
-def encoder(model: nn.Module) -> nn.Module:
-    """The ResNet encoder (torchvision's layout, fc removed)."""
-    return model.net.encoder
-
-
 def coco_start(
     state: StateDict, classes: list[str], init_heads: bool
 ) -> tuple[StateDict, StateDict]:
@@ -172,7 +168,7 @@ FAMILY = {
     "frozen_bn": True,  # batch 2 per step: BN statistics of two images would be noise
     "class_prefixes": (HEAD,),
     "coco_start": coco_start,
-    "body": encoder,
+    "body": attrgetter("net.encoder"),  # the ResNet encoder (torchvision's layout, fc removed)
     "coco_fresh": ("net.decoder.",),
     "classes_key": f"{HEAD}0.weight",
 }
