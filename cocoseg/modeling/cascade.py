@@ -28,7 +28,6 @@ from cocoseg.modeling.maskrcnn import (
 
 COCO_BOX_HEAD = "roi_heads.box_head."
 STAGE_PREDICTORS = tuple(f"roi_heads.stages.{k}.predictor." for k in range(len(STAGE_BOX_WEIGHTS)))
-CLASS_PREFIXES = (*STAGE_PREDICTORS, MASK_PREDICTOR)
 
 
 def cascade_builder(mask_rcnn_build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -92,7 +91,7 @@ def _cascade_arch(name: str, mask_rcnn: Callable[..., nn.Module], **weights: Any
         name=name,
         build=cascade_builder(builder(mask_rcnn)),
         frozen_bn=True,
-        class_prefixes=CLASS_PREFIXES,
+        class_prefixes=(*STAGE_PREDICTORS, MASK_PREDICTOR),
         coco_start=coco_start,
         classes_key=f"{STAGE_PREDICTORS[0]}cls_score.weight",
         **weights,
