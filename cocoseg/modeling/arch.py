@@ -58,7 +58,7 @@ class Arch:
         return model
 
 
-def freeze_bn(module: nn.Module, eps: float) -> nn.Module:
+def freeze_bn(module: nn.Module, eps: float) -> None:
     """Swap every BatchNorm2d under module for a FrozenBatchNorm2d with the same statistics,
     device and dtype (so a layout applied after `model.to(device)` leaves none on the CPU)."""
     for name, child in module.named_children():
@@ -70,4 +70,3 @@ def freeze_bn(module: nn.Module, eps: float) -> nn.Module:
             setattr(module, name, frozen)
         else:
             freeze_bn(child, eps)
-    return module
