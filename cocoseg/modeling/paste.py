@@ -6,7 +6,6 @@ one output with one sync per image. On the CPU it resizes each box with the same
 `F.interpolate` call (bit-identical); on a GPU it pastes groups of masks at once, computing
 what CUDA's bilinear kernel does for the pixels in each box (its weights and fused
 multiply-adds, emulated in float64), so thresholded masks match but for rare rounding ties.
-`BatchedPasteTransform` is torchvision's transform with this paste.
 """
 
 from __future__ import annotations
