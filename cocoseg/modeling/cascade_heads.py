@@ -88,11 +88,9 @@ def stage_losses(
 
 
 class CascadeRoIHeads(RoIHeads):
-    """torchvision's RoIHeads with three cascaded box stages sharing the RoI pooler. Training:
-    stage 0 on torchvision's sampled proposals, stage k on stage k-1's refined boxes (detached,
-    clipped, relabelled at stage k's IoU, not subsampled), losses summed over the stages under
-    torchvision's names; the mask head trains on stage 0's positives. Inference: the stages'
-    mean softmax, the last stage's boxes, torchvision's postprocessing, masks on those boxes."""
+    """torchvision's RoIHeads with three cascaded box stages sharing the RoI pooler: stage 0 on
+    torchvision's sampled proposals, stage k on stage k-1's refined boxes (detached, clipped,
+    relabelled at stage k's IoU, not subsampled); outputs and losses under torchvision's names."""
 
     def __init__(
         self,
