@@ -11,9 +11,7 @@ from torch import Tensor, nn
 from torchvision.models import WeightsEnum
 from torchvision.ops import FrozenBatchNorm2d
 
-# At most this many detections per image in the output contract: torchvision's
-# detections_per_img and COCO's maxDets.
-MAX_DETECTIONS = 100
+MAX_DETECTIONS = 100  # per image, in the contract: torchvision's detections_per_img, COCO's maxDets
 
 StateDict = dict[str, Tensor]
 TRAINABLE_LAYERS = ("layer2", "layer3", "layer4")  # torchvision's default of 3 when pretrained
