@@ -36,7 +36,7 @@ def cascade_builder(mask_rcnn_build: Callable[..., nn.Module]) -> Callable[..., 
         """A Cascade Mask R-CNN for `num_classes` (background included); options as for the
         Mask R-CNN builder (anchors, min_size, box_batch_size_per_image...)."""
         model = mask_rcnn_build(num_classes, **options)
-        model.roi_heads = CascadeRoIHeads.like(model.roi_heads, num_classes)
+        model.roi_heads = CascadeRoIHeads(model.roi_heads, num_classes)
         return model
 
     return build

@@ -92,48 +92,25 @@ class CascadeRoIHeads(RoIHeads):
     torchvision's sampled proposals, stage k on stage k-1's refined boxes (detached, clipped,
     relabelled at stage k's IoU, not subsampled); outputs and losses under torchvision's names."""
 
-    def __init__(
-        self,
-        box_roi_pool: nn.Module,
-        num_classes: int,
-        *,
-        in_channels: int,
-        batch_size_per_image: int,
-        positive_fraction: float,
-        score_thresh: float,
-        nms_thresh: float,
-        detections_per_img: int,
-        mask_roi_pool: nn.Module,
-        mask_head: nn.Module,
-        mask_predictor: nn.Module,
-    ) -> None:
+    def __init__(self, heads: RoIHeads, num_classes: int) -> None:
+        """Cascade heads taking a Mask R-CNN's pooler, mask modules, sampler and thresholds
+        (its single box head and predictor are dropped), on its device and dtype."""
+        sampler = heads.fg_bg_sampler
+        fc6 = heads.box_head.fc6
         super().__init__(
-            box_roi_pool, None, None, STAGE_IOUS[0], STAGE_IOUS[0], batch_size_per_image,
-            positive_fraction, STAGE_BOX_WEIGHTS[0], score_thresh, nms_thresh,
-            detections_per_img, mask_roi_pool, mask_head, mask_predictor,
+            heads.box_roi_pool, None, None, STAGE_IOUS[0], STAGE_IOUS[0],
+            sampler.batch_size_per_image, sampler.positive_fraction, STAGE_BOX_WEIGHTS[0],
+            heads.score_thresh, heads.nms_thresh, heads.detections_per_img, heads.mask_roi_pool,
+            heads.mask_head, heads.mask_predictor,
         )  # fmt: skip
         self.stages = nn.ModuleList(
-            CascadeStage(in_channels, num_classes, iou, weights)
+            CascadeStage(fc6.in_features, num_classes, iou, weights)
             for iou, weights in zip(STAGE_IOUS, STAGE_BOX_WEIGHTS, strict=True)
         )
         # torchvision's sampling (select_training_samples) matches and encodes as stage 0
         self.proposal_matcher = self.stages[0].matcher
         self.box_coder = self.stages[0].box_coder
-
-    @classmethod
-    def like(cls, heads: RoIHeads, num_classes: int) -> CascadeRoIHeads:
-        """Cascade heads taking a Mask R-CNN's pooler, mask modules, sampler and thresholds
-        (its single box head and predictor are dropped), on its device and dtype."""
-        like = heads.box_head.fc6.weight
-        cascade = cls(
-            heads.box_roi_pool, num_classes, in_channels=heads.box_head.fc6.in_features,
-            batch_size_per_image=heads.fg_bg_sampler.batch_size_per_image,
-            positive_fraction=heads.fg_bg_sampler.positive_fraction,
-            score_thresh=heads.score_thresh, nms_thresh=heads.nms_thresh,
-            detections_per_img=heads.detections_per_img, mask_roi_pool=heads.mask_roi_pool,
-            mask_head=heads.mask_head, mask_predictor=heads.mask_predictor,
-        )  # fmt: skip
-        return cascade.to(like.device, like.dtype)
+        self.to(fc6.weight.device, fc6.weight.dtype)
 
     def run_stage(
         self,
