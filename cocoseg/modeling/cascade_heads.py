@@ -134,9 +134,7 @@ class CascadeRoIHeads(RoIHeads):
         for image_boxes, target in zip(boxes, targets, strict=True):
             gt_boxes = target["boxes"].to(image_boxes.dtype)
             if gt_boxes.numel() == 0:  # an image of background only
-                labels.append(
-                    torch.zeros(len(image_boxes), dtype=torch.int64, device=gt_boxes.device)
-                )
+                labels.append(image_boxes.new_zeros(len(image_boxes), dtype=torch.int64))
                 matched_boxes.append(image_boxes.new_zeros((len(image_boxes), 4)))
                 continue
             matched = self.stages[k].matcher(box_ops.box_iou(gt_boxes, image_boxes))
