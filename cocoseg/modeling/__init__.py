@@ -1,4 +1,3 @@
 """Layer 2, the models: the arch registry (registry, arch, one file per family), start weights
-(weights), the model file (records), the device, and the one inference path (paste, rle,
-inference; an image's views: views, slicing, tta) with the infer stage's own code (infer). Only
-train, infer and predict depend on it."""
+(weights), the model file (records), the device and the one inference path (paste, rle, inference;
+views, slicing, tta) with stage infer's code (infer). Only train, infer and predict depend on it."""

@@ -5,22 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 
 from torch import Tensor, nn
 from torchvision.models import WeightsEnum
 from torchvision.ops import FrozenBatchNorm2d
 
-# At most this many detections per image in the output contract: torchvision's
-# detections_per_img and COCO's maxDets.
-MAX_DETECTIONS = 100
+MAX_DETECTIONS = 100  # per image, in the contract: torchvision's detections_per_img, COCO's maxDets
 
 StateDict = dict[str, Tensor]
 TRAINABLE_LAYERS = ("layer2", "layer3", "layer4")  # torchvision's default of 3 when pretrained
-
-
-def resnet_body(model: nn.Module) -> nn.Module:
-    """The ResNet under a torchvision detection model's FPN."""
-    return model.backbone.body
 
 
 @dataclass(frozen=True)
@@ -42,7 +36,8 @@ class Arch:
     # torchvision's COCO Mask R-CNN state dict -> (what to load, the class heads: our classes'
     # rows when asked), in this arch's keys.
     coco_start: Callable[[StateDict, list[str], bool], tuple[StateDict, StateDict]]
-    body: Callable[[nn.Module], nn.Module] = resnet_body  # the ResNet whose stem stays fixed
+    # The ResNet whose stem stays fixed: by default the one under torchvision's FPN.
+    body: Callable[[nn.Module], nn.Module] = attrgetter("backbone.body")
     coco_fresh: tuple[str, ...] = ()  # prefixes a COCO start leaves random (nothing there fits)
     # The state-dict key whose first dimension counts the classes (background included).
     classes_key: str = "roi_heads.box_predictor.cls_score.weight"  # torchvision's Mask R-CNN's
@@ -61,7 +56,7 @@ class Arch:
         return model
 
 
-def freeze_bn(module: nn.Module, eps: float) -> nn.Module:
+def freeze_bn(module: nn.Module, eps: float) -> None:
     """Swap every BatchNorm2d under module for a FrozenBatchNorm2d with the same statistics,
     device and dtype (so a layout applied after `model.to(device)` leaves none on the CPU)."""
     for name, child in module.named_children():
@@ -73,4 +68,3 @@ def freeze_bn(module: nn.Module, eps: float) -> nn.Module:
             setattr(module, name, frozen)
         else:
             freeze_bn(child, eps)
-    return module

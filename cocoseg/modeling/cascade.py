@@ -20,15 +20,13 @@ from cocoseg.modeling.maskrcnn import (
     BOX_PREDICTOR,
     MASK_PREDICTOR,
     NO_COCO_R101,
-    PREDICTOR_PREFIXES,
     builder,
     maskrcnn_resnet101_fpn,
-    select_coco_rows,
 )
+from cocoseg.modeling.maskrcnn import coco_start as mask_rcnn_start
 
 COCO_BOX_HEAD = "roi_heads.box_head."
 STAGE_PREDICTORS = tuple(f"roi_heads.stages.{k}.predictor." for k in range(len(STAGE_BOX_WEIGHTS)))
-CLASS_PREFIXES = (*STAGE_PREDICTORS, MASK_PREDICTOR)
 
 
 def cascade_builder(mask_rcnn_build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -38,7 +36,7 @@ def cascade_builder(mask_rcnn_build: Callable[..., nn.Module]) -> Callable[..., 
         """A Cascade Mask R-CNN for `num_classes` (background included); options as for the
         Mask R-CNN builder (anchors, min_size, box_batch_size_per_image...)."""
         model = mask_rcnn_build(num_classes, **options)
-        model.roi_heads = CascadeRoIHeads.like(model.roi_heads, num_classes)
+        model.roi_heads = CascadeRoIHeads(model.roi_heads, num_classes)
         return model
 
     return build
@@ -60,13 +58,12 @@ def agnostic_box_rows(coco_rows: StateDict, stage: int) -> StateDict:
 def coco_start(
     state: StateDict, classes: list[str], init_heads: bool
 ) -> tuple[StateDict, StateDict]:
-    """(weights to load, class heads) from torchvision's COCO Mask R-CNN: its box head in every
-    stage, the rest as is; with `init_heads`, every stage's cls_score and the mask predictor
-    from COCO's rows of our classes and each bbox_pred by agnostic_box_rows."""
+    """(weights to load, class heads) from torchvision's COCO Mask R-CNN: Mask R-CNN's start
+    with its box head in every stage; with `init_heads`, every stage's cls_score and the mask
+    predictor from COCO's rows of our classes and each bbox_pred by agnostic_box_rows."""
+    mask_rcnn_body, rows = mask_rcnn_start(state, classes, init_heads)
     body: StateDict = {}
-    for key, value in state.items():
-        if key.startswith(PREDICTOR_PREFIXES):
-            continue
+    for key, value in mask_rcnn_body.items():
         if key.startswith(COCO_BOX_HEAD):
             for prefix in STAGE_PREDICTORS:
                 stage_head = prefix.replace(".predictor.", ".head.")
@@ -75,7 +72,6 @@ def coco_start(
             body[key] = value
     if not init_heads:
         return body, {}
-    rows = select_coco_rows(state, classes)
     heads = {k: v for k, v in rows.items() if k.startswith(MASK_PREDICTOR)}
     for stage, prefix in enumerate(STAGE_PREDICTORS):
         for key in ("weight", "bias"):
@@ -92,7 +88,7 @@ def _cascade_arch(name: str, mask_rcnn: Callable[..., nn.Module], **weights: Any
         name=name,
         build=cascade_builder(builder(mask_rcnn)),
         frozen_bn=True,
-        class_prefixes=CLASS_PREFIXES,
+        class_prefixes=(*STAGE_PREDICTORS, MASK_PREDICTOR),
         coco_start=coco_start,
         classes_key=f"{STAGE_PREDICTORS[0]}cls_score.weight",
         **weights,

@@ -88,54 +88,29 @@ def stage_losses(
 
 
 class CascadeRoIHeads(RoIHeads):
-    """torchvision's RoIHeads with three cascaded box stages sharing the RoI pooler. Training:
-    stage 0 on torchvision's sampled proposals, stage k on stage k-1's refined boxes (detached,
-    clipped, relabelled at stage k's IoU, not subsampled), losses summed over the stages under
-    torchvision's names; the mask head trains on stage 0's positives. Inference: the stages'
-    mean softmax, the last stage's boxes, torchvision's postprocessing, masks on those boxes."""
+    """torchvision's RoIHeads with three cascaded box stages sharing the RoI pooler: stage 0 on
+    torchvision's sampled proposals, stage k on stage k-1's refined boxes (detached, clipped,
+    relabelled at stage k's IoU, not subsampled); outputs and losses under torchvision's names."""
 
-    def __init__(
-        self,
-        box_roi_pool: nn.Module,
-        num_classes: int,
-        *,
-        in_channels: int,
-        batch_size_per_image: int,
-        positive_fraction: float,
-        score_thresh: float,
-        nms_thresh: float,
-        detections_per_img: int,
-        mask_roi_pool: nn.Module,
-        mask_head: nn.Module,
-        mask_predictor: nn.Module,
-    ) -> None:
+    def __init__(self, heads: RoIHeads, num_classes: int) -> None:
+        """Cascade heads taking a Mask R-CNN's pooler, mask modules, sampler and thresholds
+        (its single box head and predictor are dropped), on its device and dtype."""
+        sampler = heads.fg_bg_sampler
+        fc6 = heads.box_head.fc6
         super().__init__(
-            box_roi_pool, None, None, STAGE_IOUS[0], STAGE_IOUS[0], batch_size_per_image,
-            positive_fraction, STAGE_BOX_WEIGHTS[0], score_thresh, nms_thresh,
-            detections_per_img, mask_roi_pool, mask_head, mask_predictor,
+            heads.box_roi_pool, None, None, STAGE_IOUS[0], STAGE_IOUS[0],
+            sampler.batch_size_per_image, sampler.positive_fraction, STAGE_BOX_WEIGHTS[0],
+            heads.score_thresh, heads.nms_thresh, heads.detections_per_img, heads.mask_roi_pool,
+            heads.mask_head, heads.mask_predictor,
         )  # fmt: skip
         self.stages = nn.ModuleList(
-            CascadeStage(in_channels, num_classes, iou, weights)
+            CascadeStage(fc6.in_features, num_classes, iou, weights)
             for iou, weights in zip(STAGE_IOUS, STAGE_BOX_WEIGHTS, strict=True)
         )
         # torchvision's sampling (select_training_samples) matches and encodes as stage 0
         self.proposal_matcher = self.stages[0].matcher
         self.box_coder = self.stages[0].box_coder
-
-    @classmethod
-    def like(cls, heads: RoIHeads, num_classes: int) -> CascadeRoIHeads:
-        """Cascade heads taking a Mask R-CNN's pooler, mask modules, sampler and thresholds
-        (its single box head and predictor are dropped), on its device and dtype."""
-        like = heads.box_head.fc6.weight
-        cascade = cls(
-            heads.box_roi_pool, num_classes, in_channels=heads.box_head.fc6.in_features,
-            batch_size_per_image=heads.fg_bg_sampler.batch_size_per_image,
-            positive_fraction=heads.fg_bg_sampler.positive_fraction,
-            score_thresh=heads.score_thresh, nms_thresh=heads.nms_thresh,
-            detections_per_img=heads.detections_per_img, mask_roi_pool=heads.mask_roi_pool,
-            mask_head=heads.mask_head, mask_predictor=heads.mask_predictor,
-        )  # fmt: skip
-        return cascade.to(like.device, like.dtype)
+        self.to(fc6.weight.device, fc6.weight.dtype)
 
     def run_stage(
         self,
@@ -159,9 +134,7 @@ class CascadeRoIHeads(RoIHeads):
         for image_boxes, target in zip(boxes, targets, strict=True):
             gt_boxes = target["boxes"].to(image_boxes.dtype)
             if gt_boxes.numel() == 0:  # an image of background only
-                labels.append(
-                    torch.zeros(len(image_boxes), dtype=torch.int64, device=gt_boxes.device)
-                )
+                labels.append(image_boxes.new_zeros(len(image_boxes), dtype=torch.int64))
                 matched_boxes.append(image_boxes.new_zeros((len(image_boxes), 4)))
                 continue
             matched = self.stages[k].matcher(box_ops.box_iou(gt_boxes, image_boxes))
@@ -240,34 +213,22 @@ class CascadeRoIHeads(RoIHeads):
         pooled = self.mask_roi_pool(features, boxes, image_shapes)
         return self.mask_predictor(self.mask_head(pooled))
 
-    def stage_outputs(
-        self,
-        features: dict[str, Tensor],
-        proposals: list[Tensor],
-        image_shapes: list[tuple[int, int]],
-    ) -> tuple[list[list[Tensor]], list[Tensor], list[Tensor]]:
-        """Inference through the stages: the boxes each stage was given (per image), each
-        stage's softmax scores over them, and the last stage's refined boxes."""
-        boxes, inputs, probabilities = proposals, [], []
-        for k, stage in enumerate(self.stages):
-            if k > 0:
-                boxes = self.next_boxes(boxes, image_shapes)
-            logits, deltas = self.run_stage(k, features, boxes, image_shapes)
-            inputs.append(boxes)
-            probabilities.append(F.softmax(logits.float(), -1))
-            boxes = stage.refine(deltas, boxes)
-        return inputs, probabilities, boxes
-
     def detect(
         self,
         features: dict[str, Tensor],
         proposals: list[Tensor],
         image_shapes: list[tuple[int, int]],
     ) -> list[dict[str, Tensor]]:
-        """torchvision's Mask R-CNN output per image: boxes, labels, scores, masks."""
-        _, probabilities, final = self.stage_outputs(features, proposals, image_shapes)
-        scores = torch.stack(probabilities).mean(0)
-        result = self.postprocess(scores, final, image_shapes)
+        """torchvision's Mask R-CNN output per image (boxes, labels, scores, masks): the stages'
+        mean softmax on the last stage's boxes."""
+        boxes, probabilities = proposals, []
+        for k, stage in enumerate(self.stages):
+            if k > 0:
+                boxes = self.next_boxes(boxes, image_shapes)
+            logits, deltas = self.run_stage(k, features, boxes, image_shapes)
+            probabilities.append(F.softmax(logits.float(), -1))
+            boxes = stage.refine(deltas, boxes)
+        result = self.postprocess(torch.stack(probabilities).mean(0), boxes, image_shapes)
         mask_logits = self.mask_logits(features, [r["boxes"] for r in result], image_shapes)
         masks = maskrcnn_inference(mask_logits, [r["labels"] for r in result])
         for mask, r in zip(masks, result, strict=True):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Any
 
 import segmentation_models_pytorch as smp
@@ -109,10 +110,6 @@ def probabilities(logits: Tensor, size: tuple[int, int], original: tuple[int, in
     return F.interpolate(cropped, size=original, mode="bilinear", align_corners=False)[0].softmax(0)
 
 
-def _same(value: Any, default: Any) -> bool:
-    return (tuple(value) if isinstance(value, Sequence) else value) == default
-
-
 def builder(encoder: str) -> Any:
     """A build function for DeepLabV3+ on the smp encoder `encoder` (random init)."""
 
@@ -130,7 +127,8 @@ def builder(encoder: str) -> Any:
         for key, value in detection_options.items():
             if key not in DETECTION_DEFAULTS:
                 raise TypeError(f"DeepLabV3+ takes no option {key!r}")
-            if not _same(value, DETECTION_DEFAULTS[key]):
+            given = tuple(value) if isinstance(value, Sequence) else value
+            if given != DETECTION_DEFAULTS[key]:
                 raise ParamError(f"{key} = {value} has no meaning for a DeepLabV3+ model")
         net = smp.DeepLabV3Plus(encoder_name=encoder, encoder_weights=None, classes=num_classes)
         pooling = net.decoder.aspp[0].convs[-1]
@@ -142,11 +140,6 @@ def builder(encoder: str) -> Any:
         return DeepLabV3PlusModel(net, transform)
 
     return build
-
-
-def encoder(model: nn.Module) -> nn.Module:
-    """The ResNet encoder (torchvision's layout, fc removed)."""
-    return model.net.encoder
 
 
 def coco_start(
@@ -172,7 +165,7 @@ FAMILY = {
     "frozen_bn": True,  # batch 2 per step: BN statistics of two images would be noise
     "class_prefixes": (HEAD,),
     "coco_start": coco_start,
-    "body": encoder,
+    "body": attrgetter("net.encoder"),  # the ResNet encoder (torchvision's layout, fc removed)
     "coco_fresh": ("net.decoder.",),
     "classes_key": f"{HEAD}0.weight",
 }

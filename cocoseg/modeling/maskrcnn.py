@@ -89,8 +89,6 @@ def maskrcnn_resnet101_fpn(
 ) -> MaskRCNN:
     """A random Mask R-CNN on a ResNet-101 FPN, built as torchvision builds the ResNet-50 one
     (all five layers trainable, plain batch norm); start weights load afterwards."""
-    if weights is not None or weights_backbone is not None:
-        raise ValueError("maskrcnn_resnet101_fpn builds random weights only")
     backbone = _resnet_fpn_extractor(resnet101(weights=None), trainable_layers=5)
     return MaskRCNN(backbone, num_classes=num_classes, **kwargs)
 

@@ -6,7 +6,6 @@ one output with one sync per image. On the CPU it resizes each box with the same
 `F.interpolate` call (bit-identical); on a GPU it pastes groups of masks at once, computing
 what CUDA's bilinear kernel does for the pixels in each box (its weights and fused
 multiply-adds, emulated in float64), so thresholded masks match but for rare rounding ties.
-`BatchedPasteTransform` is torchvision's transform with this paste.
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ def paste_masks(
     masks: Tensor,
     boxes: Tensor,
     image_shape: tuple[int, int],
-    padding: int = 1,
     batched: bool | None = None,
 ) -> Tensor:
     """(N, 1, M, M) mask probabilities in their (N, 4) xyxy boxes as (N, 1, H, W) image masks:
@@ -44,7 +42,7 @@ def paste_masks(
     out = masks.new_zeros((masks.shape[0], 1, height, width))
     if masks.shape[0] == 0:
         return out
-    padded, scale = expand_masks(masks, padding=padding)
+    padded, scale = expand_masks(masks, padding=1)  # paste_masks_in_image's padding
     int_boxes = expand_boxes(boxes, scale).to(dtype=torch.int64)
     regions = pasted_regions(int_boxes, height, width)
     if not (masks.device.type != "cpu" if batched is None else batched):

@@ -1,21 +1,15 @@
 """Sliced inference (SAHI, Akyon et al. 2022): overlapping tiles, each of which the model's resize
 enlarges, plus the whole image; tile detections shifted to image coordinates and merged.
 
-Written here rather than with the `sahi` package (0.12.8): its slicing module imports OpenCV and
-shapely (not otherwise needed), it runs each slice as a numpy HWC array through its own model
-wrapper (which rewrites the model's `transform.min_size`), thresholds every mask on the host and
-turns it into polygons (lossy, holes dropped), and merges by shapely polygon unions, one pair of
-predictions at a time. Here the tiles are views of the image already on the device, go through
-the model as one batch, and stay tile-sized (N, 1, h, w) probabilities until the merge; only the
-kept detections (at most `MAX_DETECTIONS`) are then made full-size, for the batched paste and
-device-side crops downstream (`cocoseg.modeling.inference`).
+Written here rather than with the `sahi` package (0.12.8), which needs OpenCV and shapely, runs
+each slice as a host array through its own model wrapper and merges masks as polygons (lossy,
+holes dropped). Here the tiles are views of the image on the device, run as one batch, and stay
+tile-sized probabilities until the merge; only the kept detections are made full-size.
 
-The rules are SAHI's defaults: its tile grid (`get_slice_bboxes`) and its greedy
-non-maximum merging (GREEDYNMM, IOS >= 0.5, class-wise): in score order, each detection not yet
-merged absorbs every later one of its class whose box overlaps it by at least half of the
-smaller box; the merged box is their union, the score the highest, the mask their union (here
-the pixelwise maximum of the probabilities, which thresholds to the union at any threshold).
-An object cut by a tile edge (a part box inside the whole one) thus comes back once.
+The rules are SAHI's defaults: its tile grid (`get_slice_bboxes`) and greedy non-maximum merging
+(GREEDYNMM, IOS >= 0.5, class-wise: `greedy_merge`); a merged box is the union, the score the
+highest, the mask the pixelwise maximum (which thresholds to the union at any threshold). An
+object cut by a tile edge (a part box inside the whole one) thus comes back once.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""Test-time augmentation: the model on the image and its horizontal mirror, at each TTA size,
-merged as detectron2's `GeneralizedRCNNWithTTA` does: every pass's boxes in image coordinates,
-class-wise NMS at IoU 0.5 (its NMS_THRESH_TEST), the best `MAX_DETECTIONS` kept with their own
-box, label and score; each kept mask the mean of the passes' masks for it.
+"""Test-time augmentation: the model on the image and its horizontal mirror, at each TTA size
+(the shorter side a pass resizes to: `resized_to`), merged as detectron2's
+`GeneralizedRCNNWithTTA` does: every pass's boxes in image coordinates, class-wise NMS at IoU 0.5
+(its NMS_THRESH_TEST), the best `MAX_DETECTIONS` kept with their own box, label and score; each
+kept mask the mean of the passes' masks for it.
 
 detectron2 gets one mask per pass for every kept box by running the mask head again on the merged
 boxes; that needs the model's internals (RoI heads), which not every arch has (DeepLabv3+ takes
@@ -9,10 +10,6 @@ its instances from a semantic map). Here only the output contract is used (cocos
 a pass's mask for a kept detection is that of its detection of the same class with the highest
 box IoU, if at least 0.5 (the detection NMS merged into the kept one), and a kept mask is the mean
 over the passes that have one: a pass that missed the object neither adds nor dilutes it.
-
-A TTA size is the shorter side one pass resizes to: the model's resize (`model.transform`'s
-`min_size` and `max_size`, as torchvision's detection transform holds them) is set for the pass,
-`max_size` in proportion, and put back after.
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ def _load_backbone_and_heads(
 
 def initial_weights(
     model: nn.Module, arch: Arch, weights: str, classes: list[str], init_heads: bool
-) -> nn.Module:
+) -> None:
     """Load the start weights `train.weights` names into a (K+1)-class skeleton."""
     if init_heads and weights in ("none", "imagenet"):
         log.info(HEADS_IGNORED, weights)
@@ -102,7 +102,6 @@ def initial_weights(
         _load_backbone_and_heads(model, arch, state, heads, weights, arch.coco_fresh)
     elif weights != "none":
         _from_checkpoint(model, arch, Path(weights), classes, init_heads)
-    return model
 
 
 def _from_checkpoint(
