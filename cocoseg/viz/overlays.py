@@ -94,11 +94,6 @@ def _paint_mask(canvas: np.ndarray, mask: np.ndarray, color: Color, crowd: bool)
         canvas[_edge(mask)] = rgb
 
 
-def _draw_order(ann: Mapping[str, Any]) -> tuple[float, float]:
-    """Big objects first so small ones stay visible; among predictions, best score last."""
-    return (-_area(ann), float(ann.get("score", 0)))
-
-
 def _area(ann: Mapping[str, Any]) -> float:
     """The annotation's area, or its box's when it has none."""
     area = ann.get("area")
@@ -113,12 +108,6 @@ class Label(NamedTuple):
     text: str
     color: Color
     rect: Rect | None
-
-
-def _label_text(ann: Mapping[str, Any], name: str) -> str:
-    """Class name, plus score when the annotation is a prediction, plus a crowd marker."""
-    score = f" {float(ann['score']):.2f}" if "score" in ann else ""
-    return name + score + (" (crowd)" if ann.get("iscrowd") else "")
 
 
 def _text_fill(color: Color) -> Color:
@@ -191,7 +180,8 @@ def layout_labels(
     texts, tab_colors, sizes = [], [], []
     for ann in boxed:
         name = categories.get(ann["category_id"], f"id {ann['category_id']}")
-        texts.append(_label_text(ann, name))
+        score = f" {float(ann['score']):.2f}" if "score" in ann else ""  # a prediction's
+        texts.append(name + score + (" (crowd)" if ann.get("iscrowd") else ""))
         tab_colors.append(colors.get(name, UNKNOWN_COLOR))
         left, _, right, _ = measure.textbbox((0, 0), texts[-1], font=font)
         sizes.append((right - left + 2 * pad, text_h + 2 * pad))
@@ -216,7 +206,8 @@ def overlay(
     height, width = image.shape[:2]
     colors = dict(colors) if colors is not None else class_colors(list(categories.values()))
     canvas = image.astype(np.float32)
-    order = sorted(anns, key=_draw_order)
+    # Big objects first so small ones stay visible; among predictions, best score last.
+    order = sorted(anns, key=lambda a: (-_area(a), float(a.get("score", 0))))
     names = [categories.get(a["category_id"], f"id {a['category_id']}") for a in order]
     tints = [colors.get(name, UNKNOWN_COLOR) for name in names]
     for ann, tint in zip(order, tints, strict=True):
