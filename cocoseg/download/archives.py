@@ -132,8 +132,7 @@ def _fetch_archive(url: str, archive: Path, members: list[str], **http: Any) -> 
 def _extract_and_discard(archive: Path, members: list[str], coco_root: Path, url: str) -> None:
     """Stream members under coco_root, each renamed into place once its CRC matched, then delete
     the archive; a bad one is deleted too, so that a re-run fetches it again."""
-    try:
-        check_archive(archive, members)
+    try:  # the archive was checked as it was fetched (or found in the cache)
         with zipfile.ZipFile(archive) as zf:
             for member in members:
                 try:
