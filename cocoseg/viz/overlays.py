@@ -116,11 +116,6 @@ def _text_fill(color: Color) -> Color:
     return (0, 0, 0) if luminance > 150 else (255, 255, 255)
 
 
-def _label_priority(ann: Mapping[str, Any]) -> tuple[bool, float, float]:
-    """Which labels get a spot first: objects before crowds, best score, then biggest area."""
-    return (bool(ann.get("iscrowd")), -float(ann.get("score", 1.0)), -_area(ann))
-
-
 def label_spots(box: Sequence[float], size: tuple[float, float]) -> list[Rect]:
     """Where a label of size (w, h) may go for an xywh box, best first: above the box, inside
     its top, below it; each flush left, then flush right. Every spot touches the box."""
@@ -173,17 +168,18 @@ def layout_labels(
 ) -> list[Label]:
     """The labels of the boxed annotations, most important first, placed without overlap."""
     font, _, pad = _label_style(width, height)
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    _, ascent_top, _, descent_bottom = measure.textbbox((0, 0), "Ag", font=font)
+    _, ascent_top, _, descent_bottom = font.getbbox("Ag")
     text_h = descent_bottom - ascent_top
-    boxed = sorted((a for a in anns if "bbox" in a), key=_label_priority)
+    boxed = [a for a in anns if "bbox" in a]
+    # Objects before crowds, then the best score, then the biggest area.
+    boxed.sort(key=lambda a: (bool(a.get("iscrowd")), -float(a.get("score", 1.0)), -_area(a)))
     texts, tab_colors, sizes = [], [], []
     for ann in boxed:
         name = categories.get(ann["category_id"], f"id {ann['category_id']}")
         score = f" {float(ann['score']):.2f}" if "score" in ann else ""  # a prediction's
         texts.append(name + score + (" (crowd)" if ann.get("iscrowd") else ""))
         tab_colors.append(colors.get(name, UNKNOWN_COLOR))
-        left, _, right, _ = measure.textbbox((0, 0), texts[-1], font=font)
+        left, _, right, _ = font.getbbox(texts[-1])
         sizes.append((right - left + 2 * pad, text_h + 2 * pad))
     rects = place_labels([a["bbox"] for a in boxed], sizes, width, height)
     return [Label(*parts) for parts in zip(texts, tab_colors, rects, strict=True)]
@@ -224,7 +220,7 @@ def overlay(
             corners = [x, y, x + max(w - 1, 0), y + max(h - 1, 0)]
             draw.rectangle(corners, outline=tint, width=box_line)
     # Each label: a tab of its colour at its spot, the text in black or white on it.
-    text_left, text_top, _, _ = draw.textbbox((0, 0), "Ag", font=font)
+    text_left, text_top, _, _ = font.getbbox("Ag")
     for label in layout_labels(order, categories, colors, width, height):
         if label.rect is not None:
             left, top, right, bottom = label.rect
