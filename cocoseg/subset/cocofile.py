@@ -1,6 +1,5 @@
 """Read and check one COCO instances file: wrong types, duplicate ids and unknown categories stop;
-unusable annotations are dropped and counted (DROP_REASONS). Each record stays a msgspec `Raw`
-span of the file's bytes, typed when checked and a dict only when written."""
+unusable annotations are dropped and counted. Records stay `Raw` bytes until checked or written."""
 
 from __future__ import annotations
 
