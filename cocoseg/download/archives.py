@@ -82,9 +82,8 @@ def is_default_root(coco_root: str | Path) -> bool:
 
 
 def check_coco_root(coco_root: Path, names: list[str], base_url: str, *, create: bool) -> None:
-    """Refuse, before any request, a data.coco_root that does not exist unless it may be created
-    (`create`: the default location), one that is a file, and a COCO copy (train2017/ or
-    val2017/) with none of the annotation files: a wrong or half-copied root, no download target."""
+    """Refuse, before any request, a data.coco_root that is missing (unless `create`), a file, or
+    a COCO copy (train2017/, val2017/) with none of the annotation files: a wrong or half copy."""
     if not coco_root.exists() and not create:
         where = "" if coco_root.is_absolute() else f" ({coco_root.resolve()})"
         raise ParamError(
@@ -132,8 +131,7 @@ def _fetch_archive(url: str, archive: Path, members: list[str], **http: Any) -> 
 def _extract_and_discard(archive: Path, members: list[str], coco_root: Path, url: str) -> None:
     """Stream members under coco_root, each renamed into place once its CRC matched, then delete
     the archive; a bad one is deleted too, so that a re-run fetches it again."""
-    try:
-        check_archive(archive, members)
+    try:  # the archive was checked as it was fetched (or found in the cache)
         with zipfile.ZipFile(archive) as zf:
             for member in members:
                 try:
@@ -160,9 +158,8 @@ def ensure_annotations(
     progress: bool = True,
     backoff: float = 1.0,
 ) -> dict[str, Any]:
-    """Make coco_root/annotations hold the needed COCO-2017 files; return their manifest. Missing
-    ones come from COCO's zips, fetched by download_file into .downloads, deleted after. A
-    coco_root that does not exist is made only with `create` (see `check_coco_root`)."""
+    """Make coco_root/annotations hold the needed COCO-2017 files (a missing coco_root is made only
+    with `create`); return their manifest. Missing files come out of COCO's zips, deleted after."""
     http = {"retries": retries, "timeout": timeout, "progress": progress, "backoff": backoff}
     coco_root = Path(coco_root)
     ann_dir = coco_root / "annotations"

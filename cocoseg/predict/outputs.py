@@ -33,32 +33,26 @@ MAX_SHEET = 48  # images on the contact sheet; a big folder would make an unread
 THUMB_WIDTH = 480  # contact-sheet thumbnails are downsized to keep memory flat
 
 
-def prepare_output(out: Path, *, inputs: Path | None = None) -> Path:
+@contextlib.contextmanager
+def output_folder(out: Path, *, inputs: Path | None = None) -> Iterator[Path]:
     """Make the output folder, or say in one line why it cannot be (a file, inside the inputs,
-    not writable), before any model loads."""
+    not writable), before any model loads; the folders made are removed again when the block
+    fails before writing into them, so a failed run leaves no empty --out behind."""
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out}: is an existing file; give a folder to write outputs into")
     if inputs is not None and out.resolve().is_relative_to(inputs.resolve()):
         raise DataError(
             f"--out {out} is inside --images {inputs}: outputs are images too; write elsewhere"
         )
+    made = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
             pass
     except OSError as err:
         raise OutputError(os_fault_message(err, out)) from None
-    return out
-
-
-@contextlib.contextmanager
-def output_folder(out: Path, *, inputs: Path | None = None) -> Iterator[Path]:
-    """`prepare_output`'s folder for the block; the folders it made are removed again when the
-    block fails before writing into them, so a failed run leaves no empty --out behind."""
-    made = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
-    folder = prepare_output(out, inputs=inputs)
     try:
-        yield folder
+        yield out
     except BaseException:
         for path in [out / "overlays", *made] if made else []:
             with contextlib.suppress(OSError):  # not empty (or gone): left as it is

@@ -1,6 +1,5 @@
 """Read and check one COCO instances file: wrong types, duplicate ids and unknown categories stop;
-unusable annotations are dropped and counted (DROP_REASONS). Each record stays a msgspec `Raw`
-span of the file's bytes, typed when checked and a dict only when written."""
+unusable annotations are dropped and counted. Records stay `Raw` bytes until checked or written."""
 
 from __future__ import annotations
 
@@ -67,15 +66,8 @@ class Layout(Struct):
     licenses: Raw = NULL
 
 
-class RecordId(Struct):
-    """Just the id of a record, to name it when the rest does not decode."""
-
-    id: Any = None
-
-
 IMAGE = msgspec.json.Decoder(Image)
 ANNOTATION = msgspec.json.Decoder(Annotation)
-RECORD_ID = msgspec.json.Decoder(RecordId)
 ID_FIELDS = {  # the fields that name a record, and what to say when one is unusable
     "images": ({"id"}, "has no usable 'id'"),
     "annotations": ({"id", "image_id", "category_id"}, "lacks a usable 'id', 'image_id' or"
@@ -133,9 +125,10 @@ def invalid(
     id_fields, phrase = ID_FIELDS[section]
     if field in id_fields:
         return DataError(f"{path}: {where} {phrase} ({detail})")
-    with contextlib.suppress(msgspec.ValidationError, TypeError):
-        if (record_id := RECORD_ID.decode(record).id) is not None:
-            where = f"{section[:-1]} id {record_id} ({where})"
+    with contextlib.suppress(TypeError):  # no record: a category, typed at the top level
+        fields = msgspec.json.decode(record)
+        if isinstance(fields, dict) and fields.get("id") is not None:
+            where = f"{section[:-1]} id {fields['id']} ({where})"
     return DataError(f"{path}: {where}: {detail}" + (f" in '{field}'" if field else ""))
 
 

@@ -99,10 +99,10 @@ def select_labelled(source: Source, split: str, sp: SubsetParams) -> list[int]:
         for cat in {source.remap[k.category] for k in source.by_image[image_id] if not k.crowd}:
             by_class[cat].append(image_id)
     pool = sorted({i for ids in by_class.values() for i in ids})
-    what = f"{source.name} has only {len(pool)} images with a non-crowd instance of"
     if n > len(pool):
         raise ParamError(
-            f"subset.n_{split} = {n} but {what} [{', '.join(sp.classes)}]",
+            f"subset.n_{split} = {n} but {source.name} has only {len(pool)} images with a "
+            f"non-crowd instance of [{', '.join(sp.classes)}]",
             keys=(f"subset.n_{split}",),
         )
     rng = split_rng(sp.seed, split)

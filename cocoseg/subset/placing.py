@@ -1,6 +1,5 @@
-"""Placing the subset's images: copied from the COCO copy or downloaded, each verified (an image
-that does not decode, or whose size in neither its stored nor its EXIF-oriented frame is its
-record's, stops here, not an hour into training)."""
+"""Placing the subset's images: copied from the COCO copy or downloaded, each verified (one that
+does not decode, or has its record's size neither as stored nor EXIF-oriented, stops here)."""
 
 from __future__ import annotations
 

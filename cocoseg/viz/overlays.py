@@ -94,11 +94,6 @@ def _paint_mask(canvas: np.ndarray, mask: np.ndarray, color: Color, crowd: bool)
         canvas[_edge(mask)] = rgb
 
 
-def _draw_order(ann: Mapping[str, Any]) -> tuple[float, float]:
-    """Big objects first so small ones stay visible; among predictions, best score last."""
-    return (-_area(ann), float(ann.get("score", 0)))
-
-
 def _area(ann: Mapping[str, Any]) -> float:
     """The annotation's area, or its box's when it has none."""
     area = ann.get("area")
@@ -115,21 +110,10 @@ class Label(NamedTuple):
     rect: Rect | None
 
 
-def _label_text(ann: Mapping[str, Any], name: str) -> str:
-    """Class name, plus score when the annotation is a prediction, plus a crowd marker."""
-    score = f" {float(ann['score']):.2f}" if "score" in ann else ""
-    return name + score + (" (crowd)" if ann.get("iscrowd") else "")
-
-
 def _text_fill(color: Color) -> Color:
     """Black or white, whichever reads better on `color`."""
     luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
     return (0, 0, 0) if luminance > 150 else (255, 255, 255)
-
-
-def _label_priority(ann: Mapping[str, Any]) -> tuple[bool, float, float]:
-    """Which labels get a spot first: objects before crowds, best score, then biggest area."""
-    return (bool(ann.get("iscrowd")), -float(ann.get("score", 1.0)), -_area(ann))
 
 
 def label_spots(box: Sequence[float], size: tuple[float, float]) -> list[Rect]:
@@ -184,16 +168,18 @@ def layout_labels(
 ) -> list[Label]:
     """The labels of the boxed annotations, most important first, placed without overlap."""
     font, _, pad = _label_style(width, height)
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    _, ascent_top, _, descent_bottom = measure.textbbox((0, 0), "Ag", font=font)
+    _, ascent_top, _, descent_bottom = font.getbbox("Ag")
     text_h = descent_bottom - ascent_top
-    boxed = sorted((a for a in anns if "bbox" in a), key=_label_priority)
+    boxed = [a for a in anns if "bbox" in a]
+    # Objects before crowds, then the best score, then the biggest area.
+    boxed.sort(key=lambda a: (bool(a.get("iscrowd")), -float(a.get("score", 1.0)), -_area(a)))
     texts, tab_colors, sizes = [], [], []
     for ann in boxed:
         name = categories.get(ann["category_id"], f"id {ann['category_id']}")
-        texts.append(_label_text(ann, name))
+        score = f" {float(ann['score']):.2f}" if "score" in ann else ""  # a prediction's
+        texts.append(name + score + (" (crowd)" if ann.get("iscrowd") else ""))
         tab_colors.append(colors.get(name, UNKNOWN_COLOR))
-        left, _, right, _ = measure.textbbox((0, 0), texts[-1], font=font)
+        left, _, right, _ = font.getbbox(texts[-1])
         sizes.append((right - left + 2 * pad, text_h + 2 * pad))
     rects = place_labels([a["bbox"] for a in boxed], sizes, width, height)
     return [Label(*parts) for parts in zip(texts, tab_colors, rects, strict=True)]
@@ -216,7 +202,8 @@ def overlay(
     height, width = image.shape[:2]
     colors = dict(colors) if colors is not None else class_colors(list(categories.values()))
     canvas = image.astype(np.float32)
-    order = sorted(anns, key=_draw_order)
+    # Big objects first so small ones stay visible; among predictions, best score last.
+    order = sorted(anns, key=lambda a: (-_area(a), float(a.get("score", 0))))
     names = [categories.get(a["category_id"], f"id {a['category_id']}") for a in order]
     tints = [colors.get(name, UNKNOWN_COLOR) for name in names]
     for ann, tint in zip(order, tints, strict=True):
@@ -233,7 +220,7 @@ def overlay(
             corners = [x, y, x + max(w - 1, 0), y + max(h - 1, 0)]
             draw.rectangle(corners, outline=tint, width=box_line)
     # Each label: a tab of its colour at its spot, the text in black or white on it.
-    text_left, text_top, _, _ = draw.textbbox((0, 0), "Ag", font=font)
+    text_left, text_top, _, _ = font.getbbox("Ag")
     for label in layout_labels(order, categories, colors, width, height):
         if label.rect is not None:
             left, top, right, bottom = label.rect
