@@ -1,5 +1,4 @@
 """Why mask AP is lost: a TIDE-style error breakdown, read off the one matching.
-
 Prediction errors count under the predicted class; a non-crowd ground truth no true positive took
 is missed under its own class and size (so one behind another error counts twice, unlike TIDE).
 ΔAP per type: segm AP@[.5:.95] of every prediction with that type's errors removed (missed: those

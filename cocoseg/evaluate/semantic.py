@@ -1,6 +1,5 @@
 """Semantic metrics of saved predictions, the same for every arch: per-class pixel IoU and Dice
 over the val images, so instance and semantic models compare on both kinds of metric.
-
 Both sides are flattened to one class per pixel. Predictions scoring >= the score threshold
 (masks as infer cut them at the mask threshold): where they overlap, the higher score wins
 (equal scores: the later one). Ground truth from its instances: the smaller wins, as in

@@ -1,9 +1,7 @@
 """Checkpoints: each epoch's `epoch_NN.pt`, written atomically; find the one to resume, clear, thin.
-
 A run resumes from the newest readable one (epoch <= train.epochs) of the same params, classes
 and data (`epochs` counts only under the cosine schedule, `repeat_threshold` only with the
-repeat_factor sampler); otherwise all are removed.
-"""
+repeat_factor sampler); otherwise all are removed."""
 
 from __future__ import annotations
 

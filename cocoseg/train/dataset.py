@@ -1,11 +1,9 @@
 """Training data: the subset's COCO json as a dataset (CocoDetection + the v2 wrapper), batched.
 
-Crowd regions come out of the instances as one `crowd` mask per image (pixels a semantic model
-ignores; Mask R-CNN never reads it), images without targets are kept as negatives; images are
-read by `read_rgb`,
-so 16-bit, transparent and CMYK images train as they look. Images of similar shape share a
-batch (torchvision's detection recipe), so the model pads less; each rank draws its share of a
-seeded per-epoch draw (cocoseg.train.sampler: each image once, or repeated by its classes).
+Crowd regions leave the instances as one `crowd` mask per image (pixels a semantic model ignores;
+Mask R-CNN never reads it); images without targets are kept as negatives; `read_rgb` reads them,
+so 16-bit, transparent and CMYK images train as they look. Images of similar shape share a batch
+(torchvision's recipe: less padding); each rank draws its share of cocoseg.train.sampler's draw.
 """
 
 from __future__ import annotations

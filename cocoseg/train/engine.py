@@ -1,8 +1,6 @@
-"""The train loop, top to bottom: set up, build, resume, train epochs, save, report.
-
-The optimiser recipe: SGD with momentum, linear warm-up times a per-epoch LR schedule, AMP.
-Under `torchrun` each process trains its share through DistributedDataParallel; rank 0 writes.
-"""
+"""The train loop, top to bottom (set up, build, resume, train epochs, save, report): SGD with
+momentum, linear warm-up times a per-epoch LR schedule, AMP; under `torchrun` each process trains
+its share through DistributedDataParallel and rank 0 writes."""
 
 from __future__ import annotations
 
@@ -190,12 +188,6 @@ def train_one_epoch(
     return rows, epoch_summary(rows, n_images, time.perf_counter() - start)
 
 
-def iterations_text(epoch_iters: list[int]) -> str:
-    """'12', or '11-14' where epochs differ in length."""
-    low, high = min(epoch_iters), max(epoch_iters)
-    return str(low) if low == high else f"{low}-{high}"
-
-
 def train(
     recipe: TrainParams, subset_dir: str | Path, out_dir: str | Path, reports: str | Path
 ) -> Path:
@@ -246,9 +238,11 @@ def train(
         if ctx.world_size > 1:
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
             model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        low, high = min(epoch_iters), max(epoch_iters)  # epochs may differ in length
+        per_epoch = str(low) if low == high else f"{low}-{high}"
         log.info(
             "training %s on %d images (%s), %s iterations/epoch (%s sampler), device %s x%d",
-            recipe.arch, len(dataset), ", ".join(classes), iterations_text(epoch_iters),
+            recipe.arch, len(dataset), ", ".join(classes), per_epoch,
             recipe.sampler, ctx.device, ctx.world_size,
         )  # fmt: skip
         val = val_set(subset_dir) if ctx.main and recipe.eval_every else None

@@ -1,5 +1,4 @@
 """Which images an epoch trains on (train.sampler), each rank's share, and sampling.json.
-
 `uniform` is torch's DistributedSampler: every image once an epoch, shuffled by seed + epoch,
 padded to equal shares. `repeat_factor` is LVIS's repeat-factor sampling (Gupta et al. 2019,
 appendix B.2; detectron2's RepeatFactorTrainingSampler): class c, held by a fraction f(c) of

@@ -1,8 +1,6 @@
-"""Which epoch model.pt holds (train.select) and when training stops early (train.patience).
-
-Both read the val rows' segm AP. With select best, checkpoints/best.pt holds the best epoch's
-weights (written after that epoch's checkpoint, never thinned), so a resumed run still has them.
-"""
+"""Which epoch model.pt holds (train.select) and when training stops early (train.patience), by
+the val rows' segm AP. With select best, checkpoints/best.pt holds the best epoch's weights
+(written after that epoch's checkpoint, never thinned), so a resumed run still has them."""
 
 from __future__ import annotations
 

@@ -1,9 +1,7 @@
 """The train stage's log, written by DVCLive: one step per epoch, each from the whole history.
-
 reports/train/live holds the stage's DVC metrics (newest epoch's losses and APs) and the plots
-dvc.yaml draws; each write starts from the checkpoints' history, so a resumed run neither
-repeats nor loses a row. summary.json is plain JSON, not a DVC metric (`dvc exp show` stays narrow).
-"""
+dvc.yaml draws; each write starts from the checkpoints' history, so a resumed run neither repeats
+nor loses a row. summary.json is plain JSON, not a DVC metric (`dvc exp show` stays narrow)."""
 
 from __future__ import annotations
 

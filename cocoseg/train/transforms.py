@@ -2,8 +2,8 @@
 
 `multiscale` and `scale_jitter` choose the scale themselves, so the model must not resize again
 in training (`SKIPS_MODEL_RESIZE`); `random_crop`'s crops are resized by the model, a zoom-in.
-Crowd regions travel as instances flagged `iscrowd`, so
-every transform moves them with the image, and leave them at the end as one `crowd` mask.
+Crowd regions travel as instances flagged `iscrowd`, so every transform moves them with the image,
+and leave them at the end as one `crowd` mask.
 """
 
 from __future__ import annotations

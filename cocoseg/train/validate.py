@@ -1,8 +1,6 @@
-"""Val COCO mAP during training (train.eval_every): the one inference path, then COCOeval.
-
-Rank 0 scores the val split; the other ranks wait for its row. The next epoch reseeds before it
-draws, so validation cannot shift training's random stream (a resumed run trains the same).
-"""
+"""Val COCO mAP during training (train.eval_every): the one inference path, then COCOeval. Rank 0
+scores the val split while the other ranks wait for its row; the next epoch reseeds before it
+draws, so validation cannot shift training's random stream (a resumed run trains the same)."""
 
 from __future__ import annotations
 
