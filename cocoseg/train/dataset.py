@@ -47,16 +47,13 @@ def class_names(ann_file: str | Path) -> list[str]:
 
 
 class CocoImages(CocoDetection):
-    """CocoDetection reading images through `read_rgb`; the `_load_*` methods are the hooks
-    torchvision's own subclasses override."""
+    """CocoDetection reading images through `read_rgb`; `_load_image` is the hook torchvision's
+    own subclasses override."""
 
     def _load_image(self, id: int) -> Image.Image:
         info = self.coco.loadImgs(id)[0]  # read in the frame its annotations were drawn in
         path = safe_join(self.root, info["file_name"])
         return Image.fromarray(read_rgb(path, recorded=(info["width"], info["height"])))
-
-    def _load_target(self, id: int) -> list[Any]:
-        return self.coco.loadAnns(self.coco.getAnnIds(id))
 
 
 class PrepareSample:
