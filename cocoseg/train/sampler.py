@@ -33,29 +33,16 @@ def image_classes(dataset: Any) -> list[set[int]]:
     ]
 
 
-def class_fractions(held: Sequence[set[int]], n_classes: int) -> dict[int, float]:
-    """f(c) of classes 1..n_classes: the fraction of the images holding class c."""
-    return {c: sum(c in h for h in held) / len(held) for c in range(1, n_classes + 1)}
-
-
-def class_factors(fractions: dict[int, float], threshold: float) -> dict[int, float]:
-    """r(c) = max(1, sqrt(t / f(c))); a class no image holds repeats nothing."""
-    return {c: max(1.0, math.sqrt(threshold / f)) if f else 1.0 for c, f in fractions.items()}
-
-
-def image_factors(held: Sequence[set[int]], factors: dict[int, float]) -> list[float]:
-    """An image's factor: the largest of its classes', 1 for an image with none."""
-    return [max((factors[c] for c in h), default=1.0) for h in held]
-
-
 def class_table(
     held: Sequence[set[int]], n_classes: int, recipe: TrainParams
 ) -> tuple[dict[int, float], dict[int, float]]:
-    """f(c) and the factor the sampler applies to class c (1 for every class under uniform)."""
-    fractions = class_fractions(held, n_classes)
+    """f(c) of classes 1..n_classes and the factor r(c) the sampler applies to class c: 1 under
+    uniform and for a class no image holds."""
+    fractions = {c: sum(c in h for h in held) / len(held) for c in range(1, n_classes + 1)}
     if recipe.sampler == "uniform":
         return fractions, dict.fromkeys(fractions, 1.0)
-    return fractions, class_factors(fractions, recipe.repeat_threshold)
+    t = recipe.repeat_threshold  # r(c) = max(1, sqrt(t / f(c))), as the module docstring says
+    return fractions, {c: max(1.0, math.sqrt(t / f)) if f else 1.0 for c, f in fractions.items()}
 
 
 class RepeatFactorSampler(Sampler[int]):
@@ -113,7 +100,8 @@ def epoch_sampler(
         return UniformSampler(dataset, world_size, rank, shuffle=True, seed=recipe.seed)
     held = image_classes(dataset)
     _, factors = class_table(held, len(dataset.coco.cats), recipe)
-    return RepeatFactorSampler(image_factors(held, factors), world_size, rank, recipe.seed)
+    largest = [max((factors[c] for c in h), default=1.0) for h in held]  # 1 for an image with none
+    return RepeatFactorSampler(largest, world_size, rank, recipe.seed)
 
 
 def epoch_iterations(sampler: Any, batch_size: int, epochs: int) -> list[int]:
