@@ -209,12 +209,8 @@ def train(
         if ctx.main:
             remove_stale_temps(folder)  # a killed run's half-written checkpoint
         state = find_resume(folder, identity, recipe.epochs)
-        if (
-            state is not None
-            and recipe.select == "best"
-            and not recover_best(folder, state, ctx.main)
-        ):
-            state = None
+        if state is not None and recipe.select == "best":
+            state = state if recover_best(folder, state, ctx.main) else None
         barrier(ctx)  # every rank has read before rank 0 may clear
         if state is None and ctx.main:
             clear_checkpoints(folder)
@@ -247,9 +243,8 @@ def train(
         )  # fmt: skip
         val = val_set(subset_dir) if ctx.main and recipe.eval_every else None
         live = open_log(reports) if ctx.main else None
-        if ctx.main:
-            write_sampling(reports, sampler, dataset, classes, recipe)
         if live is not None:
+            write_sampling(reports, sampler, dataset, classes, recipe)
             write_log(live, history)  # the checkpoint's epochs, each once
 
         for epoch in range(start, recipe.epochs + 1):
