@@ -1,13 +1,8 @@
-"""Semantic metrics of saved predictions, the same for every arch: per-class pixel IoU and Dice
-over the val images, so instance and semantic models compare on both kinds of metric.
-Both sides are flattened to one class per pixel. Predictions scoring >= the score threshold
-(masks as infer cut them at the mask threshold): where they overlap, the higher score wins
-(equal scores: the later one). Ground truth from its instances: the smaller wins, as in
-DeepLab's training targets (cocoseg.modeling.deeplab.class_map); crowd pixels that no instance
-covers are ignored on both sides. Intersections and unions are summed over all images before
-dividing (the standard). The means run over the classes with pixels on either side; background
-is reported but left out of them (it is most pixels and would flatter every model).
-"""
+"""Semantic metrics of saved predictions, the same for every arch so that instance and semantic
+models compare: per-class pixel IoU and Dice, both sides flattened to one class per pixel as
+docs/metrics.md says (ground truth as cocoseg.modeling.deeplab.class_map builds DeepLab's
+targets). Intersections and unions are summed over all val images before dividing; background
+is reported but left out of the means (it is most pixels and would flatter every model)."""
 
 from __future__ import annotations
 
@@ -47,7 +42,7 @@ def prediction_map(
     """(H, W) class index of one image's kept predictions: the higher score wins an overlap."""
     out = np.zeros(shape, dtype=np.int16)
     scores = np.array([p["score"] for p in preds])
-    for k in np.argsort(scores, kind="stable"):  # the lowest painted first
+    for k in np.argsort(scores, kind="stable"):  # the lowest painted first; a tie: the later wins
         out[mask_utils.decode(preds[k]["segmentation"]) > 0] = index[preds[k]["category_id"]]
     return out
 
