@@ -20,7 +20,7 @@ from cocoseg.coco.results import recorded_classes
 from cocoseg.common.errors import DataError
 from cocoseg.common.io import read_json, write_csv, write_json
 from cocoseg.evaluate.matching import CROWD, TP, Matching, match
-from cocoseg.evaluate.semantic import semantic_metrics
+from cocoseg.evaluate.semantic import mean, ratio, semantic_metrics
 
 IOU_TYPES = ("segm", "bbox")
 DECIMALS = 6
@@ -113,8 +113,7 @@ def load_predictions(path: str | Path, gt: COCO) -> list[dict[str, Any]]:
 
 
 def _mean_valid(values: np.ndarray) -> Number:
-    valid = values[values > -1]
-    return float(valid.mean()) if valid.size else None
+    return mean(values[values > -1])
 
 
 def per_class_ap(evaluator: COCOeval) -> dict[int, dict[str, Number]]:
@@ -177,20 +176,12 @@ def class_matches(matched: Matching) -> dict[int, ClassMatch]:
     return result
 
 
-def _ratio(num: float, den: float) -> Number:
-    return num / den if den else None
-
-
-def _mean(values: Sequence[float]) -> Number:
-    return float(np.mean(values)) if values else None
-
-
 def prf(tp: int, fp: int, fn: int) -> dict[str, Number]:
     """Precision, recall and F1 (2TP / (2TP + FP + FN)); None where undefined."""
     return {
-        "precision": _ratio(tp, tp + fp),
-        "recall": _ratio(tp, tp + fn),
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "precision": ratio(tp, tp + fp),
+        "recall": ratio(tp, tp + fn),
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
     }
 
 
@@ -226,7 +217,7 @@ def _class_row(name: str, aps: dict[str, dict[str, Number]], found: ClassMatch) 
     row: dict[str, Any] = {"class": name, "n_gt": len(found.ious)}
     for iou_type in IOU_TYPES:
         row.update({f"{iou_type}_{k}": v for k, v in aps[iou_type].items()})
-    row.update(iou=_mean(found.ious), dice=_mean(found.dices))
+    row.update(iou=mean(found.ious), dice=mean(found.dices))
     row.update(prf(found.tp, found.fp, found.fn), tp=found.tp, fp=found.fp, fn=found.fn)
     return row
 
@@ -248,8 +239,8 @@ def evaluate(gt: COCO, preds: Sequence[dict[str, Any]], score_threshold: float) 
     tp, fp, fn = (sum(getattr(m, k) for m in matches.values()) for k in ("tp", "fp", "fn"))
     metrics = {
         **{t: summary(e) for t, e in evaluators.items()},
-        "iou": {"mean": _mean(all_ious), **{r["class"]: r["iou"] for r in rows}},
-        "dice": {"mean": _mean(all_dices), **{r["class"]: r["dice"] for r in rows}},
+        "iou": {"mean": mean(all_ious), **{r["class"]: r["iou"] for r in rows}},
+        "dice": {"mean": mean(all_dices), **{r["class"]: r["dice"] for r in rows}},
         "match": {**prf(tp, fp, fn), "tp": tp, "fp": fp, "fn": fn},
         "semantic": semantic_metrics(gt, preds, score_threshold),
         "per_class": {r["class"]: {k: v for k, v in r.items() if k != "class"} for r in rows},

@@ -73,8 +73,14 @@ def pixel_confusion(
     return total, ["background", *(gt.cats[c]["name"] for c in cat_ids)]
 
 
-def _ratio(num: float, den: float) -> Number:
+def ratio(num: float, den: float) -> Number:
+    """num / den as a float; None where den is 0 (undefined)."""
     return float(num / den) if den else None
+
+
+def mean(values: Sequence[float]) -> Number:
+    """The mean as a float; None for no values."""
+    return float(np.mean(values)) if len(values) else None
 
 
 def semantic_metrics(
@@ -87,16 +93,14 @@ def semantic_metrics(
     for k, name in enumerate(names):
         inter, truth, predicted = matrix[k, k], matrix[k].sum(), matrix[:, k].sum()
         per_class[name] = {
-            "iou": _ratio(inter, truth + predicted - inter),
-            "dice": _ratio(2 * inter, truth + predicted),
+            "iou": ratio(inter, truth + predicted - inter),
+            "dice": ratio(2 * inter, truth + predicted),
             "gt_pixels": int(truth),
             "pred_pixels": int(predicted),
         }
     objects = [per_class[name] for name in names[1:]]
-    ious = [row["iou"] for row in objects if row["iou"] is not None]
-    dices = [row["dice"] for row in objects if row["dice"] is not None]
     return {
-        "mIoU": float(np.mean(ious)) if ious else None,
-        "mDice": float(np.mean(dices)) if dices else None,
+        "mIoU": mean([row["iou"] for row in objects if row["iou"] is not None]),
+        "mDice": mean([row["dice"] for row in objects if row["dice"] is not None]),
         "per_class": per_class,
     }
