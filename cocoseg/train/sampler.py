@@ -1,12 +1,10 @@
 """Which images an epoch trains on (train.sampler), each rank's share, and sampling.json.
-`uniform` is torch's DistributedSampler: every image once an epoch, shuffled by seed + epoch,
-padded to equal shares. `repeat_factor` is LVIS's repeat-factor sampling (Gupta et al. 2019,
-appendix B.2; detectron2's RepeatFactorTrainingSampler): class c, held by a fraction f(c) of
-the train images, gets r(c) = max(1, sqrt(t / f(c))) with t = train.repeat_threshold; an image
-gets the largest r of its classes (1 with none) and is drawn floor(r) times an epoch, plus once
-with probability r - floor(r). The draw is a pure function of (train.seed, epoch), so every
-epoch's length is known up front (the LR schedule needs it) and a resumed run draws the same.
-"""
+`uniform` is torch's DistributedSampler; `repeat_factor` is LVIS's repeat-factor sampling (Gupta
+et al. 2019, appendix B.2; detectron2's RepeatFactorTrainingSampler): class c, held by a fraction
+f(c) of the train images, gets r(c) = max(1, sqrt(t / f(c))) with t = train.repeat_threshold, and
+an image the largest r of its classes (1 with none). Each draw is a pure function of (train.seed,
+epoch), so every epoch's length is known up front (the LR schedule needs it) and a resumed run
+draws the same."""
 
 from __future__ import annotations
 
