@@ -107,10 +107,9 @@ def split_crowds(image: Any, target: dict[str, Any]) -> tuple[Any, dict[str, Any
     """Crowd regions out of the instances into one (H, W) uint8 `crowd` mask: no model learns
     them as objects; a semantic model ignores their pixels."""
     crowds = target["iscrowd"]
-    objects = ~crowds
     masks = target["masks"]
     crowd = masks[crowds].amax(0) if crowds.any() else masks.new_zeros(masks.shape[-2:])
-    kept = {k: target[k][objects] for k in ("boxes", "masks", "labels")}
+    kept = {k: target[k][~crowds] for k in ("boxes", "masks", "labels")}
     rest = {k: v for k, v in target.items() if k not in ("iscrowd", *kept)}
     return image, {**rest, **kept, "crowd": crowd.as_subclass(torch.Tensor)}
 
